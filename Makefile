@@ -1,0 +1,42 @@
+# shoal — build, run and test from a fresh clone.
+#
+#   make run    build everything, then serve the bundled echo plugin on 127.0.0.1:8080
+#   make test   build everything, lint, and run every test
+#
+# Plugins are built for wasm32-wasip2 by scripts/build-plugins.sh, which installs the target
+# through rustup (or falls back to Debian's toolchain) and leaves each plugin at
+# target/plugins/<name>.wasm.
+
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+
+.PHONY: all deps plugins build run test lint unit-and-integration clean
+
+all: build
+
+# System tools the tests use (nc); installed through apt when missing.
+deps:
+	@scripts/install-deps.sh
+
+plugins:
+	@scripts/build-plugins.sh
+
+build: plugins
+	$(CARGO) build --workspace --all-targets
+
+run: build
+	$(CARGO) run -p shoal-host --bin shoal -- serve --listen $(LISTEN)
+
+lint: plugins
+	$(CARGO) fmt --all --check
+	cd plugins && $(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/build-plugins.sh --clippy
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+test: deps build lint
+	$(CARGO) test --workspace
+
+clean:
+	$(CARGO) clean
+	cd plugins && $(CARGO) clean

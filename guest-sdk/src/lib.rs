@@ -1,0 +1,146 @@
+//! Write [shoal](https://example.invalid/shoal) connection handlers in Rust.
+//!
+//! A shoal plugin is a Wasm component that handles one TCP connection: the host runs a fresh
+//! instance of it for every connection it accepts. This crate is a thin layer over the
+//! bindings `wit-bindgen` generates for the `shoal:plugin` world: implement [`Handler`] on the
+//! type that holds your per-connection state and name it in [`export_handler!`].
+//!
+//! ```no_run
+//! use shoal_guest::{ConnInfo, Event, Handler, Next};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     fn init(_info: ConnInfo) -> Result<(Self, Next), String> {
+//!         Ok((Echo, Next::Continue))
+//!     }
+//!
+//!     fn handle(&mut self, event: Event) -> Next {
+//!         if let Event::Data(bytes) = event {
+//!             let _ = shoal_guest::send(&bytes);
+//!         }
+//!         Next::Continue
+//!     }
+//! }
+//!
+//! shoal_guest::export_handler!(Echo);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm` file cargo writes
+//! is the component `shoal serve` loads.
+//!
+//! # Lifecycle
+//!
+//! 1. [`Handler::init`] runs once, right after the connection is accepted; the socket is open.
+//!    Return the connection's state and [`Next::Continue`] to keep it, or [`Next::Close`] to
+//!    flush what `init` sent and close (then [`Handler::close`] runs with
+//!    [`CloseReason::GuestClosed`]). `Err(text)` refuses the connection: it is logged and
+//!    closed without output, and `close` is not called.
+//! 2. [`Handler::handle`] runs once for each [`Event`]: every chunk of bytes read from the
+//!    socket, in order (chunk boundaries mean nothing), and messages from other connections.
+//!    Calls never overlap. [`Next::Close`] flushes and ends the connection.
+//! 3. [`Handler::close`] runs exactly once when a connection whose `init` succeeded ends, with
+//!    the [`CloseReason`]. Bytes sent from `close` still reach the client when its side is
+//!    open (guest close, shutdown, timeouts, a client's half-close).
+//!
+//! Bytes passed to [`send`] during a call are written when the call returns. A panic ends only
+//! this connection: the host logs the panic message with the connection id and closes the
+//! socket without calling `close`.
+
+#[doc(hidden)]
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "shoal_guest::bindings",
+    });
+}
+
+pub use bindings::shoal::plugin::types::{
+    CloseReason, ConnInfo, Envelope, Event, Level, Next, SendError,
+};
+
+/// A connection handler: one value of this type is the state of one connection.
+///
+/// See the [crate docs](crate#lifecycle) for the lifecycle.
+pub trait Handler: Sized + 'static {
+    /// Step 1: a connection was accepted. Returns the connection's state and what to do next,
+    /// or a reason to refuse the connection.
+    ///
+    /// # Errors
+    ///
+    /// An `Err` closes the connection without output; the host logs the text.
+    fn init(info: ConnInfo) -> Result<(Self, Next), String>;
+
+    /// Step 2: bytes from the client or a message from another connection.
+    fn handle(&mut self, event: Event) -> Next;
+
+    /// Step 3: the connection ended. The default does nothing.
+    fn close(self, reason: CloseReason) {
+        let _ = reason;
+    }
+}
+
+/// Queue bytes for this connection's client; they are written when the current call returns.
+///
+/// # Errors
+///
+/// [`SendError::BufferFull`] when the listener's output buffer limit would be passed (nothing
+/// was queued), [`SendError::Closed`] when the client can no longer receive.
+pub fn send(data: &[u8]) -> Result<(), SendError> {
+    bindings::shoal::plugin::connection::send(data)
+}
+
+/// Write one line to the host's log, tagged with this connection's id and the plugin's name.
+/// The host drops lines past a per-connection rate.
+pub fn log(level: Level, message: &str) {
+    bindings::shoal::plugin::log::log(level, message);
+}
+
+/// Export a [`Handler`] as this component's `shoal:plugin/handler` implementation.
+///
+/// Use it once, at the top level of the plugin crate: `shoal_guest::export_handler!(MyType);`
+#[macro_export]
+macro_rules! export_handler {
+    ($handler:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static STATE: ::std::cell::RefCell<::std::option::Option<$handler>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct ShoalExport;
+
+            impl $crate::bindings::exports::shoal::plugin::handler::Guest for ShoalExport {
+                fn init(
+                    info: $crate::ConnInfo,
+                ) -> ::std::result::Result<$crate::Next, ::std::string::String> {
+                    let (state, next) = <$handler as $crate::Handler>::init(info)?;
+                    STATE.with_borrow_mut(|slot| *slot = ::std::option::Option::Some(state));
+                    ::std::result::Result::Ok(next)
+                }
+
+                fn handle(event: $crate::Event) -> $crate::Next {
+                    STATE.with_borrow_mut(|slot| match slot {
+                        ::std::option::Option::Some(state) => {
+                            <$handler as $crate::Handler>::handle(state, event)
+                        }
+                        // The host calls `handle` only after a successful `init`.
+                        ::std::option::Option::None => $crate::Next::Close,
+                    })
+                }
+
+                fn close(reason: $crate::CloseReason) {
+                    if let ::std::option::Option::Some(state) = STATE.take() {
+                        <$handler as $crate::Handler>::close(state, reason);
+                    }
+                }
+            }
+
+            $crate::bindings::__export_plugin!(ShoalExport with_types_in $crate::bindings);
+        };
+    };
+}

@@ -1,0 +1,187 @@
+//! The acceptor pool: `pool_size` tasks blocked on `accept()` on one listener, each handing
+//! accepted sockets to connection tasks, supervised so that a failed acceptor is restarted.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{self, ConnectionContext};
+use crate::stats::{Live, LiveKind};
+
+/// Shortest and longest pause after an accept error caused by exhausted resources.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause before a failed acceptor is restarted, so a persistent failure cannot spin.
+const RESTART_DELAY: Duration = Duration::from_millis(100);
+
+/// What the acceptors of one listener share.
+pub(crate) struct AcceptorPool {
+    pub(crate) listener: Arc<TcpListener>,
+    pub(crate) ctx: Arc<ConnectionContext>,
+    /// One permit per open connection: at `max_connections` acceptors wait for one to end.
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) connections: TaskTracker,
+    /// Cancelled when the shutdown deadline passes: connection tasks are dropped.
+    pub(crate) hard_stop: CancellationToken,
+}
+
+/// Run the pool until shutdown: start `pool_size` acceptors and restart any that fails.
+/// Returns once every acceptor has stopped, so the listener is no longer used.
+pub(crate) async fn supervise(pool: Arc<AcceptorPool>) {
+    let mut acceptors = JoinSet::new();
+    for _ in 0..pool.ctx.config.pool_size() {
+        acceptors.spawn(accept_loop(Arc::clone(&pool)));
+    }
+    while let Some(ended) = acceptors.join_next().await {
+        if pool.ctx.shutdown.is_cancelled() {
+            continue;
+        }
+        match ended {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => tracing::error!("acceptor failed, restarting it: {error}"),
+            Err(join) => tracing::error!("acceptor panicked, restarting it: {join}"),
+        }
+        tokio::select! {
+            () = pool.ctx.shutdown.cancelled() => continue,
+            () = tokio::time::sleep(RESTART_DELAY) => {}
+        }
+        acceptors.spawn(accept_loop(Arc::clone(&pool)));
+    }
+}
+
+/// Accept connections until shutdown; an error this loop cannot recover from ends it.
+async fn accept_loop(pool: Arc<AcceptorPool>) -> io::Result<()> {
+    let shutdown = &pool.ctx.shutdown;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            permit = Arc::clone(&pool.permits).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else {
+            return Ok(());
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = pool.listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, _peer)) => {
+                backoff = BACKOFF_MIN;
+                pool.ctx.stats.count_accepted();
+                if let Err(error) = socket.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {error}");
+                }
+                let ctx = Arc::clone(&pool.ctx);
+                let hard_stop = pool.hard_stop.clone();
+                pool.connections.spawn(async move {
+                    let _permit = permit;
+                    let _live = Live::new(Arc::clone(&ctx.stats), LiveKind::Connection);
+                    tokio::select! {
+                        () = hard_stop.cancelled() => {
+                            tracing::warn!("connection dropped at the shutdown deadline");
+                        }
+                        () = connection::run(&ctx, socket) => {}
+                    }
+                });
+            }
+            Err(error) => match classify(&error) {
+                AcceptFailure::ThisConnection => {
+                    tracing::debug!("accept failed for one connection, skipping it: {error}");
+                }
+                AcceptFailure::OutOfResources => {
+                    tracing::warn!("accept failed ({error}); retrying in {backoff:?}");
+                    drop(permit);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                AcceptFailure::Listener => return Err(error),
+            },
+        }
+    }
+}
+
+/// What an accept error means for the acceptor.
+#[derive(Debug, PartialEq, Eq)]
+enum AcceptFailure {
+    /// Only the connection being accepted failed: accept the next one.
+    ThisConnection,
+    /// The process or system is out of descriptors or memory: wait, then retry.
+    OutOfResources,
+    /// The listener itself is broken: end this acceptor (the supervisor restarts it).
+    Listener,
+}
+
+fn classify(error: &io::Error) -> AcceptFailure {
+    if let Some(code) = error.raw_os_error() {
+        match code {
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                return AcceptFailure::OutOfResources;
+            }
+            // accept(2): pending network errors of the new socket are reported by accept
+            // itself and should be treated like EAGAIN.
+            libc::ECONNABORTED
+            | libc::ECONNRESET
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT
+            | libc::EINTR
+            | libc::EAGAIN => return AcceptFailure::ThisConnection,
+            _ => {}
+        }
+    }
+    match error.kind() {
+        io::ErrorKind::OutOfMemory => AcceptFailure::OutOfResources,
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::Interrupted
+        | io::ErrorKind::WouldBlock
+        | io::ErrorKind::TimedOut => AcceptFailure::ThisConnection,
+        _ => AcceptFailure::Listener,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_exhaustion_backs_off() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let error = io::Error::from_raw_os_error(code);
+            assert_eq!(classify(&error), AcceptFailure::OutOfResources, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_client_that_vanished_is_skipped() {
+        for code in [libc::ECONNABORTED, libc::ECONNRESET, libc::EINTR, libc::EPROTO] {
+            let error = io::Error::from_raw_os_error(code);
+            assert_eq!(classify(&error), AcceptFailure::ThisConnection, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_broken_listener_ends_the_acceptor() {
+        for code in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK] {
+            let error = io::Error::from_raw_os_error(code);
+            assert_eq!(classify(&error), AcceptFailure::Listener, "{error}");
+        }
+    }
+}

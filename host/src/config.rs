@@ -1,0 +1,253 @@
+//! Settings of one listener: its name, acceptor pool and per-connection limits.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Settings of one listener, validated once by [`ServerConfigBuilder::build`].
+///
+/// ```
+/// use std::time::Duration;
+/// use shoal_host::ServerConfig;
+///
+/// let config = ServerConfig::builder()
+///     .name("echo")
+///     .pool_size(4)
+///     .cpu_budget_per_call(Duration::from_millis(50))
+///     .build()?;
+/// assert_eq!(config.max_connections(), 16_384);
+/// # Ok::<(), shoal_host::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    name: String,
+    pool_size: usize,
+    max_connections: usize,
+    cpu_budget_per_call: Duration,
+    output_buffer_limit: usize,
+    read_buffer_size: usize,
+    shutdown_timeout: Duration,
+    guest_log_lines_per_second: u32,
+    guest_log_burst: u32,
+}
+
+impl ServerConfig {
+    /// A builder with every default set.
+    #[must_use]
+    pub fn builder() -> ServerConfigBuilder {
+        ServerConfigBuilder {
+            config: Self::default(),
+        }
+    }
+
+    /// The listener's name, handed to every guest in `conn-info`.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of acceptor tasks.
+    #[must_use]
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    /// Most connections open at once on this listener.
+    #[must_use]
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Most time one guest call may run.
+    #[must_use]
+    pub fn cpu_budget_per_call(&self) -> Duration {
+        self.cpu_budget_per_call
+    }
+
+    /// Most bytes a guest may queue with `send` during one call.
+    #[must_use]
+    pub fn output_buffer_limit(&self) -> usize {
+        self.output_buffer_limit
+    }
+
+    /// Most bytes read from the socket for one `handle` call.
+    #[must_use]
+    pub fn read_buffer_size(&self) -> usize {
+        self.read_buffer_size
+    }
+
+    /// How long shutdown waits for open connections before dropping them.
+    #[must_use]
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+
+    /// Sustained guest log lines per second per connection.
+    #[must_use]
+    pub fn guest_log_lines_per_second(&self) -> u32 {
+        self.guest_log_lines_per_second
+    }
+
+    /// Guest log lines a connection may write in a burst before the rate applies.
+    #[must_use]
+    pub fn guest_log_burst(&self) -> u32 {
+        self.guest_log_burst
+    }
+}
+
+impl Default for ServerConfig {
+    /// The defaults:
+    ///
+    /// * `name`: `"default"`;
+    /// * `pool_size`: 10 acceptor tasks;
+    /// * `max_connections`: 16,384 (past it, new connections wait in the kernel's backlog);
+    /// * `cpu_budget_per_call`: 100 ms (a call running longer traps and ends its connection);
+    /// * `output_buffer_limit`: 1 MiB queued per call (past it `send` returns `buffer-full`);
+    /// * `read_buffer_size`: 64 KiB per read;
+    /// * `shutdown_timeout`: 15 s;
+    /// * guest log: 20 lines per second per connection after a burst of 100.
+    fn default() -> Self {
+        Self {
+            name: "default".to_string(),
+            pool_size: 10,
+            max_connections: 16_384,
+            cpu_budget_per_call: Duration::from_millis(100),
+            output_buffer_limit: 1 << 20,
+            read_buffer_size: 64 << 10,
+            shutdown_timeout: Duration::from_secs(15),
+            guest_log_lines_per_second: 20,
+            guest_log_burst: 100,
+        }
+    }
+}
+
+/// Builds a [`ServerConfig`]; see [`ServerConfig::default`] for the defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfigBuilder {
+    config: ServerConfig,
+}
+
+impl ServerConfigBuilder {
+    /// The listener's name (default `"default"`).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Number of acceptor tasks (default 10).
+    #[must_use]
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.config.pool_size = size;
+        self
+    }
+
+    /// Most connections open at once (default 16,384).
+    #[must_use]
+    pub fn max_connections(mut self, count: usize) -> Self {
+        self.config.max_connections = count;
+        self
+    }
+
+    /// Most time one guest call may run (default 100 ms).
+    #[must_use]
+    pub fn cpu_budget_per_call(mut self, budget: Duration) -> Self {
+        self.config.cpu_budget_per_call = budget;
+        self
+    }
+
+    /// Most bytes a guest may queue during one call (default 1 MiB).
+    #[must_use]
+    pub fn output_buffer_limit(mut self, bytes: usize) -> Self {
+        self.config.output_buffer_limit = bytes;
+        self
+    }
+
+    /// Most bytes read for one `handle` call (default 64 KiB).
+    #[must_use]
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.read_buffer_size = bytes;
+        self
+    }
+
+    /// How long shutdown waits for open connections (default 15 s).
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Guest log rate per connection: lines per second after a burst (default 20 and 100).
+    #[must_use]
+    pub fn guest_log_rate(mut self, lines_per_second: u32, burst: u32) -> Self {
+        self.config.guest_log_lines_per_second = lines_per_second;
+        self.config.guest_log_burst = burst;
+        self
+    }
+
+    /// Check the settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field that cannot work and what to change.
+    pub fn build(self) -> Result<ServerConfig, ConfigError> {
+        let c = &self.config;
+        if c.name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if c.pool_size == 0 {
+            return Err(ConfigError::new("pool_size", "must be at least 1"));
+        }
+        if c.max_connections == 0 {
+            return Err(ConfigError::new("max_connections", "must be at least 1"));
+        }
+        if c.cpu_budget_per_call.is_zero() {
+            return Err(ConfigError::new(
+                "cpu_budget_per_call",
+                "must be longer than zero",
+            ));
+        }
+        if c.output_buffer_limit == 0 {
+            return Err(ConfigError::new("output_buffer_limit", "must be at least 1"));
+        }
+        if c.read_buffer_size == 0 {
+            return Err(ConfigError::new("read_buffer_size", "must be at least 1"));
+        }
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let config = ServerConfig::builder().build();
+        let Ok(config) = config else {
+            panic!("defaults must be valid: {config:?}");
+        };
+        assert_eq!(config.pool_size(), 10);
+        assert_eq!(config.max_connections(), 16_384);
+        assert_eq!(config.cpu_budget_per_call(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn zero_pool_is_refused_naming_the_field() {
+        let err = ServerConfig::builder().pool_size(0).build().err();
+        assert_eq!(err.as_ref().map(ConfigError::field), Some("pool_size"));
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("invalid `pool_size`: must be at least 1")
+        );
+    }
+
+    #[test]
+    fn zero_budget_is_refused() {
+        let err = ServerConfig::builder()
+            .cpu_budget_per_call(Duration::ZERO)
+            .build()
+            .err();
+        assert_eq!(err.map(|e| e.field()), Some("cpu_budget_per_call"));
+    }
+}

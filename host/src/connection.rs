@@ -1,0 +1,176 @@
+//! One connection, start to end: instantiate the plugin, `init`, hand every chunk read to
+//! `handle`, write what the guest sent after each call, and `close` exactly once.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::config::ServerConfig;
+use crate::guest::ConnSettings;
+use crate::instance::{GuestFault, GuestInstance};
+use crate::plugin::Plugin;
+use crate::stats::Stats;
+
+/// Connection ids are unique in the process and never reused.
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What every connection of one server shares.
+pub(crate) struct ConnectionContext {
+    pub(crate) config: ServerConfig,
+    pub(crate) plugin: Plugin,
+    pub(crate) stats: Arc<Stats>,
+    /// Cancelled when the server shuts down: guests get `close(shutdown)`.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Serve one accepted socket until it ends.
+pub(crate) async fn run(ctx: &ConnectionContext, socket: TcpStream) {
+    let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let peer = address(socket.peer_addr());
+    let span = tracing::info_span!("conn", id, %peer, plugin = ctx.plugin.name());
+    serve(ctx, socket, id, peer).instrument(span).await;
+}
+
+fn address(addr: io::Result<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|_| "unknown".to_string(), |a| a.to_string())
+}
+
+async fn serve(ctx: &ConnectionContext, mut socket: TcpStream, id: u64, peer: String) {
+    let config = &ctx.config;
+    let settings = ConnSettings {
+        conn_id: id,
+        plugin: ctx.plugin.shared_name(),
+        output_limit: config.output_buffer_limit(),
+        cpu_budget: config.cpu_budget_per_call(),
+        log_lines_per_second: config.guest_log_lines_per_second(),
+        log_burst: config.guest_log_burst(),
+        stats: Arc::clone(&ctx.stats),
+    };
+    let mut guest = match GuestInstance::new(&ctx.plugin, &settings).await {
+        Ok(guest) => guest,
+        Err(error) => {
+            tracing::warn!("cannot instantiate the plugin, closing the connection: {error:#}");
+            return;
+        }
+    };
+    let info = ConnInfo {
+        id,
+        peer,
+        local: address(socket.local_addr()),
+        listener: config.name().to_string(),
+    };
+    let next = match guest.init(&info).await {
+        Ok(Ok(next)) => next,
+        Ok(Err(refusal)) => {
+            tracing::info!("plugin refused the connection: {refusal}");
+            return;
+        }
+        Err(fault) => return report(ctx, &fault, "init"),
+    };
+    let reason = match event_loop(ctx, &mut guest, &mut socket, next).await {
+        Ok(reason) => reason,
+        Err(fault) => return report(ctx, &fault, "handle"),
+    };
+    tracing::debug!(?reason, "connection ending");
+    if let Err(fault) = guest.close(&reason).await {
+        return report(ctx, &fault, "close");
+    }
+    // The client may be gone already; there is nobody left to tell about a failed write.
+    let _ = flush(&mut guest, &mut socket).await;
+    let _ = socket.shutdown().await;
+}
+
+fn report(ctx: &ConnectionContext, fault: &GuestFault, export: &str) {
+    ctx.stats.count_trap();
+    tracing::warn!("closing the connection: `{export}` failed: {fault}");
+}
+
+/// Read, `handle`, write, until the guest, the client or the server ends the connection.
+async fn event_loop(
+    ctx: &ConnectionContext,
+    guest: &mut GuestInstance,
+    socket: &mut TcpStream,
+    mut next: Next,
+) -> Result<CloseReason, GuestFault> {
+    // One buffer serves every read: it travels into the event and back out of it.
+    let mut buffer = Vec::with_capacity(ctx.config.read_buffer_size());
+    loop {
+        if let Err(error) = flush(guest, socket).await {
+            return Ok(ended_by(&error, "write"));
+        }
+        if next == Next::Close {
+            return Ok(CloseReason::GuestClosed);
+        }
+        buffer.clear();
+        let read = tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => return Ok(CloseReason::Shutdown),
+            read = socket.read_buf(&mut buffer) => read,
+        };
+        match read {
+            Ok(0) => return Ok(CloseReason::PeerClosed),
+            Ok(_) => {}
+            Err(error) => return Ok(ended_by(&error, "read")),
+        }
+        let event = Event::Data(buffer);
+        next = guest.handle(&event).await?;
+        buffer = match event {
+            Event::Data(buffer) => buffer,
+            Event::Message(_) => Vec::with_capacity(ctx.config.read_buffer_size()),
+        };
+    }
+}
+
+/// Write what the guest queued. After a failed write the guest's later sends fail with
+/// `closed`.
+async fn flush(guest: &mut GuestInstance, socket: &mut TcpStream) -> io::Result<()> {
+    if guest.output().is_empty() {
+        return Ok(());
+    }
+    let written = socket.write_all(guest.output()).await;
+    match written {
+        Ok(()) => guest.clear_output(),
+        Err(_) => guest.mark_unwritable(),
+    }
+    written
+}
+
+/// The close reason for a socket error: a vanished client is `peer-closed`, anything else an
+/// `error` naming the operation.
+fn ended_by(error: &io::Error, operation: &str) -> CloseReason {
+    match error.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => CloseReason::PeerClosed,
+        _ => CloseReason::Error(format!("{operation} failed: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_is_the_peer_closing() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(matches!(ended_by(&reset, "read"), CloseReason::PeerClosed));
+        let pipe = io::Error::from(io::ErrorKind::BrokenPipe);
+        assert!(matches!(ended_by(&pipe, "write"), CloseReason::PeerClosed));
+    }
+
+    #[test]
+    fn other_errors_name_the_operation() {
+        let other = io::Error::other("disk on fire");
+        let CloseReason::Error(text) = ended_by(&other, "read") else {
+            panic!("expected an error reason");
+        };
+        assert_eq!(text, "read failed: disk on fire");
+    }
+}

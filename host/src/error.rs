@@ -1,0 +1,120 @@
+//! Errors of the library API, typed so callers can match on what went wrong.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A setting that cannot work, with the name of the field and what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{field}`: {reason}")]
+pub struct ConfigError {
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the offending field.
+    #[must_use]
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+/// Why the Wasm engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// wasmtime rejected the engine configuration.
+    #[error("wasmtime rejected the engine configuration: {0}")]
+    Engine(String),
+    /// The epoch ticker thread could not be started.
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(#[source] io::Error),
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The bytes are not WebAssembly at all.
+    #[error(
+        "{name} is not a WebAssembly file (it does not start with the `\\0asm` magic bytes); \
+         build the plugin with `cargo build --target wasm32-wasip2`"
+    )]
+    NotWasm {
+        /// The plugin's name.
+        name: String,
+    },
+    /// The bytes are a core Wasm module, not a component.
+    #[error(
+        "{name} is a core WebAssembly module, not a component; build it for `wasm32-wasip2` \
+         or turn it into a component with `wasm-tools component new`"
+    )]
+    NotComponent {
+        /// The plugin's name.
+        name: String,
+    },
+    /// wasmtime could not compile the component.
+    #[error("cannot compile {name}: {message}")]
+    Compile {
+        /// The plugin's name.
+        name: String,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// The component does not export the handler interface of the `shoal:plugin` world.
+    #[error(
+        "{name} does not implement the shoal:plugin world: it does not export `{missing}` \
+         (it exports: {found})"
+    )]
+    MissingExport {
+        /// The plugin's name.
+        name: String,
+        /// The export that is missing.
+        missing: String,
+        /// What the component does export, comma-separated (or `nothing`).
+        found: String,
+    },
+    /// The component exports the handler interface with the wrong function types.
+    #[error("{name} exports the shoal:plugin handler with the wrong types: {message}")]
+    WrongExport {
+        /// The plugin's name.
+        name: String,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// The component imports something shoal does not provide.
+    #[error(
+        "{name} imports something shoal does not provide: {message} \
+         (shoal provides shoal:plugin/connection, shoal:plugin/log and wasi:* 0.2)"
+    )]
+    UnsatisfiedImport {
+        /// The plugin's name.
+        name: String,
+        /// wasmtime's explanation, naming the import.
+        message: String,
+    },
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The listener's local address could not be read.
+    #[error("cannot read the listener's address: {0}")]
+    LocalAddr(#[source] io::Error),
+}

@@ -1,0 +1,217 @@
+//! What each connection's `Store` carries, and the host side of the plugin's imports.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::shoal::plugin::types::{Level, SendError};
+use crate::bindings::shoal::plugin::{connection, log, types};
+use crate::guest_log::{GuestLog, GuestStdio, RateLimiter};
+use crate::stats::{Live, LiveKind, Stats};
+
+/// The state of one connection's store: an empty WASI context, the output queue, the guest's
+/// log and the CPU budget of the call in progress.
+pub(crate) struct ConnState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    output: Vec<u8>,
+    output_limit: usize,
+    writable: bool,
+    log: Arc<Mutex<GuestLog>>,
+    pub(crate) budget: CallBudget,
+    _live: Live,
+}
+
+/// What a new [`ConnState`] needs to know.
+pub(crate) struct ConnSettings {
+    pub(crate) conn_id: u64,
+    pub(crate) plugin: Arc<str>,
+    pub(crate) output_limit: usize,
+    pub(crate) cpu_budget: Duration,
+    pub(crate) log_lines_per_second: u32,
+    pub(crate) log_burst: u32,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl ConnState {
+    pub(crate) fn new(settings: &ConnSettings) -> Self {
+        let limiter = RateLimiter::new(
+            settings.log_lines_per_second,
+            settings.log_burst,
+            Instant::now(),
+        );
+        let log = Arc::new(Mutex::new(GuestLog::new(
+            settings.conn_id,
+            Arc::clone(&settings.plugin),
+            limiter,
+        )));
+        // No files, sockets, environment, arguments or stdin: stdout and stderr reach the log.
+        let wasi = WasiCtx::builder()
+            .stdout(GuestStdio::new(Arc::clone(&log), Level::Info))
+            .stderr(GuestStdio::new(Arc::clone(&log), Level::Warn))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            output: Vec::new(),
+            output_limit: settings.output_limit,
+            writable: true,
+            log,
+            budget: CallBudget::new(settings.cpu_budget),
+            _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
+        }
+    }
+
+    /// Bytes the guest queued since the last [`ConnState::clear_output`].
+    pub(crate) fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    pub(crate) fn clear_output(&mut self) {
+        self.output.clear();
+    }
+
+    /// The socket cannot be written any more: later `send`s fail with `closed`.
+    pub(crate) fn mark_unwritable(&mut self) {
+        self.writable = false;
+        self.output.clear();
+    }
+}
+
+impl WasiView for ConnState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for ConnState {}
+
+impl connection::Host for ConnState {
+    fn send(&mut self, data: Vec<u8>) -> Result<(), SendError> {
+        if !self.writable {
+            return Err(SendError::Closed);
+        }
+        if self.output.len() + data.len() > self.output_limit {
+            return Err(SendError::BufferFull);
+        }
+        if self.output.is_empty() {
+            self.output = data;
+        } else {
+            self.output.extend_from_slice(&data);
+        }
+        Ok(())
+    }
+}
+
+impl log::Host for ConnState {
+    fn log(&mut self, level: Level, message: String) {
+        if let Ok(mut log) = self.log.lock() {
+            log.line(level, &message);
+        }
+    }
+}
+
+/// The CPU time one guest call may use, checked on every epoch tick.
+///
+/// Time counts only while the call runs on a thread: the interval from a resume (the call's
+/// start, or the end of a yield) to the next tick is charged, time spent parked in the
+/// executor queue is not.
+pub(crate) struct CallBudget {
+    limit: Duration,
+    used: Duration,
+    resumed_at: Arc<Mutex<Instant>>,
+}
+
+impl CallBudget {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            used: Duration::ZERO,
+            resumed_at: Arc::new(Mutex::new(Instant::now())),
+        }
+    }
+
+    /// A new call starts now with the whole budget.
+    pub(crate) fn start(&mut self, now: Instant) {
+        self.used = Duration::ZERO;
+        self.set_resumed(now);
+    }
+
+    /// Charge the time since the last resume; `true` once the budget is spent.
+    pub(crate) fn charge(&mut self, now: Instant) -> bool {
+        let resumed_at = self.resumed_at.lock().map(|t| *t).unwrap_or(now);
+        self.used += now.saturating_duration_since(resumed_at);
+        self.used > self.limit
+    }
+
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// A handle the yield future uses to record when the call resumes.
+    pub(crate) fn resume_clock(&self) -> Arc<Mutex<Instant>> {
+        Arc::clone(&self.resumed_at)
+    }
+
+    fn set_resumed(&self, now: Instant) {
+        if let Ok(mut resumed_at) = self.resumed_at.lock() {
+            *resumed_at = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_charges_running_time_only() {
+        let start = Instant::now();
+        let mut budget = CallBudget::new(Duration::from_millis(10));
+        budget.start(start);
+        assert!(!budget.charge(start + Duration::from_millis(6)));
+        // Parked for a second, then resumed: the wait is not charged.
+        let resumed = start + Duration::from_secs(1);
+        *budget.resume_clock().lock().expect("not poisoned") = resumed;
+        assert!(!budget.charge(resumed + Duration::from_millis(3)));
+        *budget.resume_clock().lock().expect("not poisoned") = resumed + Duration::from_millis(3);
+        assert!(budget.charge(resumed + Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn send_respects_the_output_limit() {
+        let settings = ConnSettings {
+            conn_id: 1,
+            plugin: Arc::from("test"),
+            output_limit: 8,
+            cpu_budget: Duration::from_millis(10),
+            log_lines_per_second: 1,
+            log_burst: 1,
+            stats: Arc::default(),
+        };
+        let mut state = ConnState::new(&settings);
+        assert_eq!(connection::Host::send(&mut state, b"12345".to_vec()), Ok(()));
+        assert_eq!(
+            connection::Host::send(&mut state, b"6789".to_vec()),
+            Err(SendError::BufferFull)
+        );
+        assert_eq!(connection::Host::send(&mut state, b"678".to_vec()), Ok(()));
+        assert_eq!(state.output(), b"12345678");
+        state.mark_unwritable();
+        assert_eq!(
+            connection::Host::send(&mut state, b"x".to_vec()),
+            Err(SendError::Closed)
+        );
+        assert_eq!(settings.stats.live_instances(), 1);
+        drop(state);
+        assert_eq!(settings.stats.live_instances(), 0);
+    }
+}

@@ -1,0 +1,68 @@
+//! shoal: a TCP server that runs every connection in its own sandboxed WebAssembly component.
+//!
+//! A [`Server`] accepts connections on a listener with a supervised pool of acceptor tasks and
+//! hands each one to a fresh instance of a [`Plugin`]: a component implementing the
+//! `shoal:plugin` world (`wit/plugin.wit`). The plugin's exports `init`, `handle` and `close`
+//! run the connection; per-connection state lives in the instance, so a trap, a loop or a
+//! memory bomb costs only that connection.
+//!
+//! ```no_run
+//! use shoal_host::{Plugin, Runtime, RuntimeConfig};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let plugin = Plugin::from_file(&runtime, "target/plugins/echo.wasm")?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! shoal_host::serve(listener, plugin, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Lifecycle of a connection
+//!
+//! 1. `init(conn-info)` runs once when the connection is accepted; the socket is open.
+//!    `ok(continue)` keeps it, `ok(close)` flushes and closes, `err` refuses it (no `close`).
+//! 2. `handle(event)` runs for every chunk read from the socket, in order, never two at once.
+//! 3. `close(reason)` runs exactly once when a connection whose `init` succeeded ends for any
+//!    reason but a trap; what it sends is flushed while the client can still receive it.
+//!
+//! Bytes the guest `send`s are written after each call returns.
+//!
+//! # Layout
+//!
+//! * [`runtime`]: the shared wasmtime engine, pooling allocator and epoch ticker.
+//! * [`plugin`]: loading, checking and pre-linking a component.
+//! * [`config`]: per-listener settings and their defaults.
+//! * [`server`]: the entry point — serve a bound listener until a shutdown future resolves.
+//! * `acceptor`: the supervised acceptor pool and accept-error classification.
+//! * `connection`: one connection's task, from `init` to `close`.
+//! * `instance`: one plugin instance, its store and the per-call CPU budget.
+//! * `guest`: the store's state and the host side of the plugin's imports.
+//! * `guest_log`: guest log lines and stdio, rate-limited, into `tracing`.
+//! * [`stats`]: live counters.
+//! * [`tcp`]: the low-level listen/accept/receive API.
+//! * [`error`]: typed errors.
+
+mod acceptor;
+mod bindings;
+pub mod config;
+mod connection;
+pub mod error;
+mod guest;
+mod guest_log;
+mod instance;
+pub mod plugin;
+pub mod runtime;
+pub mod server;
+pub mod stats;
+pub mod tcp;
+
+pub use config::{ServerConfig, ServerConfigBuilder};
+pub use error::{ConfigError, PluginError, RuntimeError, ServeError};
+pub use plugin::{HANDLER_EXPORT, Plugin};
+pub use runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};
+pub use server::{Server, serve};
+pub use stats::Stats;

@@ -1,0 +1,127 @@
+//! The `shoal` command: serve a plugin on a TCP port, or check that a file is a valid plugin.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shoal_host::{Plugin, Runtime, RuntimeConfig, Server, ServerConfig};
+
+/// The echo plugin, served when `shoal serve` is given no plugin.
+const BUNDLED_ECHO: &[u8] = include_bytes!(env!("SHOAL_ECHO_WASM"));
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "A TCP server that runs every connection in its own Wasm component")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a plugin: every accepted connection gets a fresh instance of it.
+    Serve {
+        /// Address to listen on; port 0 picks a free port (the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Number of acceptor tasks.
+        #[arg(long, default_value_t = ServerConfig::default().pool_size())]
+        pool_size: usize,
+        /// The plugin component (.wasm); without one, the bundled echo plugin.
+        plugin: Option<PathBuf>,
+    },
+    /// Check that a component implements the shoal:plugin world, and say what is missing.
+    Check {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve {
+            listen,
+            pool_size,
+            plugin,
+        } => serve(listen, pool_size, plugin),
+        Command::Check { plugin } => check(&plugin),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shoal: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(listen: SocketAddr, pool_size: usize, plugin: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = ServerConfig::builder().pool_size(pool_size).build()?;
+    let runtime = Runtime::new(RuntimeConfig::default()).context("cannot start the Wasm engine")?;
+    let plugin = match plugin {
+        Some(path) => Plugin::from_file(&runtime, &path)?,
+        None => Plugin::from_bytes(&runtime, "echo", BUNDLED_ECHO)?,
+    };
+    let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    tokio.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+            format!("cannot listen on {listen}; is another server using it? Pick another with --listen (port 0 picks a free one)")
+        })?;
+        let bound = listener.local_addr()?;
+        // Tests and scripts wait for this line to know the server is ready.
+        println!("listening on {bound}");
+        std::io::stdout().flush()?;
+        Server::new(plugin, config)
+            .serve(listener, shutdown_signal())
+            .await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!("cannot listen for SIGTERM ({error}); only Ctrl-C stops the server");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn check(path: &PathBuf) -> anyhow::Result<()> {
+    let runtime = Runtime::new(
+        RuntimeConfig::builder().max_instances(1).build()?,
+    )
+    .context("cannot start the Wasm engine")?;
+    let plugin = Plugin::from_file(&runtime, path)?;
+    println!(
+        "ok: {} implements the shoal:plugin world (exports {})",
+        plugin.name(),
+        shoal_host::HANDLER_EXPORT
+    );
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! The Wasm engine every plugin of a process shares: compilation settings, the pooling
+//! instance allocator and the epoch ticker that keeps guests from holding a thread.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::{ConfigError, RuntimeError};
+
+/// Settings of a [`Runtime`], shared by every listener and plugin of a process.
+///
+/// Built with [`RuntimeConfig::builder`]; every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    max_instances: u32,
+    max_memory_bytes: usize,
+    core_instances_per_component: u32,
+    epoch_tick: Duration,
+    copy_on_write: bool,
+}
+
+impl RuntimeConfig {
+    /// A builder with every default set.
+    #[must_use]
+    pub fn builder() -> RuntimeConfigBuilder {
+        RuntimeConfigBuilder { config: Self::default() }
+    }
+
+    /// Most plugin instances (so connections) alive at once, across every listener.
+    #[must_use]
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances
+    }
+
+    /// Largest linear memory one instance may grow to, in bytes.
+    #[must_use]
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
+    }
+
+    /// How often guests are interrupted to yield and have their CPU time checked.
+    #[must_use]
+    pub fn epoch_tick(&self) -> Duration {
+        self.epoch_tick
+    }
+}
+
+impl Default for RuntimeConfig {
+    /// The defaults:
+    ///
+    /// * `max_instances`: 16,384 live instances (so connections) across all listeners;
+    /// * `max_memory_bytes`: 64 MiB of linear memory per instance;
+    /// * `core_instances_per_component`: 4 (a Rust `wasm32-wasip2` guest has 3);
+    /// * `epoch_tick`: 1 ms;
+    /// * `copy_on_write`: off (small Rust guests instantiate faster without it).
+    fn default() -> Self {
+        Self {
+            max_instances: 16_384,
+            max_memory_bytes: 64 << 20,
+            core_instances_per_component: 4,
+            epoch_tick: Duration::from_millis(1),
+            copy_on_write: false,
+        }
+    }
+}
+
+/// Builds a [`RuntimeConfig`]; [`RuntimeConfigBuilder::build`] validates it.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfigBuilder {
+    config: RuntimeConfig,
+}
+
+impl RuntimeConfigBuilder {
+    /// Most plugin instances alive at once across every listener (default 16,384).
+    #[must_use]
+    pub fn max_instances(mut self, count: u32) -> Self {
+        self.config.max_instances = count;
+        self
+    }
+
+    /// Largest linear memory of one instance in bytes (default 64 MiB).
+    #[must_use]
+    pub fn max_memory_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_memory_bytes = bytes;
+        self
+    }
+
+    /// Core Wasm instances one component may create (default 4). Components built by other
+    /// toolchains may need more: a Python guest has 14.
+    #[must_use]
+    pub fn core_instances_per_component(mut self, count: u32) -> Self {
+        self.config.core_instances_per_component = count;
+        self
+    }
+
+    /// How often running guests are interrupted (default 1 ms). Each interruption lets other
+    /// tasks run and checks the call's CPU budget, so this is also the budget's precision.
+    #[must_use]
+    pub fn epoch_tick(mut self, tick: Duration) -> Self {
+        self.config.epoch_tick = tick;
+        self
+    }
+
+    /// Map each instance's initial memory copy-on-write from the compiled image (default off).
+    #[must_use]
+    pub fn copy_on_write(mut self, enabled: bool) -> Self {
+        self.config.copy_on_write = enabled;
+        self
+    }
+
+    /// Check the settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field that cannot work.
+    pub fn build(self) -> Result<RuntimeConfig, ConfigError> {
+        let c = &self.config;
+        if c.max_instances == 0 {
+            return Err(ConfigError::new("max_instances", "must be at least 1"));
+        }
+        if c.max_memory_bytes < 64 << 10 {
+            return Err(ConfigError::new(
+                "max_memory_bytes",
+                "must be at least 65536 (one Wasm page)",
+            ));
+        }
+        if c.core_instances_per_component == 0 {
+            return Err(ConfigError::new(
+                "core_instances_per_component",
+                "must be at least 1",
+            ));
+        }
+        if c.epoch_tick.is_zero() {
+            return Err(ConfigError::new("epoch_tick", "must be longer than zero"));
+        }
+        Ok(self.config)
+    }
+}
+
+/// The compiler and instance allocator that plugins run on. Cheap to clone; the epoch ticker
+/// thread stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    config: RuntimeConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Create the engine and start its epoch ticker.
+    ///
+    /// # Errors
+    ///
+    /// A [`RuntimeError`] when wasmtime rejects the configuration or the ticker thread cannot
+    /// start.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&ticker_stop);
+        let ticking = engine.clone();
+        let tick = config.epoch_tick;
+        thread::Builder::new()
+            .name("shoal-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    thread::sleep(tick);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(RuntimeError::Ticker)?;
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                config,
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    #[must_use]
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The settings this runtime was made with.
+    #[must_use]
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> Config {
+    let instances = config.max_instances;
+    let core_instances = instances.saturating_mul(config.core_instances_per_component);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(core_instances)
+        .max_core_instances_per_component(config.core_instances_per_component)
+        // Rust guests have one memory, guests built through the wasip1 adapter two.
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(core_instances)
+        .total_stacks(instances)
+        .max_memory_size(config.max_memory_bytes);
+
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        // The component-model-async machinery doubles the cost of every call; shoal's world
+        // has no async functions, so it is switched off.
+        .concurrency_support(false)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .memory_init_cow(config.copy_on_write)
+        // Reserve exactly the memory limit per slot (plus a small guard) so that thousands of
+        // pool slots fit in the address space; bounds checks stay cheap on 64-bit hosts.
+        .memory_reservation(config.max_memory_bytes as u64)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0);
+    wasm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = RuntimeConfig::builder().build();
+        assert!(config.is_ok());
+    }
+
+    #[test]
+    fn zero_instances_is_refused_with_the_field_named() {
+        let err = RuntimeConfig::builder().max_instances(0).build().err();
+        assert_eq!(err.map(|e| e.field()), Some("max_instances"));
+    }
+
+    #[test]
+    fn sub_page_memory_is_refused() {
+        let err = RuntimeConfig::builder().max_memory_bytes(1024).build().err();
+        assert_eq!(err.map(|e| e.field()), Some("max_memory_bytes"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The server: a bound listener, a plugin and a config, run until a shutdown future resolves,
+//! then drained with a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::acceptor::{self, AcceptorPool};
+use crate::config::ServerConfig;
+use crate::connection::ConnectionContext;
+use crate::error::ServeError;
+use crate::plugin::Plugin;
+use crate::stats::Stats;
+
+/// A shoal server for one listener: every accepted connection runs in its own instance of
+/// the plugin.
+///
+/// ```no_run
+/// use shoal_host::{Plugin, Runtime, RuntimeConfig, Server, ServerConfig};
+///
+/// # async fn run() -> anyhow::Result<()> {
+/// let runtime = Runtime::new(RuntimeConfig::default())?;
+/// let plugin = Plugin::from_file(&runtime, "target/plugins/echo.wasm")?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let server = Server::new(plugin, ServerConfig::builder().name("echo").build()?);
+/// let stats = server.stats();
+/// server.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// assert_eq!(stats.live_instances(), 0);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server {
+    config: ServerConfig,
+    plugin: Plugin,
+    stats: Arc<Stats>,
+}
+
+impl Server {
+    /// A server that will run `plugin` for each connection, with `config`.
+    #[must_use]
+    pub fn new(plugin: Plugin, config: ServerConfig) -> Self {
+        Self {
+            config,
+            plugin,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Live counters, readable while the server runs and after it stopped.
+    #[must_use]
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Accept and serve connections on `listener` until `shutdown` resolves. Then stop
+    /// accepting (the listener is closed, so new connections are refused), give every live
+    /// guest `close(shutdown)`, write its last output, and return once all connections have
+    /// ended or the config's `shutdown_timeout` has passed (remaining connections are dropped).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::LocalAddr`] when the listener's address cannot be read.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let local = listener.local_addr().map_err(ServeError::LocalAddr)?;
+        let shutdown_timeout = self.config.shutdown_timeout();
+        let max_connections = self.config.max_connections();
+        let ctx = Arc::new(ConnectionContext {
+            config: self.config,
+            plugin: self.plugin,
+            stats: self.stats,
+            shutdown: CancellationToken::new(),
+        });
+        let connections = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let pool = Arc::new(AcceptorPool {
+            listener: Arc::new(listener),
+            permits: Arc::new(Semaphore::new(max_connections)),
+            ctx: Arc::clone(&ctx),
+            connections: connections.clone(),
+            hard_stop: hard_stop.clone(),
+        });
+        tracing::info!(%local, plugin = ctx.plugin.name(), listener = ctx.config.name(), "serving");
+
+        let supervisor = tokio::spawn(acceptor::supervise(Arc::clone(&pool)));
+        shutdown.await;
+        tracing::info!(%local, live = ctx.stats.live_connections(), "shutting down");
+        ctx.shutdown.cancel();
+        if let Err(error) = supervisor.await {
+            tracing::error!("acceptor supervisor failed: {error}");
+        }
+        // Every acceptor has ended: dropping the pool closes the listening socket, so new
+        // connections are refused from here on.
+        drop(pool);
+
+        connections.close();
+        if tokio::time::timeout(shutdown_timeout, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                live = ctx.stats.live_connections(),
+                "shutdown deadline of {shutdown_timeout:?} passed; dropping the remaining connections"
+            );
+            hard_stop.cancel();
+            connections.wait().await;
+        }
+        tracing::info!(%local, "stopped");
+        Ok(())
+    }
+}
+
+/// Run `plugin` on `listener` with the default [`ServerConfig`] until `shutdown` resolves.
+/// See [`Server::serve`].
+///
+/// # Errors
+///
+/// See [`Server::serve`].
+pub async fn serve(
+    listener: TcpListener,
+    plugin: Plugin,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    Server::new(plugin, ServerConfig::default())
+        .serve(listener, shutdown)
+        .await
+}

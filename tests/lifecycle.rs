@@ -1,0 +1,201 @@
+//! The plugin lifecycle through a real server: `init` output, guest-initiated close, `close`
+//! exactly once, traps isolated to their connection, graceful shutdown, and the low-level API.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use support::{
+    TestServer, captured_logs, log_lines_with, plugin, random_bytes, read_line, read_to_end,
+    wait_for,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Connect to a greeter server and read the greeting; returns the reader and connection id.
+async fn greeted(server: &TestServer) -> anyhow::Result<(BufReader<TcpStream>, u64)> {
+    let mut reader = BufReader::new(server.connect().await?);
+    let greeting = read_line(&mut reader).await?;
+    let id = greeting
+        .strip_prefix("hello ")
+        .and_then(|rest| rest.strip_suffix(" from greeter"))
+        .context("greeting has the documented shape")?
+        .parse()?;
+    Ok((reader, id))
+}
+
+#[tokio::test]
+async fn init_greets_and_quit_closes_from_the_guest() -> anyhow::Result<()> {
+    let server = TestServer::start("greeter").await?;
+    let (mut reader, id) = greeted(&server).await?;
+    reader.get_mut().write_all(b"ping\nquit\n").await?;
+    assert_eq!(read_line(&mut reader).await?, format!("{id}: ping"));
+    assert_eq!(read_line(&mut reader).await?, "bye (guest-closed)");
+    let rest = read_to_end(&mut reader).await?;
+    assert!(rest.is_empty(), "nothing after close: {rest:?}");
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn close_runs_exactly_once_when_the_client_disconnects() -> anyhow::Result<()> {
+    captured_logs();
+    let server = TestServer::start("greeter").await?;
+    let (mut reader, id) = greeted(&server).await?;
+    reader.get_mut().write_all(b"hi\n").await?;
+    assert_eq!(read_line(&mut reader).await?, format!("{id}: hi"));
+    drop(reader);
+    let needle = format!("conn={id} ");
+    wait_for("the guest's close to be logged", || {
+        !log_lines_with(&["close called: peer-closed", &needle]).is_empty()
+    })
+    .await?;
+    server.wait_idle().await?;
+    let closes = log_lines_with(&["close called", &needle]);
+    assert_eq!(closes.len(), 1, "close ran once: {closes:#?}");
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn after_a_half_close_the_output_of_close_still_arrives() -> anyhow::Result<()> {
+    let server = TestServer::start("greeter").await?;
+    let (mut reader, id) = greeted(&server).await?;
+    reader.get_mut().write_all(b"one\n").await?;
+    reader.get_mut().shutdown().await?;
+    assert_eq!(read_line(&mut reader).await?, format!("{id}: one"));
+    assert_eq!(read_line(&mut reader).await?, "bye (peer-closed)");
+    assert!(read_to_end(&mut reader).await?.is_empty());
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn a_trap_closes_only_its_own_connection() -> anyhow::Result<()> {
+    captured_logs();
+    let server = TestServer::start("trap-on").await?;
+    let mut bystander = server.connect().await?;
+    let mut victim = server.connect().await?;
+
+    bystander.write_all(b"before").await?;
+    let mut reply = [0u8; 6];
+    bystander.read_exact(&mut reply).await?;
+    assert_eq!(&reply, b"before");
+
+    victim.write_all(b"please trap now").await?;
+    let rest = read_to_end(&mut victim).await;
+    assert!(
+        rest.as_ref().map_or(true, Vec::is_empty),
+        "the trapping connection gets nothing back: {rest:?}"
+    );
+    wait_for("the trap to be counted", || server.stats.traps() == 1).await?;
+
+    bystander.write_all(b"after").await?;
+    let mut reply = [0u8; 5];
+    bystander.read_exact(&mut reply).await?;
+    assert_eq!(&reply, b"after");
+
+    let newcomer_payload = random_bytes(1000, 3);
+    let mut newcomer = server.connect().await?;
+    newcomer.write_all(&newcomer_payload).await?;
+    let mut echoed = vec![0u8; newcomer_payload.len()];
+    newcomer.read_exact(&mut echoed).await?;
+    assert_eq!(echoed, newcomer_payload);
+
+    let trap_logs = log_lines_with(&["`handle` failed", "guest trapped"]);
+    assert_eq!(trap_logs.len(), 1, "the trap is logged once: {trap_logs:#?}");
+    assert!(
+        trap_logs[0].contains("conn{id="),
+        "logged with the connection id: {}",
+        trap_logs[0]
+    );
+    let panic_logs = log_lines_with(&["asked to trap", "plugin=\"trap-on\""]);
+    assert!(
+        !panic_logs.is_empty(),
+        "the guest's panic message reaches the log through stderr"
+    );
+    assert_eq!(server.stats.traps(), 1);
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn shutdown_closes_guests_with_a_reason_and_refuses_newcomers() -> anyhow::Result<()> {
+    let mut server = TestServer::start("greeter").await?;
+    let (mut reader, _id) = greeted(&server).await?;
+    let addr = server.addr;
+    server.begin_shutdown();
+    assert_eq!(read_line(&mut reader).await?, "bye (shutdown)");
+    assert!(read_to_end(&mut reader).await?.is_empty());
+    server.shutdown().await?;
+    let refused = TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "a new connection after shutdown is refused");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_connections_while_open_ones_finish() -> anyhow::Result<()> {
+    let mut server = TestServer::start("echo").await?;
+    let addr = server.addr;
+    let client = server.connect().await?;
+    let (mut reader, mut writer) = client.into_split();
+    // More than the socket buffers hold: the server is stuck writing the echo until the
+    // client reads, so the connection is still open when shutdown begins. The server stops
+    // reading at shutdown, so the client's writer never finishes; it is aborted.
+    let payload = random_bytes(32 << 20, 11);
+    let sent = payload.clone();
+    let writing = tokio::spawn(async move { writer.write_all(&sent).await });
+    wait_for("the echo to back up", || server.stats.live_connections() == 1).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.begin_shutdown();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("new connections were still accepted 10 s after shutdown began")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(server.stats.live_connections(), 1, "the open connection is still served");
+
+    // The connection finishes: its pending echo is written, then it is closed for shutdown.
+    let mut echoed = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), reader.read(&mut chunk)).await? {
+            Ok(0) | Err(_) => break,
+            Ok(n) => echoed.extend_from_slice(&chunk[..n]),
+        }
+    }
+    writing.abort();
+    assert!(!echoed.is_empty(), "the echo backed up before shutdown arrives");
+    assert!(echoed == payload[..echoed.len()], "what arrived is an exact prefix of the echo");
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn the_low_level_api_listens_accepts_and_receives() -> anyhow::Result<()> {
+    let listener = shoal_host::tcp::listen("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let client = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(b"raw bytes").await?;
+        let mut reader = BufReader::new(stream);
+        // The second accepted socket is handed to a plugin instance.
+        let mut second = BufReader::new(TcpStream::connect(addr).await?);
+        let greeting = read_line(&mut second).await?;
+        second.get_mut().write_all(b"quit\n").await?;
+        let bye = read_line(&mut second).await?;
+        let _ = reader.get_mut().shutdown().await;
+        anyhow::Ok((greeting, bye))
+    });
+    let mut socket = listener.accept().await?;
+    assert_eq!(&socket.receive(9).await?[..], b"raw bytes");
+    let second = listener.accept().await?;
+    let config = shoal_host::ServerConfig::builder().name("low-level").build()?;
+    second.serve_plugin(&plugin("greeter"), &config).await;
+    let (greeting, bye) = client.await??;
+    assert!(greeting.starts_with("hello ") && greeting.ends_with(" from low-level"));
+    assert_eq!(bye, "bye (guest-closed)");
+    Ok(())
+}

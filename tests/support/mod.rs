@@ -1,0 +1,209 @@
+//! Shared by the integration tests: a real shoal server on 127.0.0.1 port 0, plugins built
+//! from `plugins/` by `make plugins`, captured logs and small client helpers.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use shoal_host::{Plugin, Runtime, RuntimeConfig, ServeError, Server, ServerConfig, Stats};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Where `make plugins` leaves the component built from `plugins/<name>`.
+pub fn plugin_path(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make plugins` first",
+        path.display()
+    );
+    path
+}
+
+/// One engine per test binary, as a real process has.
+pub fn runtime() -> Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let config = RuntimeConfig::builder()
+                .max_instances(4096)
+                .build()
+                .expect("valid runtime config");
+            Runtime::new(config).expect("engine starts")
+        })
+        .clone()
+}
+
+/// Load a plugin built from this repository's sources.
+pub fn plugin(name: &str) -> Plugin {
+    Plugin::from_file(&runtime(), plugin_path(name)).expect("plugin loads")
+}
+
+/// A server running in this process until [`TestServer::shutdown`].
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestServer {
+    /// Serve the named plugin with the default config (short shutdown timeout).
+    pub async fn start(plugin_name: &str) -> anyhow::Result<Self> {
+        let config = ServerConfig::builder()
+            .name(plugin_name)
+            .pool_size(4)
+            .shutdown_timeout(Duration::from_secs(5))
+            .build()?;
+        Self::start_with(plugin(plugin_name), config).await
+    }
+
+    pub async fn start_with(plugin: Plugin, config: ServerConfig) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = Server::new(plugin, config);
+        let stats = server.stats();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            stats,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<TcpStream> {
+        Ok(TcpStream::connect(self.addr).await?)
+    }
+
+    /// Signal shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Signal shutdown and wait for `serve` to return.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.task.await??;
+        Ok(())
+    }
+
+    /// Wait (at most 10 s) until no instance or connection is alive.
+    pub async fn wait_idle(&self) -> anyhow::Result<()> {
+        let stats = Arc::clone(&self.stats);
+        wait_for("the server to be idle", || {
+            stats.live_instances() == 0 && stats.live_connections() == 0
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "{} instances and {} connections still alive",
+                self.stats.live_instances(),
+                self.stats.live_connections()
+            )
+        })
+    }
+}
+
+/// Poll `condition` every 10 ms until it holds, for at most 10 s.
+pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Read one `\n`-terminated line (without the newline), at most 10 s.
+pub async fn read_line(reader: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .context("timed out reading a line")??;
+    if !line.ends_with('\n') {
+        bail!("connection ended mid-line or before a line: {line:?}");
+    }
+    line.pop();
+    Ok(line)
+}
+
+/// Read to end of stream, at most 10 s.
+pub async fn read_to_end(stream: &mut (impl AsyncReadExt + Unpin)) -> anyhow::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut all))
+        .await
+        .context("timed out waiting for the end of the stream")??;
+    Ok(all)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Log lines written through `tracing` in this test process, captured from the first call on.
+pub fn captured_logs() -> Arc<Mutex<Vec<String>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    Arc::clone(LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LineSink(Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("only subscriber");
+        logs
+    }))
+}
+
+/// The captured lines that contain every one of `needles`.
+pub fn log_lines_with(needles: &[&str]) -> Vec<String> {
+    let logs = captured_logs();
+    let lines = logs.lock().expect("log lock");
+    lines
+        .iter()
+        .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+        .cloned()
+        .collect()
+}
+
+struct LineSink(Arc<Mutex<Vec<String>>>);
+
+impl std::io::Write for LineSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        if let Ok(mut lines) = self.0.lock() {
+            lines.extend(text.lines().map(str::to_string));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
