@@ -101,7 +101,11 @@ async fn a_trap_closes_only_its_own_connection() -> anyhow::Result<()> {
     assert_eq!(echoed, newcomer_payload);
 
     let trap_logs = log_lines_with(&["`handle` failed", "guest trapped"]);
-    assert_eq!(trap_logs.len(), 1, "the trap is logged once: {trap_logs:#?}");
+    assert_eq!(
+        trap_logs.len(),
+        1,
+        "the trap is logged once: {trap_logs:#?}"
+    );
     assert!(
         trap_logs[0].contains("conn{id="),
         "logged with the connection id: {}",
@@ -126,7 +130,10 @@ async fn shutdown_closes_guests_with_a_reason_and_refuses_newcomers() -> anyhow:
     assert!(read_to_end(&mut reader).await?.is_empty());
     server.shutdown().await?;
     let refused = TcpStream::connect(addr).await;
-    assert!(refused.is_err(), "a new connection after shutdown is refused");
+    assert!(
+        refused.is_err(),
+        "a new connection after shutdown is refused"
+    );
     Ok(())
 }
 
@@ -142,7 +149,10 @@ async fn shutdown_refuses_new_connections_while_open_ones_finish() -> anyhow::Re
     let payload = random_bytes(32 << 20, 11);
     let sent = payload.clone();
     let writing = tokio::spawn(async move { writer.write_all(&sent).await });
-    wait_for("the echo to back up", || server.stats.live_connections() == 1).await?;
+    wait_for("the echo to back up", || {
+        server.stats.live_connections() == 1
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.begin_shutdown();
 
@@ -156,7 +166,11 @@ async fn shutdown_refuses_new_connections_while_open_ones_finish() -> anyhow::Re
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    assert_eq!(server.stats.live_connections(), 1, "the open connection is still served");
+    assert_eq!(
+        server.stats.live_connections(),
+        1,
+        "the open connection is still served"
+    );
 
     // The connection finishes: its pending echo is written, then it is closed for shutdown.
     let mut echoed = Vec::new();
@@ -168,8 +182,14 @@ async fn shutdown_refuses_new_connections_while_open_ones_finish() -> anyhow::Re
         }
     }
     writing.abort();
-    assert!(!echoed.is_empty(), "the echo backed up before shutdown arrives");
-    assert!(echoed == payload[..echoed.len()], "what arrived is an exact prefix of the echo");
+    assert!(
+        !echoed.is_empty(),
+        "the echo backed up before shutdown arrives"
+    );
+    assert!(
+        echoed == payload[..echoed.len()],
+        "what arrived is an exact prefix of the echo"
+    );
     server.shutdown().await
 }
 
@@ -192,7 +212,9 @@ async fn the_low_level_api_listens_accepts_and_receives() -> anyhow::Result<()> 
     let mut socket = listener.accept().await?;
     assert_eq!(&socket.receive(9).await?[..], b"raw bytes");
     let second = listener.accept().await?;
-    let config = shoal_host::ServerConfig::builder().name("low-level").build()?;
+    let config = shoal_host::ServerConfig::builder()
+        .name("low-level")
+        .build()?;
     second.serve_plugin(&plugin("greeter"), &config).await;
     let (greeting, bye) = client.await??;
     assert!(greeting.starts_with("hello ") && greeting.ends_with(" from low-level"));

@@ -140,7 +140,7 @@ macro_rules! export_handler {
                 }
             }
 
-            $crate::bindings::__export_plugin!(ShoalExport with_types_in $crate::bindings);
+    $crate::bindings::__export_plugin!(ShoalExport with_types_in $crate::bindings);
         };
     };
 }

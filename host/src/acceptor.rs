@@ -171,7 +171,12 @@ mod tests {
 
     #[test]
     fn a_client_that_vanished_is_skipped() {
-        for code in [libc::ECONNABORTED, libc::ECONNRESET, libc::EINTR, libc::EPROTO] {
+        for code in [
+            libc::ECONNABORTED,
+            libc::ECONNRESET,
+            libc::EINTR,
+            libc::EPROTO,
+        ] {
             let error = io::Error::from_raw_os_error(code);
             assert_eq!(classify(&error), AcceptFailure::ThisConnection, "{error}");
         }

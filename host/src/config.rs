@@ -208,7 +208,10 @@ impl ServerConfigBuilder {
             ));
         }
         if c.output_buffer_limit == 0 {
-            return Err(ConfigError::new("output_buffer_limit", "must be at least 1"));
+            return Err(ConfigError::new(
+                "output_buffer_limit",
+                "must be at least 1",
+            ));
         }
         if c.read_buffer_size == 0 {
             return Err(ConfigError::new("read_buffer_size", "must be at least 1"));

@@ -198,7 +198,10 @@ mod tests {
             stats: Arc::default(),
         };
         let mut state = ConnState::new(&settings);
-        assert_eq!(connection::Host::send(&mut state, b"12345".to_vec()), Ok(()));
+        assert_eq!(
+            connection::Host::send(&mut state, b"12345".to_vec()),
+            Ok(())
+        );
         assert_eq!(
             connection::Host::send(&mut state, b"6789".to_vec()),
             Err(SendError::BufferFull)

@@ -147,12 +147,11 @@ impl GuestStdio {
 impl Drop for GuestStdio {
     fn drop(&mut self) {
         // The last clone flushes a final line that had no newline.
-        if Arc::strong_count(&self.pending) == 1 {
-            if let Ok(pending) = self.pending.lock() {
-                if !pending.is_empty() {
-                    self.emit(&pending);
-                }
-            }
+        if Arc::strong_count(&self.pending) == 1
+            && let Ok(pending) = self.pending.lock()
+            && !pending.is_empty()
+        {
+            self.emit(&pending);
         }
     }
 }

@@ -85,7 +85,10 @@ impl GuestInstance {
     }
 
     /// Step 1 of the lifecycle.
-    pub(crate) async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
+    pub(crate) async fn init(
+        &mut self,
+        info: &ConnInfo,
+    ) -> Result<Result<Next, String>, GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         handler

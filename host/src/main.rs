@@ -13,7 +13,11 @@ use shoal_host::{Plugin, Runtime, RuntimeConfig, Server, ServerConfig};
 const BUNDLED_ECHO: &[u8] = include_bytes!(env!("SHOAL_ECHO_WASM"));
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "A TCP server that runs every connection in its own Wasm component")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A TCP server that runs every connection in its own Wasm component"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -113,10 +117,8 @@ async fn shutdown_signal() {
 }
 
 fn check(path: &PathBuf) -> anyhow::Result<()> {
-    let runtime = Runtime::new(
-        RuntimeConfig::builder().max_instances(1).build()?,
-    )
-    .context("cannot start the Wasm engine")?;
+    let runtime = Runtime::new(RuntimeConfig::builder().max_instances(1).build()?)
+        .context("cannot start the Wasm engine")?;
     let plugin = Plugin::from_file(&runtime, path)?;
     println!(
         "ok: {} implements the shoal:plugin world (exports {})",

@@ -38,9 +38,10 @@ impl Plugin {
             path: path.to_path_buf(),
             source,
         })?;
-        let name = path
-            .file_stem()
-            .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into());
+        let name = path.file_stem().map_or_else(
+            || path.display().to_string(),
+            |s| s.to_string_lossy().into(),
+        );
         Self::from_bytes(runtime, &name, &bytes)
     }
 
@@ -105,7 +106,9 @@ impl Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("name", &self.name()).finish()
+        f.debug_struct("Plugin")
+            .field("name", &self.name())
+            .finish()
     }
 }
 

@@ -26,7 +26,9 @@ impl RuntimeConfig {
     /// A builder with every default set.
     #[must_use]
     pub fn builder() -> RuntimeConfigBuilder {
-        RuntimeConfigBuilder { config: Self::default() }
+        RuntimeConfigBuilder {
+            config: Self::default(),
+        }
     }
 
     /// Most plugin instances (so connections) alive at once, across every listener.
@@ -251,7 +253,10 @@ mod tests {
 
     #[test]
     fn sub_page_memory_is_refused() {
-        let err = RuntimeConfig::builder().max_memory_bytes(1024).build().err();
+        let err = RuntimeConfig::builder()
+            .max_memory_bytes(1024)
+            .build()
+            .err();
         assert_eq!(err.map(|e| e.field()), Some("max_memory_bytes"));
     }
 }

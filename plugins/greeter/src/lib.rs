@@ -16,7 +16,13 @@ impl Handler for Greeter {
             Ok(()) => Next::Continue,
             Err(_) => Next::Close,
         };
-        Ok((Greeter { id: info.id, line: Vec::new() }, next))
+        Ok((
+            Greeter {
+                id: info.id,
+                line: Vec::new(),
+            },
+            next,
+        ))
     }
 
     fn handle(&mut self, event: Event) -> Next {

@@ -1,0 +1,126 @@
+//! The `shoal` command as users run it: `check` verdicts and exit codes, `serve` printing its
+//! bound address, serving the bundled echo plugin, and stopping gracefully on SIGTERM.
+
+mod support;
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use support::{plugin_path, read_line, read_to_end};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+async fn shoal(args: &[&str]) -> anyhow::Result<Output> {
+    let run = Command::new(SHOAL).args(args).stdin(Stdio::null()).output();
+    Ok(tokio::time::timeout(Duration::from_secs(60), run).await??)
+}
+
+/// Start `shoal serve` on port 0 and read the address it prints when ready.
+async fn serve(args: &[&str]) -> anyhow::Result<(Child, std::net::SocketAddr)> {
+    let mut child = Command::new(SHOAL)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .context("shoal serve did not print its address")??;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line: {line:?}"))?
+        .parse()?;
+    Ok((child, addr))
+}
+
+async fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = child.id().context("still running")?.to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await?;
+    anyhow::ensure!(killed.success(), "kill -TERM failed");
+    Ok(tokio::time::timeout(Duration::from_secs(20), child.wait()).await??)
+}
+
+#[tokio::test]
+async fn check_accepts_a_plugin() -> anyhow::Result<()> {
+    let echo = plugin_path("echo");
+    let output = shoal(&["check", echo.to_str().context("utf-8 path")?]).await?;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("ok: echo implements"), "{stdout}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_names_what_a_wrong_world_component_is_missing() -> anyhow::Result<()> {
+    let wrong = plugin_path("wrong-world");
+    let output = shoal(&["check", wrong.to_str().context("utf-8 path")?]).await?;
+    assert!(!output.status.success(), "must fail: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not export `shoal:plugin/handler@0.1.0`"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_and_serve_refuse_a_file_that_is_not_wasm() -> anyhow::Result<()> {
+    let path = std::env::temp_dir().join(format!("shoal-not-wasm-{}.wasm", std::process::id()));
+    std::fs::write(&path, "this is not wasm\n")?;
+    let path_text = path.to_str().context("utf-8 path")?;
+    let check = shoal(&["check", path_text]).await?;
+    let serve = shoal(&["serve", "--listen", "127.0.0.1:0", path_text]).await?;
+    std::fs::remove_file(&path)?;
+    for output in [check, serve] {
+        assert!(!output.status.success(), "must fail: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is not a WebAssembly file"), "{stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn serve_without_a_plugin_echoes_and_stops_on_sigterm() -> anyhow::Result<()> {
+    let (mut child, addr) = serve(&[]).await?;
+    let mut client = TcpStream::connect(addr).await?;
+    client.write_all(b"bundled echo\n").await?;
+    let mut reply = [0u8; 13];
+    client.read_exact(&mut reply).await?;
+    assert_eq!(&reply, b"bundled echo\n");
+    let status = terminate(&mut child).await?;
+    assert!(status.success(), "graceful exit: {status:?}");
+    assert!(
+        read_to_end(&mut client).await?.is_empty(),
+        "closed at shutdown"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_gives_open_connections_their_shutdown_close() -> anyhow::Result<()> {
+    let greeter = plugin_path("greeter");
+    let (mut child, addr) = serve(&[greeter.to_str().context("utf-8 path")?]).await?;
+    let mut reader = BufReader::new(TcpStream::connect(addr).await?);
+    let greeting = read_line(&mut reader).await?;
+    assert!(greeting.starts_with("hello "), "{greeting}");
+    let status = terminate(&mut child).await?;
+    assert!(status.success(), "graceful exit: {status:?}");
+    assert_eq!(read_line(&mut reader).await?, "bye (shutdown)");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "refused after exit"
+    );
+    Ok(())
+}
