@@ -6,7 +6,8 @@
 #   scripts/build-plugins.sh --clippy   lint the plugins instead
 #
 # The wasm32-wasip2 target comes from rustup. Where rustup cannot fetch it, the plugins are
-# built with Debian's toolchain instead (scripts/fallback-toolchain.sh).
+# built with Debian's toolchain instead (scripts/fallback-toolchain.sh); SHOAL_FORCE_FALLBACK=1
+# takes that path on purpose.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo=${CARGO:-cargo}
@@ -16,6 +17,9 @@ have_wasip2() {
     rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2
 }
 
+if [ -n "${SHOAL_FORCE_FALLBACK:-}" ]; then
+    exec "$root/scripts/fallback-toolchain.sh" "$@"
+fi
 if ! have_wasip2; then
     echo "build-plugins: adding the wasm32-wasip2 target through rustup" >&2
     if ! rustup target add wasm32-wasip2; then

@@ -221,3 +221,43 @@ async fn the_low_level_api_listens_accepts_and_receives() -> anyhow::Result<()> 
     assert_eq!(bye, "bye (guest-closed)");
     Ok(())
 }
+
+/// On a single-threaded runtime (server and clients share one thread), a guest looping
+/// forever still yields on every epoch tick: another connection keeps getting its echo, and
+/// the looping call is stopped once it has used its CPU budget.
+#[tokio::test(flavor = "current_thread")]
+async fn a_looping_guest_neither_stalls_the_thread_nor_outlives_its_budget() -> anyhow::Result<()> {
+    captured_logs();
+    let budget = Duration::from_millis(1500);
+    let config = shoal_host::ServerConfig::builder()
+        .name("spin")
+        .cpu_budget_per_call(budget)
+        .build()?;
+    let server = TestServer::start_with(plugin("spin"), config).await?;
+    let mut bystander = server.connect().await?;
+    let mut spinner = server.connect().await?;
+    spinner.write_all(b"spin").await?;
+    let started = tokio::time::Instant::now();
+
+    let mut round_trips = 0;
+    while server.stats.traps() == 0 && started.elapsed() < Duration::from_secs(10) {
+        bystander.write_all(b"ping").await?;
+        let mut reply = [0u8; 4];
+        bystander.read_exact(&mut reply).await?;
+        assert_eq!(&reply, b"ping");
+        round_trips += 1;
+    }
+    assert!(
+        round_trips > 10,
+        "only {round_trips} round trips while the guest looped"
+    );
+    assert_eq!(server.stats.traps(), 1, "the loop was stopped");
+    assert!(
+        started.elapsed() >= budget,
+        "not stopped before its budget was used"
+    );
+    assert!(read_to_end(&mut spinner).await?.is_empty());
+    let stopped = log_lines_with(&["`handle` failed", "CPU budget"]);
+    assert_eq!(stopped.len(), 1, "{stopped:#?}");
+    server.shutdown().await
+}

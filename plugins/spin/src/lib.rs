@@ -1,0 +1,30 @@
+//! Test plugin: echoes, but on a chunk containing `spin` loops forever without calling the
+//! host. The host must stop it at the end of its CPU budget, and other connections must keep
+//! being served meanwhile (the guest yields on every epoch tick).
+
+use shoal_guest::{ConnInfo, Event, Handler, Next};
+
+struct Spin;
+
+impl Handler for Spin {
+    fn init(_info: ConnInfo) -> Result<(Self, Next), String> {
+        Ok((Spin, Next::Continue))
+    }
+
+    fn handle(&mut self, event: Event) -> Next {
+        if let Event::Data(bytes) = event {
+            if bytes.windows(4).any(|w| w == b"spin") {
+                let mut counter = 0u64;
+                loop {
+                    counter = std::hint::black_box(counter.wrapping_add(1));
+                }
+            }
+            if shoal_guest::send(&bytes).is_err() {
+                return Next::Close;
+            }
+        }
+        Next::Continue
+    }
+}
+
+shoal_guest::export_handler!(Spin);

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Build the plugins without rustup's wasm32-wasip2 target, from Debian's packages:
+# Debian's Rust (rustc-web, cargo-web, rust-web-src) builds each plugin for wasm32-wasip1 with
+# -Zbuild-std against Debian's wasi-libc, linked by lld-22; tools/componentize then turns each
+# core module into a component with the WASI preview 1 reactor adapter.
+#
+#   scripts/fallback-toolchain.sh            build to target/plugins/<name>.wasm
+#   scripts/fallback-toolchain.sh --clippy   lint the plugins (for the host target)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+packages=(rustc-web cargo-web rust-web-src lld-22 wasi-libc)
+
+if [ "${1:-}" = "--clippy" ]; then
+    # Debian's Rust has no clippy; the plugins compile for the host too, so lint them there.
+    cd "$root/plugins"
+    exec "${CARGO:-cargo}" clippy --workspace --all-targets -- -D warnings
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "fallback-toolchain: install ${missing[*]} (apt-get install ${missing[*]}) and retry" >&2
+        exit 1
+    fi
+    echo "fallback-toolchain: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+export RUSTC=/usr/bin/rustc
+export RUSTC_BOOTSTRAP=1
+export CARGO_TARGET_DIR="$root/target/wasm-fallback"
+export CARGO_TARGET_WASM32_WASIP1_LINKER=wasm-ld-22
+export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C link-self-contained=no -L native=/usr/lib/wasm32-wasi"
+(
+    cd "$root/plugins"
+    /usr/bin/cargo build --release --target wasm32-wasip1 -Zbuild-std=std,panic_abort --workspace
+)
+unset RUSTC RUSTC_BOOTSTRAP CARGO_TARGET_DIR
+
+(cd "$root" && "${CARGO:-cargo}" build -q -p shoal-componentize)
+mkdir -p "$root/target/plugins"
+for manifest in "$root"/plugins/*/Cargo.toml; do
+    name=$(basename "$(dirname "$manifest")")
+    "$root/target/debug/shoal-componentize" \
+        "$root/target/wasm-fallback/wasm32-wasip1/release/${name//-/_}.wasm" \
+        "$root/target/plugins/$name.wasm"
+done
+echo "fallback-toolchain: built $(ls "$root/target/plugins" | tr '\n' ' ')" >&2
