@@ -261,3 +261,32 @@ async fn a_looping_guest_neither_stalls_the_thread_nor_outlives_its_budget() -> 
     assert_eq!(stopped.len(), 1, "{stopped:#?}");
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn an_instance_can_be_driven_by_hand_without_a_socket() -> anyhow::Result<()> {
+    use shoal_host::{CloseReason, ConnInfo, Event, GuestFault, Instance, Next, ServerConfig};
+
+    let config = ServerConfig::builder().name("by-hand").build()?;
+    let mut instance = Instance::new(&plugin("greeter"), &config).await?;
+    let info = ConnInfo {
+        id: instance.conn_id(),
+        peer: "127.0.0.1:1".into(),
+        local: "127.0.0.1:2".into(),
+        listener: "by-hand".into(),
+    };
+    assert_eq!(instance.init(&info).await?, Ok(Next::Continue));
+    let greeting = format!("hello {} from by-hand\n", instance.conn_id());
+    assert_eq!(instance.output(), greeting.as_bytes());
+    instance.clear_output();
+    let next = instance.handle(&Event::Data(b"x\nquit\n".to_vec())).await?;
+    assert_eq!(next, Next::Close);
+    instance.clear_output();
+    instance.close(&CloseReason::GuestClosed).await?;
+    assert_eq!(instance.output(), b"bye (guest-closed)\n");
+
+    let mut trapping = Instance::new(&plugin("trap-on"), &config).await?;
+    assert_eq!(trapping.init(&info).await?, Ok(Next::Continue));
+    let fault = trapping.handle(&Event::Data(b"trap".to_vec())).await;
+    assert!(matches!(fault, Err(GuestFault::Trap(_))), "{fault:?}");
+    Ok(())
+}

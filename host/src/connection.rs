@@ -12,13 +12,18 @@ use tracing::Instrument;
 
 use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::config::ServerConfig;
+use crate::error::GuestFault;
 use crate::guest::ConnSettings;
-use crate::instance::{GuestFault, GuestInstance};
+use crate::instance::Instance;
 use crate::plugin::Plugin;
 use crate::stats::Stats;
 
 /// Connection ids are unique in the process and never reused.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// What every connection of one server shares.
 pub(crate) struct ConnectionContext {
@@ -31,7 +36,7 @@ pub(crate) struct ConnectionContext {
 
 /// Serve one accepted socket until it ends.
 pub(crate) async fn run(ctx: &ConnectionContext, socket: TcpStream) {
-    let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let id = next_conn_id();
     let peer = address(socket.peer_addr());
     let span = tracing::info_span!("conn", id, %peer, plugin = ctx.plugin.name());
     serve(ctx, socket, id, peer).instrument(span).await;
@@ -43,19 +48,11 @@ fn address(addr: io::Result<std::net::SocketAddr>) -> String {
 
 async fn serve(ctx: &ConnectionContext, mut socket: TcpStream, id: u64, peer: String) {
     let config = &ctx.config;
-    let settings = ConnSettings {
-        conn_id: id,
-        plugin: ctx.plugin.shared_name(),
-        output_limit: config.output_buffer_limit(),
-        cpu_budget: config.cpu_budget_per_call(),
-        log_lines_per_second: config.guest_log_lines_per_second(),
-        log_burst: config.guest_log_burst(),
-        stats: Arc::clone(&ctx.stats),
-    };
-    let mut guest = match GuestInstance::new(&ctx.plugin, &settings).await {
+    let settings = ConnSettings::new(config, id, &ctx.plugin, Arc::clone(&ctx.stats));
+    let mut guest = match Instance::with_settings(&ctx.plugin, &settings).await {
         Ok(guest) => guest,
         Err(error) => {
-            tracing::warn!("cannot instantiate the plugin, closing the connection: {error:#}");
+            tracing::warn!("closing the connection: {error}");
             return;
         }
     };
@@ -94,7 +91,7 @@ fn report(ctx: &ConnectionContext, fault: &GuestFault, export: &str) {
 /// Read, `handle`, write, until the guest, the client or the server ends the connection.
 async fn event_loop(
     ctx: &ConnectionContext,
-    guest: &mut GuestInstance,
+    guest: &mut Instance,
     socket: &mut TcpStream,
     mut next: Next,
 ) -> Result<CloseReason, GuestFault> {
@@ -129,7 +126,7 @@ async fn event_loop(
 
 /// Write what the guest queued. After a failed write the guest's later sends fail with
 /// `closed`.
-async fn flush(guest: &mut GuestInstance, socket: &mut TcpStream) -> io::Result<()> {
+async fn flush(guest: &mut Instance, socket: &mut TcpStream) -> io::Result<()> {
     if guest.output().is_empty() {
         return Ok(());
     }

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A setting that cannot work, with the name of the field and what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,4 +118,25 @@ pub enum ServeError {
     /// The listener's local address could not be read.
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(#[source] io::Error),
+}
+
+/// A guest call that did not return normally; the instance must not be called again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestFault {
+    /// The guest trapped: a panic, `unreachable`, an out-of-bounds access, a failed
+    /// allocation. The text is wasmtime's description, with the guest backtrace if any.
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// The call ran past its CPU budget and was stopped.
+    #[error("guest call ran past its CPU budget of {0:?}")]
+    CpuBudget(Duration),
+}
+
+/// Why a plugin instance could not be created (for example, the instance pool is full).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot instantiate plugin {plugin}: {message}")]
+pub struct InstantiateError {
+    pub(crate) plugin: String,
+    pub(crate) message: String,
 }

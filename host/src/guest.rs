@@ -8,7 +8,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::shoal::plugin::types::{Level, SendError};
 use crate::bindings::shoal::plugin::{connection, log, types};
+use crate::config::ServerConfig;
 use crate::guest_log::{GuestLog, GuestStdio, RateLimiter};
+use crate::plugin::Plugin;
 use crate::stats::{Live, LiveKind, Stats};
 
 /// The state of one connection's store: an empty WASI context, the output queue, the guest's
@@ -33,6 +35,25 @@ pub(crate) struct ConnSettings {
     pub(crate) log_lines_per_second: u32,
     pub(crate) log_burst: u32,
     pub(crate) stats: Arc<Stats>,
+}
+
+impl ConnSettings {
+    pub(crate) fn new(
+        config: &ServerConfig,
+        conn_id: u64,
+        plugin: &Plugin,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            conn_id,
+            plugin: plugin.shared_name(),
+            output_limit: config.output_buffer_limit(),
+            cpu_budget: config.cpu_budget_per_call(),
+            log_lines_per_second: config.guest_log_lines_per_second(),
+            log_burst: config.guest_log_burst(),
+            stats,
+        }
+    }
 }
 
 impl ConnState {

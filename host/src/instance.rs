@@ -1,33 +1,42 @@
 //! One plugin instance serving one connection: a fresh `Store`, the three exports, and the
 //! per-call CPU budget enforced on every epoch tick.
+//!
+//! [`Instance`] is public so that embedders can drive a plugin without a socket — to test a
+//! plugin, or to measure its lifecycle:
+//!
+//! ```no_run
+//! use shoal_host::{ConnInfo, Event, Instance, Next, Plugin, Runtime, ServerConfig};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let runtime = Runtime::new(Default::default())?;
+//! let plugin = Plugin::from_file(&runtime, "target/plugins/echo.wasm")?;
+//! let mut instance = Instance::new(&plugin, &ServerConfig::default()).await?;
+//! let info = ConnInfo {
+//!     id: instance.conn_id(),
+//!     peer: "127.0.0.1:1".into(),
+//!     local: "127.0.0.1:2".into(),
+//!     listener: "test".into(),
+//! };
+//! assert_eq!(instance.init(&info).await?, Ok(Next::Continue));
+//! instance.handle(&Event::Data(b"hi".to_vec())).await?;
+//! assert_eq!(instance.output(), b"hi");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::bindings::Plugin as PluginWorld;
 use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::config::ServerConfig;
+use crate::error::{GuestFault, InstantiateError};
 use crate::guest::{ConnSettings, ConnState};
 use crate::plugin::Plugin;
-
-/// A guest call that did not return: the instance must not be used again.
-#[derive(Debug)]
-pub(crate) enum GuestFault {
-    /// The guest trapped (a panic, `unreachable`, out-of-bounds access, a failed allocation).
-    Trap(String),
-    /// The call ran past its CPU budget and was stopped.
-    CpuBudget(Duration),
-}
-
-impl fmt::Display for GuestFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Trap(message) => write!(f, "guest trapped: {message}"),
-            Self::CpuBudget(limit) => write!(f, "guest call ran past its CPU budget of {limit:?}"),
-        }
-    }
-}
+use crate::stats::Stats;
 
 /// The error the epoch callback raises to stop a call that spent its budget.
 #[derive(Debug)]
@@ -48,15 +57,37 @@ fn fault(error: &wasmtime::Error) -> GuestFault {
     }
 }
 
-/// A live instance of a plugin with its store.
-pub(crate) struct GuestInstance {
+/// A live instance of a plugin with its store: one connection's worth of guest, driven by
+/// hand. Call [`Instance::init`] once, then [`Instance::handle`] per event, then
+/// [`Instance::close`]; after a [`GuestFault`] make no further call.
+pub struct Instance {
     store: Store<ConnState>,
     exports: PluginWorld,
+    conn_id: u64,
 }
 
-impl GuestInstance {
-    /// Instantiate `plugin` in a fresh store.
-    pub(crate) async fn new(plugin: &Plugin, settings: &ConnSettings) -> wasmtime::Result<Self> {
+impl Instance {
+    /// Instantiate `plugin` in a fresh store with `config`'s per-connection limits, under a
+    /// new connection id.
+    ///
+    /// # Errors
+    ///
+    /// An [`InstantiateError`] when the instance cannot be created, for example because the
+    /// runtime's instance pool is full.
+    pub async fn new(plugin: &Plugin, config: &ServerConfig) -> Result<Self, InstantiateError> {
+        let settings = ConnSettings::new(
+            config,
+            crate::connection::next_conn_id(),
+            plugin,
+            Arc::new(Stats::default()),
+        );
+        Self::with_settings(plugin, &settings).await
+    }
+
+    pub(crate) async fn with_settings(
+        plugin: &Plugin,
+        settings: &ConnSettings,
+    ) -> Result<Self, InstantiateError> {
         let mut store = Store::new(plugin.runtime().engine(), ConnState::new(settings));
         store.epoch_deadline_callback(|mut store| {
             let budget = &mut store.data_mut().budget;
@@ -75,8 +106,25 @@ impl GuestInstance {
             ))
         });
         store.set_epoch_deadline(1);
-        let exports = plugin.pre().instantiate_async(&mut store).await?;
-        Ok(Self { store, exports })
+        let exports = plugin
+            .pre()
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| InstantiateError {
+                plugin: plugin.name().to_string(),
+                message: format!("{e:#}"),
+            })?;
+        Ok(Self {
+            store,
+            exports,
+            conn_id: settings.conn_id,
+        })
+    }
+
+    /// The connection id this instance was created for.
+    #[must_use]
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
     }
 
     fn start_call(&mut self) {
@@ -84,11 +132,13 @@ impl GuestInstance {
         self.store.set_epoch_deadline(1);
     }
 
-    /// Step 1 of the lifecycle.
-    pub(crate) async fn init(
-        &mut self,
-        info: &ConnInfo,
-    ) -> Result<Result<Next, String>, GuestFault> {
+    /// Step 1 of the lifecycle: `Ok(Ok(next))`, or `Ok(Err(text))` when the guest refuses the
+    /// connection.
+    ///
+    /// # Errors
+    ///
+    /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
+    pub async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         handler
@@ -97,8 +147,12 @@ impl GuestInstance {
             .map_err(|e| fault(&e))
     }
 
-    /// Step 2 of the lifecycle.
-    pub(crate) async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
+    /// Step 2 of the lifecycle: one event.
+    ///
+    /// # Errors
+    ///
+    /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
+    pub async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         handler
@@ -108,7 +162,11 @@ impl GuestInstance {
     }
 
     /// Step 3 of the lifecycle.
-    pub(crate) async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
+    ///
+    /// # Errors
+    ///
+    /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
+    pub async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         handler
@@ -117,12 +175,14 @@ impl GuestInstance {
             .map_err(|e| fault(&e))
     }
 
-    /// Bytes the guest queued with `send` and the host has not written yet.
-    pub(crate) fn output(&self) -> &[u8] {
+    /// Bytes the guest queued with `send` since the last [`Instance::clear_output`].
+    #[must_use]
+    pub fn output(&self) -> &[u8] {
         self.store.data().output()
     }
 
-    pub(crate) fn clear_output(&mut self) {
+    /// Forget the queued output (once it has been written).
+    pub fn clear_output(&mut self) {
         self.store.data_mut().clear_output();
     }
 

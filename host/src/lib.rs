@@ -39,7 +39,8 @@
 //! * [`server`]: the entry point — serve a bound listener until a shutdown future resolves.
 //! * `acceptor`: the supervised acceptor pool and accept-error classification.
 //! * `connection`: one connection's task, from `init` to `close`.
-//! * `instance`: one plugin instance, its store and the per-call CPU budget.
+//! * [`instance`]: one plugin instance, its store and the per-call CPU budget; drivable by
+//!   hand without a socket.
 //! * `guest`: the store's state and the host side of the plugin's imports.
 //! * `guest_log`: guest log lines and stdio, rate-limited, into `tracing`.
 //! * [`stats`]: live counters.
@@ -53,15 +54,17 @@ mod connection;
 pub mod error;
 mod guest;
 mod guest_log;
-mod instance;
+pub mod instance;
 pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod tcp;
 
+pub use bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
 pub use config::{ServerConfig, ServerConfigBuilder};
-pub use error::{ConfigError, PluginError, RuntimeError, ServeError};
+pub use error::{ConfigError, GuestFault, InstantiateError, PluginError, RuntimeError, ServeError};
+pub use instance::Instance;
 pub use plugin::{HANDLER_EXPORT, Plugin};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};
 pub use server::{Server, serve};
