@@ -137,23 +137,34 @@ async fn shutdown_closes_guests_with_a_reason_and_refuses_newcomers() -> anyhow:
     Ok(())
 }
 
+/// A connection with a small receive buffer whose client does not read yet.
+async fn slow_reader(addr: std::net::SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(64 << 10)?;
+    Ok(BufReader::new(socket.connect(addr).await?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_connections_while_open_ones_finish() -> anyhow::Result<()> {
-    let mut server = TestServer::start("echo").await?;
+    const FLOOD: usize = 8_000_000;
+    let config = shoal_host::ServerConfig::builder()
+        .name("greeter")
+        .output_buffer_limit(FLOOD)
+        // 8,000 `send` calls in one `handle` take longer than the default budget in a debug
+        // build; this test is about shutdown, not the budget.
+        .cpu_budget_per_call(Duration::from_secs(5))
+        .shutdown_timeout(Duration::from_secs(20))
+        .build()?;
+    let mut server = TestServer::start_with(plugin("greeter"), config).await?;
     let addr = server.addr;
-    let client = server.connect().await?;
-    let (mut reader, mut writer) = client.into_split();
-    // More than the socket buffers hold: the server is stuck writing the echo until the
-    // client reads, so the connection is still open when shutdown begins. The server stops
-    // reading at shutdown, so the client's writer never finishes; it is aborted.
-    let payload = random_bytes(32 << 20, 11);
-    let sent = payload.clone();
-    let writing = tokio::spawn(async move { writer.write_all(&sent).await });
-    wait_for("the echo to back up", || {
-        server.stats.live_connections() == 1
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut reader = slow_reader(addr).await?;
+    let greeting = read_line(&mut reader).await?;
+    // 8 MB of output is more than the server's send buffer (4 MiB at most here) and the
+    // client's 64 KiB receive buffer hold, so once the first byte arrives the server is
+    // stuck writing until the client reads: the connection is busy when shutdown begins.
+    reader.get_mut().write_all(b"flood\n").await?;
+    let mut first = [0u8; 1];
+    reader.read_exact(&mut first).await?;
     server.begin_shutdown();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -166,30 +177,118 @@ async fn shutdown_refuses_new_connections_while_open_ones_finish() -> anyhow::Re
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    assert_eq!(
-        server.stats.live_connections(),
-        1,
-        "the open connection is still served"
-    );
+    // Connections accepted in the instant before shutdown end at once; the busy one stays.
+    wait_for("only the busy connection to be open", || {
+        server.stats.live_connections() == 1
+    })
+    .await?;
 
-    // The connection finishes: its pending echo is written, then it is closed for shutdown.
-    let mut echoed = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), reader.read(&mut chunk)).await? {
-            Ok(0) | Err(_) => break,
-            Ok(n) => echoed.extend_from_slice(&chunk[..n]),
-        }
-    }
-    writing.abort();
+    // It finishes: all of its pending output, then its guest's `close(shutdown)` reply, then
+    // an orderly end of stream.
+    let mut flood = vec![0u8; FLOOD - 1];
+    reader.read_exact(&mut flood).await?;
+    assert!(first[0] == b'x' && flood.iter().all(|&b| b == b'x'));
+    assert_eq!(read_line(&mut reader).await?, "bye (shutdown)");
+    assert!(read_to_end(&mut reader).await?.is_empty());
+    assert!(greeting.starts_with("hello "));
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn an_init_error_refuses_the_connection_without_output_or_close() -> anyhow::Result<()> {
+    captured_logs();
+    let config = shoal_host::ServerConfig::builder().name("refuse").build()?;
+    let server = TestServer::start_with(plugin("greeter"), config).await?;
+    let mut client = server.connect().await?;
+    assert!(read_to_end(&mut client).await?.is_empty(), "no output");
+    wait_for("the refusal to be logged", || {
+        !log_lines_with(&["plugin refused the connection", "refused on request"]).is_empty()
+    })
+    .await?;
+    let refusal = log_lines_with(&["plugin refused the connection", "refused on request"]);
+    let id = refusal[0]
+        .split(" refused on request")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .context("the refusal names the connection")?;
+    server.wait_idle().await?;
+    let needle = format!("conn={id} ");
     assert!(
-        !echoed.is_empty(),
-        "the echo backed up before shutdown arrives"
+        log_lines_with(&["close called", &needle]).is_empty(),
+        "close must not run"
     );
+    assert_eq!(server.stats.traps(), 0);
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn init_can_greet_and_close_at_once() -> anyhow::Result<()> {
+    let config = shoal_host::ServerConfig::builder()
+        .name("greet-and-close")
+        .build()?;
+    let server = TestServer::start_with(plugin("greeter"), config).await?;
+    let mut reader = BufReader::new(server.connect().await?);
     assert!(
-        echoed == payload[..echoed.len()],
-        "what arrived is an exact prefix of the echo"
+        read_line(&mut reader)
+            .await?
+            .ends_with(" from greet-and-close")
     );
+    assert_eq!(read_line(&mut reader).await?, "bye (guest-closed)");
+    assert!(read_to_end(&mut reader).await?.is_empty());
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn send_past_the_output_limit_is_refused_with_buffer_full() -> anyhow::Result<()> {
+    let config = shoal_host::ServerConfig::builder()
+        .name("greeter")
+        .output_buffer_limit(10_000)
+        .build()?;
+    let server = TestServer::start_with(plugin("greeter"), config).await?;
+    let (mut reader, _id) = greeted(&server).await?;
+    reader.get_mut().write_all(b"flood\n").await?;
+    let mut flood = vec![0u8; 10_000];
+    reader.read_exact(&mut flood).await?;
+    assert!(flood.iter().all(|&b| b == b'x'));
+    // The flood filled the queue for its call; the next call has the whole limit again.
+    reader.get_mut().write_all(b"status\n").await?;
+    assert_eq!(
+        read_line(&mut reader).await?,
+        "flooded Some(10000) bytes until buffer-full"
+    );
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn a_full_instance_pool_closes_only_the_newcomer() -> anyhow::Result<()> {
+    let runtime = shoal_host::Runtime::new(
+        shoal_host::RuntimeConfig::builder()
+            .max_instances(2)
+            .build()?,
+    )?;
+    let greeter = shoal_host::Plugin::from_file(&runtime, support::plugin_path("greeter"))?;
+    let config = shoal_host::ServerConfig::builder()
+        .name("greeter")
+        .build()?;
+    let server = TestServer::start_with(greeter, config).await?;
+    let (first, _) = greeted(&server).await?;
+    let (mut second, second_id) = greeted(&server).await?;
+    let mut third = server.connect().await?;
+    assert!(
+        read_to_end(&mut third).await?.is_empty(),
+        "no instance, no greeting"
+    );
+    second.get_mut().write_all(b"still here\n").await?;
+    assert_eq!(
+        read_line(&mut second).await?,
+        format!("{second_id}: still here")
+    );
+    drop(first);
+    wait_for("a pool slot to come free", || {
+        server.stats.live_instances() == 1
+    })
+    .await?;
+    let (_fourth, _) = greeted(&server).await?;
     server.shutdown().await
 }
 
@@ -257,7 +356,7 @@ async fn a_looping_guest_neither_stalls_the_thread_nor_outlives_its_budget() -> 
         "not stopped before its budget was used"
     );
     assert!(read_to_end(&mut spinner).await?.is_empty());
-    let stopped = log_lines_with(&["`handle` failed", "CPU budget"]);
+    let stopped = log_lines_with(&["`handle` failed", "ran past its CPU budget"]);
     assert_eq!(stopped.len(), 1, "{stopped:#?}");
     server.shutdown().await
 }

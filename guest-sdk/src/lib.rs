@@ -40,12 +40,13 @@
 //!    socket, in order (chunk boundaries mean nothing), and messages from other connections.
 //!    Calls never overlap. [`Next::Close`] flushes and ends the connection.
 //! 3. [`Handler::close`] runs exactly once when a connection whose `init` succeeded ends, with
-//!    the [`CloseReason`]. Bytes sent from `close` still reach the client when its side is
-//!    open (guest close, shutdown, timeouts, a client's half-close).
+//!    the [`CloseReason`] — unless a call faulted or the server's shutdown deadline passed
+//!    first. Bytes sent from `close` still reach the client when its side is open (guest
+//!    close, shutdown, timeouts, a client's half-close).
 //!
-//! Bytes passed to [`send`] during a call are written when the call returns. A panic ends only
-//! this connection: the host logs the panic message with the connection id and closes the
-//! socket without calling `close`.
+//! Bytes passed to [`send`] during a call are written when the call returns. A panic (or a
+//! call past its CPU budget or call timeout) ends only this connection: the host logs it with
+//! the connection id and closes the socket without calling `close`.
 
 #[doc(hidden)]
 #[allow(missing_docs, clippy::all)]
@@ -128,14 +129,23 @@ macro_rules! export_handler {
                         ::std::option::Option::Some(state) => {
                             <$handler as $crate::Handler>::handle(state, event)
                         }
-                        // The host calls `handle` only after a successful `init`.
-                        ::std::option::Option::None => $crate::Next::Close,
+                        // A host bug, never a plugin's: trap loudly rather than hide it.
+                        ::std::option::Option::None => {
+                            ::std::panic!(
+                                "shoal-guest: `handle` called without a successful `init`"
+                            )
+                        }
                     })
                 }
 
                 fn close(reason: $crate::CloseReason) {
-                    if let ::std::option::Option::Some(state) = STATE.take() {
-                        <$handler as $crate::Handler>::close(state, reason);
+                    match STATE.take() {
+                        ::std::option::Option::Some(state) => {
+                            <$handler as $crate::Handler>::close(state, reason)
+                        }
+                        ::std::option::Option::None => ::std::panic!(
+                            "shoal-guest: `close` called twice or without a successful `init`"
+                        ),
                     }
                 }
             }

@@ -4,6 +4,12 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+/// Most connections one listener may allow (tokio's semaphore holds at most `usize::MAX >> 3`
+/// permits; a million connections is far past what one process can hold anyway).
+const MAX_CONNECTIONS: usize = 1 << 20;
+/// Largest read buffer or output limit, per connection.
+const MAX_BUFFER_BYTES: usize = 256 << 20;
+
 /// Settings of one listener, validated once by [`ServerConfigBuilder::build`].
 ///
 /// ```
@@ -24,6 +30,9 @@ pub struct ServerConfig {
     pool_size: usize,
     max_connections: usize,
     cpu_budget_per_call: Duration,
+    call_timeout: Duration,
+    idle_timeout: Duration,
+    write_timeout: Duration,
     output_buffer_limit: usize,
     read_buffer_size: usize,
     shutdown_timeout: Duration,
@@ -64,6 +73,24 @@ impl ServerConfig {
         self.cpu_budget_per_call
     }
 
+    /// Most wall-clock time one guest call may take, waits included.
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// How long a client may send nothing before its connection is closed.
+    #[must_use]
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// How long writing a guest's output may wait for a client that does not read.
+    #[must_use]
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
+    }
+
     /// Most bytes a guest may queue with `send` during one call.
     #[must_use]
     pub fn output_buffer_limit(&self) -> usize {
@@ -101,7 +128,12 @@ impl Default for ServerConfig {
     /// * `name`: `"default"`;
     /// * `pool_size`: 10 acceptor tasks;
     /// * `max_connections`: 16,384 (past it, new connections wait in the kernel's backlog);
-    /// * `cpu_budget_per_call`: 100 ms (a call running longer traps and ends its connection);
+    /// * `cpu_budget_per_call`: 100 ms of running time (a call running longer traps and ends
+    ///   its connection);
+    /// * `call_timeout`: 5 s of wall-clock time per call, waits included (same outcome);
+    /// * `idle_timeout`: 60 s without a byte from the client (then `close(idle-timeout)`);
+    /// * `write_timeout`: 30 s for a client to take a call's output (then
+    ///   `close(limit("write timeout"))`);
     /// * `output_buffer_limit`: 1 MiB queued per call (past it `send` returns `buffer-full`);
     /// * `read_buffer_size`: 64 KiB per read;
     /// * `shutdown_timeout`: 15 s;
@@ -112,6 +144,9 @@ impl Default for ServerConfig {
             pool_size: 10,
             max_connections: 16_384,
             cpu_budget_per_call: Duration::from_millis(100),
+            call_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             output_buffer_limit: 1 << 20,
             read_buffer_size: 64 << 10,
             shutdown_timeout: Duration::from_secs(15),
@@ -153,6 +188,27 @@ impl ServerConfigBuilder {
     #[must_use]
     pub fn cpu_budget_per_call(mut self, budget: Duration) -> Self {
         self.config.cpu_budget_per_call = budget;
+        self
+    }
+
+    /// Most wall-clock time per guest call, waits included (default 5 s).
+    #[must_use]
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.config.call_timeout = timeout;
+        self
+    }
+
+    /// How long a client may stay silent (default 60 s).
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How long writing output may wait for a client that does not read (default 30 s).
+    #[must_use]
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
         self
     }
 
@@ -198,23 +254,33 @@ impl ServerConfigBuilder {
         if c.pool_size == 0 {
             return Err(ConfigError::new("pool_size", "must be at least 1"));
         }
-        if c.max_connections == 0 {
-            return Err(ConfigError::new("max_connections", "must be at least 1"));
-        }
-        if c.cpu_budget_per_call.is_zero() {
+        if !(1..=MAX_CONNECTIONS).contains(&c.max_connections) {
             return Err(ConfigError::new(
-                "cpu_budget_per_call",
-                "must be longer than zero",
+                "max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
             ));
         }
-        if c.output_buffer_limit == 0 {
+        for (field, value) in [
+            ("cpu_budget_per_call", c.cpu_budget_per_call),
+            ("call_timeout", c.call_timeout),
+            ("idle_timeout", c.idle_timeout),
+            ("write_timeout", c.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(field, "must be longer than zero"));
+            }
+        }
+        if !(1..=MAX_BUFFER_BYTES).contains(&c.output_buffer_limit) {
             return Err(ConfigError::new(
                 "output_buffer_limit",
-                "must be at least 1",
+                format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
             ));
         }
-        if c.read_buffer_size == 0 {
-            return Err(ConfigError::new("read_buffer_size", "must be at least 1"));
+        if !(1..=MAX_BUFFER_BYTES).contains(&c.read_buffer_size) {
+            return Err(ConfigError::new(
+                "read_buffer_size",
+                format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
+            ));
         }
         Ok(self.config)
     }
@@ -243,6 +309,25 @@ mod tests {
             err.map(|e| e.to_string()).as_deref(),
             Some("invalid `pool_size`: must be at least 1")
         );
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_before_serving() {
+        let unlimited = ServerConfig::builder()
+            .max_connections(usize::MAX)
+            .build()
+            .err();
+        assert_eq!(unlimited.map(|e| e.field()), Some("max_connections"));
+        let huge_read = ServerConfig::builder()
+            .read_buffer_size(usize::MAX)
+            .build()
+            .err();
+        assert_eq!(huge_read.map(|e| e.field()), Some("read_buffer_size"));
+        let no_idle = ServerConfig::builder()
+            .idle_timeout(Duration::ZERO)
+            .build()
+            .err();
+        assert_eq!(no_idle.map(|e| e.field()), Some("idle_timeout"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,6 +18,9 @@ use crate::guest::ConnSettings;
 use crate::instance::Instance;
 use crate::plugin::Plugin;
 use crate::stats::Stats;
+
+/// Longest wait for a client to close its side after the server closed its own.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Connection ids are unique in the process and never reused.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -79,8 +83,9 @@ async fn serve(ctx: &ConnectionContext, mut socket: TcpStream, id: u64, peer: St
         return report(ctx, &fault, "close");
     }
     // The client may be gone already; there is nobody left to tell about a failed write.
-    let _ = flush(&mut guest, &mut socket).await;
-    let _ = socket.shutdown().await;
+    let _ = flush(&mut guest, &mut socket, config.write_timeout()).await;
+    drop(guest);
+    linger_close(&mut socket).await;
 }
 
 fn report(ctx: &ConnectionContext, fault: &GuestFault, export: &str) {
@@ -96,10 +101,11 @@ async fn event_loop(
     mut next: Next,
 ) -> Result<CloseReason, GuestFault> {
     // One buffer serves every read: it travels into the event and back out of it.
-    let mut buffer = Vec::with_capacity(ctx.config.read_buffer_size());
+    let config = &ctx.config;
+    let mut buffer = Vec::with_capacity(config.read_buffer_size());
     loop {
-        if let Err(error) = flush(guest, socket).await {
-            return Ok(ended_by(&error, "write"));
+        if let Err(reason) = flush(guest, socket, config.write_timeout()).await {
+            return Ok(reason);
         }
         if next == Next::Close {
             return Ok(CloseReason::GuestClosed);
@@ -108,34 +114,56 @@ async fn event_loop(
         let read = tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => return Ok(CloseReason::Shutdown),
-            read = socket.read_buf(&mut buffer) => read,
+            read = tokio::time::timeout(config.idle_timeout(), socket.read_buf(&mut buffer)) => read,
         };
         match read {
-            Ok(0) => return Ok(CloseReason::PeerClosed),
-            Ok(_) => {}
-            Err(error) => return Ok(ended_by(&error, "read")),
+            Err(_idle) => return Ok(CloseReason::IdleTimeout),
+            Ok(Ok(0)) => return Ok(CloseReason::PeerClosed),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Ok(ended_by(&error, "read")),
         }
         let event = Event::Data(buffer);
         next = guest.handle(&event).await?;
         buffer = match event {
             Event::Data(buffer) => buffer,
-            Event::Message(_) => Vec::with_capacity(ctx.config.read_buffer_size()),
+            Event::Message(_) => Vec::with_capacity(config.read_buffer_size()),
         };
     }
 }
 
-/// Write what the guest queued. After a failed write the guest's later sends fail with
-/// `closed`.
-async fn flush(guest: &mut Instance, socket: &mut TcpStream) -> io::Result<()> {
+/// Write what the guest queued, waiting at most `timeout` for the client to take it. After a
+/// failed write the guest's later sends fail with `closed`; the error is the close reason.
+async fn flush(
+    guest: &mut Instance,
+    socket: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(), CloseReason> {
     if guest.output().is_empty() {
         return Ok(());
     }
-    let written = socket.write_all(guest.output()).await;
-    match written {
-        Ok(()) => guest.clear_output(),
-        Err(_) => guest.mark_unwritable(),
+    let written = tokio::time::timeout(timeout, socket.write_all(guest.output())).await;
+    let failure = match written {
+        Ok(Ok(())) => {
+            guest.clear_output();
+            return Ok(());
+        }
+        Ok(Err(error)) => ended_by(&error, "write"),
+        Err(_) => CloseReason::Limit("write timeout".to_string()),
+    };
+    guest.mark_unwritable();
+    Err(failure)
+}
+
+/// Close politely: send our FIN, then read and discard what the client still sends until it
+/// closes too (at most [`LINGER`]). Closing a socket with unread input makes the kernel answer
+/// with a reset, which can destroy output the client has not read yet.
+async fn linger_close(socket: &mut TcpStream) {
+    if socket.shutdown().await.is_err() {
+        return;
     }
-    written
+    let mut discard = [0u8; 16 << 10];
+    let drain = async { while let Ok(1..) = socket.read(&mut discard).await {} };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// The close reason for a socket error: a vanished client is `peer-closed`, anything else an

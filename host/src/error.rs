@@ -131,6 +131,10 @@ pub enum GuestFault {
     /// The call ran past its CPU budget and was stopped.
     #[error("guest call ran past its CPU budget of {0:?}")]
     CpuBudget(Duration),
+    /// The call took longer than the call timeout in wall-clock time (it was waiting, or
+    /// starved of CPU) and was abandoned.
+    #[error("guest call ran past its call timeout of {0:?}")]
+    CallTimeout(Duration),
 }
 
 /// Why a plugin instance could not be created (for example, the instance pool is full).

@@ -22,9 +22,14 @@ pub(crate) struct ConnState {
     output_limit: usize,
     writable: bool,
     log: Arc<Mutex<GuestLog>>,
+    stdio: [GuestStdio; 2],
     pub(crate) budget: CallBudget,
     _live: Live,
 }
+
+/// Most WASI resources (streams, pollables, …) one instance may hold: far more than a
+/// connection handler needs, far fewer than would let a guest grow host memory without bound.
+const MAX_RESOURCES: usize = 1024;
 
 /// What a new [`ConnState`] needs to know.
 pub(crate) struct ConnSettings {
@@ -32,6 +37,7 @@ pub(crate) struct ConnSettings {
     pub(crate) plugin: Arc<str>,
     pub(crate) output_limit: usize,
     pub(crate) cpu_budget: Duration,
+    pub(crate) call_timeout: Duration,
     pub(crate) log_lines_per_second: u32,
     pub(crate) log_burst: u32,
     pub(crate) stats: Arc<Stats>,
@@ -49,6 +55,7 @@ impl ConnSettings {
             plugin: plugin.shared_name(),
             output_limit: config.output_buffer_limit(),
             cpu_budget: config.cpu_budget_per_call(),
+            call_timeout: config.call_timeout(),
             log_lines_per_second: config.guest_log_lines_per_second(),
             log_burst: config.guest_log_burst(),
             stats,
@@ -68,21 +75,28 @@ impl ConnState {
             Arc::clone(&settings.plugin),
             limiter,
         )));
+        let stdio = [
+            GuestStdio::new(Arc::clone(&log), Level::Info),
+            GuestStdio::new(Arc::clone(&log), Level::Warn),
+        ];
         // No files, sockets, environment, arguments or stdin: stdout and stderr reach the log.
         let wasi = WasiCtx::builder()
-            .stdout(GuestStdio::new(Arc::clone(&log), Level::Info))
-            .stderr(GuestStdio::new(Arc::clone(&log), Level::Warn))
+            .stdout(stdio[0].clone())
+            .stderr(stdio[1].clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             output: Vec::new(),
             output_limit: settings.output_limit,
             writable: true,
             log,
+            stdio,
             budget: CallBudget::new(settings.cpu_budget),
             _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
         }
@@ -101,6 +115,14 @@ impl ConnState {
     pub(crate) fn mark_unwritable(&mut self) {
         self.writable = false;
         self.output.clear();
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        for stream in &self.stdio {
+            stream.flush_partial();
+        }
     }
 }
 
@@ -214,6 +236,7 @@ mod tests {
             plugin: Arc::from("test"),
             output_limit: 8,
             cpu_budget: Duration::from_millis(10),
+            call_timeout: Duration::from_secs(1),
             log_lines_per_second: 1,
             log_burst: 1,
             stats: Arc::default(),

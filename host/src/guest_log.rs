@@ -1,6 +1,7 @@
 //! Guest log lines — from the `log` import and from WASI stdout/stderr — on their way to the
 //! host's `tracing` output, tagged with the connection id and plugin name and rate-limited.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -36,7 +37,7 @@ impl GuestLog {
             Admit::Yes { suppressed } => suppressed,
             Admit::No => return,
         };
-        let message = truncate(message);
+        let message = printable(truncate(message));
         let (conn, plugin) = (self.conn_id, &*self.plugin);
         if suppressed > 0 {
             tracing::warn!(target: "shoal::guest", conn, plugin, "{suppressed} guest log lines dropped (rate limit)");
@@ -49,6 +50,22 @@ impl GuestLog {
             Level::Error => tracing::error!(target: "shoal::guest", conn, plugin, "{message}"),
         }
     }
+}
+
+/// Escape control characters, so a guest cannot forge log lines with `\n` or `\r`.
+fn printable(message: &str) -> Cow<'_, str> {
+    if !message.chars().any(char::is_control) {
+        return Cow::Borrowed(message);
+    }
+    let mut escaped = String::with_capacity(message.len() + 8);
+    for c in message.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 fn truncate(message: &str) -> &str {
@@ -137,21 +154,19 @@ impl GuestStdio {
         }
     }
 
-    fn emit(&self, line: &[u8]) {
-        if let Ok(mut log) = self.log.lock() {
-            log.line(self.level, &String::from_utf8_lossy(line));
-        }
-    }
-}
-
-impl Drop for GuestStdio {
-    fn drop(&mut self) {
-        // The last clone flushes a final line that had no newline.
-        if Arc::strong_count(&self.pending) == 1
-            && let Ok(pending) = self.pending.lock()
+    /// Log a last line that had no newline (called when the instance is dropped).
+    pub(crate) fn flush_partial(&self) {
+        if let Ok(mut pending) = self.pending.lock()
             && !pending.is_empty()
         {
             self.emit(&pending);
+            pending.clear();
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        if let Ok(mut log) = self.log.lock() {
+            log.line(self.level, &String::from_utf8_lossy(line));
         }
     }
 }
@@ -216,6 +231,15 @@ mod tests {
         assert!(matches!(limiter.admit(much_later), Admit::Yes { .. }));
         assert!(matches!(limiter.admit(much_later), Admit::Yes { .. }));
         assert_eq!(limiter.admit(much_later), Admit::No);
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_log_lines() {
+        assert_eq!(printable("plain text"), "plain text");
+        assert_eq!(
+            printable("ok\n2026-01-01 ERROR forged\r"),
+            "ok\\n2026-01-01 ERROR forged\\r"
+        );
     }
 
     #[test]

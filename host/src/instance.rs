@@ -50,6 +50,18 @@ impl fmt::Display for CpuBudgetExceeded {
 
 impl std::error::Error for CpuBudgetExceeded {}
 
+/// Run a guest call within its wall-clock timeout. Dropping a call in progress leaves the
+/// instance unusable, which a fault means anyway.
+async fn guarded<R>(
+    timeout: Duration,
+    call: impl Future<Output = wasmtime::Result<R>>,
+) -> Result<R, GuestFault> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(|e| fault(&e)),
+        Err(_) => Err(GuestFault::CallTimeout(timeout)),
+    }
+}
+
 fn fault(error: &wasmtime::Error) -> GuestFault {
     match error.downcast_ref::<CpuBudgetExceeded>() {
         Some(exceeded) => GuestFault::CpuBudget(exceeded.0),
@@ -64,6 +76,9 @@ pub struct Instance {
     store: Store<ConnState>,
     exports: PluginWorld,
     conn_id: u64,
+    call_timeout: Duration,
+    /// Keeps the runtime, and so its epoch ticker, alive as long as the instance.
+    _plugin: Plugin,
 }
 
 impl Instance {
@@ -118,6 +133,8 @@ impl Instance {
             store,
             exports,
             conn_id: settings.conn_id,
+            call_timeout: settings.call_timeout,
+            _plugin: plugin.clone(),
         })
     }
 
@@ -141,10 +158,7 @@ impl Instance {
     pub async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        handler
-            .call_init(&mut self.store, info)
-            .await
-            .map_err(|e| fault(&e))
+        guarded(self.call_timeout, handler.call_init(&mut self.store, info)).await
     }
 
     /// Step 2 of the lifecycle: one event.
@@ -155,10 +169,11 @@ impl Instance {
     pub async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        handler
-            .call_handle(&mut self.store, event)
-            .await
-            .map_err(|e| fault(&e))
+        guarded(
+            self.call_timeout,
+            handler.call_handle(&mut self.store, event),
+        )
+        .await
     }
 
     /// Step 3 of the lifecycle.
@@ -169,10 +184,11 @@ impl Instance {
     pub async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        handler
-            .call_close(&mut self.store, reason)
-            .await
-            .map_err(|e| fault(&e))
+        guarded(
+            self.call_timeout,
+            handler.call_close(&mut self.store, reason),
+        )
+        .await
     }
 
     /// Bytes the guest queued with `send` since the last [`Instance::clear_output`].

@@ -26,8 +26,9 @@
 //! 1. `init(conn-info)` runs once when the connection is accepted; the socket is open.
 //!    `ok(continue)` keeps it, `ok(close)` flushes and closes, `err` refuses it (no `close`).
 //! 2. `handle(event)` runs for every chunk read from the socket, in order, never two at once.
-//! 3. `close(reason)` runs exactly once when a connection whose `init` succeeded ends for any
-//!    reason but a trap; what it sends is flushed while the client can still receive it.
+//! 3. `close(reason)` runs exactly once when a connection whose `init` succeeded ends, unless a
+//!    call faulted (trap, CPU budget, call timeout) or the shutdown deadline passed first; what
+//!    it sends is flushed while the client can still receive it.
 //!
 //! Bytes the guest `send`s are written after each call returns.
 //!

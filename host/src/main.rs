@@ -81,39 +81,37 @@ fn serve(listen: SocketAddr, pool_size: usize, plugin: Option<PathBuf>) -> anyho
             format!("cannot listen on {listen}; is another server using it? Pick another with --listen (port 0 picks a free one)")
         })?;
         let bound = listener.local_addr()?;
+        let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
         // Tests and scripts wait for this line to know the server is ready.
         println!("listening on {bound}");
         std::io::stdout().flush()?;
         Server::new(plugin, config)
-            .serve(listener, shutdown_signal())
+            .serve(listener, shutdown)
             .await?;
         Ok(())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!("cannot listen for SIGTERM ({error}); only Ctrl-C stops the server");
-                let _ = interrupt.await;
-            }
+/// A future that resolves on SIGINT or SIGTERM. The handlers are installed by this call, before
+/// the server announces itself, so a signal sent right after `listening on` is not missed.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn check(path: &PathBuf) -> anyhow::Result<()> {

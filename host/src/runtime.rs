@@ -228,7 +228,8 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .memory_init_cow(config.copy_on_write)
         // Reserve exactly the memory limit per slot (plus a small guard) so that thousands of
-        // pool slots fit in the address space; bounds checks stay cheap on 64-bit hosts.
+        // pool slots fit in the address space. The price: Cranelift emits an explicit bounds
+        // check on memory accesses instead of relying on a 4 GiB guard region.
         .memory_reservation(config.max_memory_bytes as u64)
         .memory_guard_size(64 << 10)
         .memory_reservation_for_growth(0);

@@ -72,6 +72,13 @@ impl Server {
         let local = listener.local_addr().map_err(ServeError::LocalAddr)?;
         let shutdown_timeout = self.config.shutdown_timeout();
         let max_connections = self.config.max_connections();
+        let max_instances = self.plugin.runtime().config().max_instances();
+        if max_connections > max_instances as usize {
+            tracing::warn!(
+                "max_connections ({max_connections}) is above the runtime's max_instances \
+                 ({max_instances}): connections past the instance pool will be closed at once"
+            );
+        }
         let ctx = Arc::new(ConnectionContext {
             config: self.config,
             plugin: self.plugin,
@@ -90,6 +97,9 @@ impl Server {
         tracing::info!(%local, plugin = ctx.plugin.name(), listener = ctx.config.name(), "serving");
 
         let supervisor = tokio::spawn(acceptor::supervise(Arc::clone(&pool)));
+        // If this future is dropped before `shutdown` resolves, the detached acceptors and
+        // connections still stop: dropping the guard cancels them as a shutdown would.
+        let _stop_on_drop = ctx.shutdown.clone().drop_guard();
         shutdown.await;
         tracing::info!(%local, live = ctx.stats.live_connections(), "shutting down");
         ctx.shutdown.cancel();

@@ -1,28 +1,39 @@
 //! Test plugin: greets in `init`, closes when a line is `quit`, and makes its `close` call
 //! observable: it logs `close called: <reason>` and sends `bye (<reason>)` when the client can
 //! still read. Every other line comes back prefixed with the connection id.
+//!
+//! For the tests of the lifecycle's corners it also:
+//! * refuses connections (`init` returns an error) on a listener named `refuse`;
+//! * greets and closes at once (`init` returns `close`) on a listener named `greet-and-close`;
+//! * on the line `flood`, sends 1,000-byte chunks of `x` until `send` says `buffer-full`, and
+//!   on the line `status`, says how many bytes that flood queued.
 
-use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Level, Next};
+use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Level, Next, SendError};
+
+const FLOOD_CHUNK: [u8; 1000] = [b'x'; 1000];
 
 struct Greeter {
     id: u64,
     line: Vec<u8>,
+    flooded: Option<usize>,
 }
 
 impl Handler for Greeter {
     fn init(info: ConnInfo) -> Result<(Self, Next), String> {
+        if info.listener == "refuse" {
+            return Err(format!("connection {} refused on request", info.id));
+        }
         let greeting = format!("hello {} from {}\n", info.id, info.listener);
         let next = match shoal_guest::send(greeting.as_bytes()) {
-            Ok(()) => Next::Continue,
-            Err(_) => Next::Close,
+            Ok(()) if info.listener != "greet-and-close" => Next::Continue,
+            _ => Next::Close,
         };
-        Ok((
-            Greeter {
-                id: info.id,
-                line: Vec::new(),
-            },
-            next,
-        ))
+        let greeter = Greeter {
+            id: info.id,
+            line: Vec::new(),
+            flooded: None,
+        };
+        Ok((greeter, next))
     }
 
     fn handle(&mut self, event: Event) -> Next {
@@ -35,13 +46,16 @@ impl Handler for Greeter {
                 continue;
             }
             let line = std::mem::take(&mut self.line);
-            if line.trim_ascii() == b"quit" {
-                return Next::Close;
-            }
-            let mut reply = format!("{}: ", self.id).into_bytes();
-            reply.extend_from_slice(&line);
-            reply.push(b'\n');
-            if shoal_guest::send(&reply).is_err() {
+            let reply = match line.trim_ascii() {
+                b"quit" => return Next::Close,
+                b"flood" => {
+                    self.flooded = Some(flood());
+                    continue;
+                }
+                b"status" => format!("flooded {:?} bytes until buffer-full\n", self.flooded),
+                _ => format!("{}: {}\n", self.id, String::from_utf8_lossy(&line)),
+            };
+            if shoal_guest::send(reply.as_bytes()).is_err() {
                 return Next::Close;
             }
         }
@@ -59,6 +73,18 @@ impl Handler for Greeter {
         };
         shoal_guest::log(Level::Info, &format!("close called: {reason}"));
         let _ = shoal_guest::send(format!("bye ({reason})\n").as_bytes());
+    }
+}
+
+/// Queue chunks until the host refuses one; returns the bytes queued.
+fn flood() -> usize {
+    let mut queued = 0;
+    loop {
+        match shoal_guest::send(&FLOOD_CHUNK) {
+            Ok(()) => queued += FLOOD_CHUNK.len(),
+            Err(SendError::BufferFull) => return queued,
+            Err(SendError::Closed) => return queued,
+        }
     }
 }
 

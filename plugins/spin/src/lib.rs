@@ -1,6 +1,8 @@
 //! Test plugin: echoes, but on a chunk containing `spin` loops forever without calling the
 //! host. The host must stop it at the end of its CPU budget, and other connections must keep
-//! being served meanwhile (the guest yields on every epoch tick).
+//! being served meanwhile (the guest yields on every epoch tick). On a chunk containing
+//! `sleep` it sleeps for an hour (a WASI clock wait, which uses no CPU): the host must stop it
+//! at its call timeout.
 
 use shoal_guest::{ConnInfo, Event, Handler, Next};
 
@@ -13,6 +15,9 @@ impl Handler for Spin {
 
     fn handle(&mut self, event: Event) -> Next {
         if let Event::Data(bytes) = event {
+            if bytes.windows(5).any(|w| w == b"sleep") {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
             if bytes.windows(4).any(|w| w == b"spin") {
                 let mut counter = 0u64;
                 loop {
