@@ -10,7 +10,7 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: all deps plugins build run test lint unit-and-integration clean
+.PHONY: all deps plugins build run test lint clean bench
 
 all: build
 
@@ -40,3 +40,9 @@ test: deps build lint
 clean:
 	$(CARGO) clean
 	cd plugins && $(CARGO) clean
+
+# Benchmarks (BENCHMARKS.md): release build, then every scenario against the Wasm echo, the
+# native echo and a raw tokio echo in alternating rounds. Takes about 5 minutes.
+bench: plugins
+	$(CARGO) build --release -p shoal-host -p shoal-bench
+	$(CARGO) run --release -p shoal-bench --bin shoal-bench -- $(BENCH_ARGS)

@@ -62,7 +62,7 @@ fn a_missing_file_is_a_read_error() {
 
 #[test]
 fn every_bundled_plugin_loads() {
-    for name in ["echo", "greeter", "spin", "trap-on"] {
+    for name in ["ballast", "echo", "greeter", "spin", "trap-on"] {
         let plugin = Plugin::from_file(&runtime(), plugin_path(name));
         assert!(plugin.is_ok(), "{name}: {:?}", plugin.err());
     }

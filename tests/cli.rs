@@ -124,3 +124,16 @@ async fn sigterm_gives_open_connections_their_shutdown_close() -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn serve_native_echo_runs_the_baseline() -> anyhow::Result<()> {
+    let (mut child, addr) = serve(&["--native-echo"]).await?;
+    let mut client = TcpStream::connect(addr).await?;
+    client.write_all(b"native\n").await?;
+    let mut reply = [0u8; 7];
+    client.read_exact(&mut reply).await?;
+    assert_eq!(&reply, b"native\n");
+    let status = terminate(&mut child).await?;
+    assert!(status.success(), "graceful exit: {status:?}");
+    Ok(())
+}

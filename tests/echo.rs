@@ -120,3 +120,26 @@ async fn nc_gets_its_line_back() -> anyhow::Result<()> {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "hello from nc\n");
     server.shutdown().await
 }
+
+/// The native echo baseline runs behind the same acceptor pool and connection task, and
+/// behaves like the Wasm echo plugin.
+#[tokio::test]
+async fn the_native_echo_baseline_behaves_like_the_plugin() -> anyhow::Result<()> {
+    let config = shoal_host::ServerConfig::builder().name("native").build()?;
+    let server = TestServer::start_with(shoal_host::native::Echo, config).await?;
+    let client = server.connect().await?;
+    let payload = random_bytes(256 << 10, 5);
+    let (mut reader, mut writer) = client.into_split();
+    let sent = payload.clone();
+    let writing = tokio::spawn(async move {
+        writer.write_all(&sent).await?;
+        writer.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let echoed = read_to_end(&mut reader).await?;
+    writing.await??;
+    assert!(echoed == payload, "native echo returned different bytes");
+    server.wait_idle().await?;
+    assert_eq!(server.stats.accepted(), 1);
+    server.shutdown().await
+}

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ConnectionContext};
+use crate::handler::HandlerFactory;
 use crate::stats::{Live, LiveKind};
 
 /// Shortest and longest pause after an accept error caused by exhausted resources.
@@ -21,9 +22,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const RESTART_DELAY: Duration = Duration::from_millis(100);
 
 /// What the acceptors of one listener share.
-pub(crate) struct AcceptorPool {
+pub(crate) struct AcceptorPool<F> {
     pub(crate) listener: Arc<TcpListener>,
-    pub(crate) ctx: Arc<ConnectionContext>,
+    pub(crate) ctx: Arc<ConnectionContext<F>>,
     /// One permit per open connection: at `max_connections` acceptors wait for one to end.
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) connections: TaskTracker,
@@ -33,7 +34,7 @@ pub(crate) struct AcceptorPool {
 
 /// Run the pool until shutdown: start `pool_size` acceptors and restart any that fails.
 /// Returns once every acceptor has stopped, so the listener is no longer used.
-pub(crate) async fn supervise(pool: Arc<AcceptorPool>) {
+pub(crate) async fn supervise<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) {
     let mut acceptors = JoinSet::new();
     for _ in 0..pool.ctx.config.pool_size() {
         acceptors.spawn(accept_loop(Arc::clone(&pool)));
@@ -56,7 +57,7 @@ pub(crate) async fn supervise(pool: Arc<AcceptorPool>) {
 }
 
 /// Accept connections until shutdown; an error this loop cannot recover from ends it.
-async fn accept_loop(pool: Arc<AcceptorPool>) -> io::Result<()> {
+async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Result<()> {
     let shutdown = &pool.ctx.shutdown;
     let mut backoff = BACKOFF_MIN;
     loop {

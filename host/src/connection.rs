@@ -14,9 +14,7 @@ use tracing::Instrument;
 use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::config::ServerConfig;
 use crate::error::GuestFault;
-use crate::guest::ConnSettings;
-use crate::instance::Instance;
-use crate::plugin::Plugin;
+use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
 use crate::stats::Stats;
 
 /// Longest wait for a client to close its side after the server closed its own.
@@ -30,19 +28,19 @@ pub(crate) fn next_conn_id() -> u64 {
 }
 
 /// What every connection of one server shares.
-pub(crate) struct ConnectionContext {
+pub(crate) struct ConnectionContext<F> {
     pub(crate) config: ServerConfig,
-    pub(crate) plugin: Plugin,
+    pub(crate) factory: F,
     pub(crate) stats: Arc<Stats>,
     /// Cancelled when the server shuts down: guests get `close(shutdown)`.
     pub(crate) shutdown: CancellationToken,
 }
 
 /// Serve one accepted socket until it ends.
-pub(crate) async fn run(ctx: &ConnectionContext, socket: TcpStream) {
+pub(crate) async fn run<F: HandlerFactory>(ctx: &ConnectionContext<F>, socket: TcpStream) {
     let id = next_conn_id();
     let peer = address(socket.peer_addr());
-    let span = tracing::info_span!("conn", id, %peer, plugin = ctx.plugin.name());
+    let span = tracing::info_span!("conn", id, %peer, plugin = ctx.factory.name());
     serve(ctx, socket, id, peer).instrument(span).await;
 }
 
@@ -50,10 +48,19 @@ fn address(addr: io::Result<std::net::SocketAddr>) -> String {
     addr.map_or_else(|_| "unknown".to_string(), |a| a.to_string())
 }
 
-async fn serve(ctx: &ConnectionContext, mut socket: TcpStream, id: u64, peer: String) {
+async fn serve<F: HandlerFactory>(
+    ctx: &ConnectionContext<F>,
+    mut socket: TcpStream,
+    id: u64,
+    peer: String,
+) {
     let config = &ctx.config;
-    let settings = ConnSettings::new(config, id, &ctx.plugin, Arc::clone(&ctx.stats));
-    let mut guest = match Instance::with_settings(&ctx.plugin, &settings).await {
+    let new = NewConnection {
+        conn_id: id,
+        config,
+        stats: &ctx.stats,
+    };
+    let mut guest = match ctx.factory.create(new).await {
         Ok(guest) => guest,
         Err(error) => {
             tracing::warn!("closing the connection: {error}");
@@ -88,15 +95,15 @@ async fn serve(ctx: &ConnectionContext, mut socket: TcpStream, id: u64, peer: St
     linger_close(&mut socket).await;
 }
 
-fn report(ctx: &ConnectionContext, fault: &GuestFault, export: &str) {
+fn report<F>(ctx: &ConnectionContext<F>, fault: &GuestFault, export: &str) {
     ctx.stats.count_trap();
     tracing::warn!("closing the connection: `{export}` failed: {fault}");
 }
 
 /// Read, `handle`, write, until the guest, the client or the server ends the connection.
-async fn event_loop(
-    ctx: &ConnectionContext,
-    guest: &mut Instance,
+async fn event_loop<F: HandlerFactory>(
+    ctx: &ConnectionContext<F>,
+    guest: &mut F::Handler,
     socket: &mut TcpStream,
     mut next: Next,
 ) -> Result<CloseReason, GuestFault> {
@@ -134,7 +141,7 @@ async fn event_loop(
 /// Write what the guest queued, waiting at most `timeout` for the client to take it. After a
 /// failed write the guest's later sends fail with `closed`; the error is the close reason.
 async fn flush(
-    guest: &mut Instance,
+    guest: &mut impl ConnectionHandler,
     socket: &mut TcpStream,
     timeout: Duration,
 ) -> Result<(), CloseReason> {

@@ -39,7 +39,9 @@
 //! * [`config`]: per-listener settings and their defaults.
 //! * [`server`]: the entry point — serve a bound listener until a shutdown future resolves.
 //! * `acceptor`: the supervised acceptor pool and accept-error classification.
-//! * `connection`: one connection's task, from `init` to `close`.
+//! * `connection`: one connection's task, from `init` to `close`, generic over its handler.
+//! * [`handler`]: the handler abstraction — a Wasm plugin instance or native code.
+//! * [`native`]: native handlers (the echo baseline the benchmarks compare against).
 //! * [`instance`]: one plugin instance, its store and the per-call CPU budget; drivable by
 //!   hand without a socket.
 //! * `guest`: the store's state and the host side of the plugin's imports.
@@ -55,7 +57,9 @@ mod connection;
 pub mod error;
 mod guest;
 mod guest_log;
+pub mod handler;
 pub mod instance;
+pub mod native;
 pub mod plugin;
 pub mod runtime;
 pub mod server;
@@ -65,6 +69,7 @@ pub mod tcp;
 pub use bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
 pub use config::{ServerConfig, ServerConfigBuilder};
 pub use error::{ConfigError, GuestFault, InstantiateError, PluginError, RuntimeError, ServeError};
+pub use handler::{ConnectionHandler, HandlerFactory, NewConnection};
 pub use instance::Instance;
 pub use plugin::{HANDLER_EXPORT, Plugin};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};

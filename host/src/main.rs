@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shoal_host::{Plugin, Runtime, RuntimeConfig, Server, ServerConfig};
+use shoal_host::{HandlerFactory, Plugin, Runtime, RuntimeConfig, Server, ServerConfig};
 
 /// The echo plugin, served when `shoal serve` is given no plugin.
 const BUNDLED_ECHO: &[u8] = include_bytes!(env!("SHOAL_ECHO_WASM"));
@@ -34,7 +34,12 @@ enum Command {
         #[arg(long, default_value_t = ServerConfig::default().pool_size())]
         pool_size: usize,
         /// The plugin component (.wasm); without one, the bundled echo plugin.
+        #[arg(conflicts_with = "native_echo")]
         plugin: Option<PathBuf>,
+        /// Serve shoal's native Rust echo instead of a plugin: the same acceptor pool and
+        /// connection task without the sandbox (the benchmarks' baseline).
+        #[arg(long)]
+        native_echo: bool,
     },
     /// Check that a component implements the shoal:plugin world, and say what is missing.
     Check {
@@ -56,7 +61,8 @@ fn main() -> ExitCode {
             listen,
             pool_size,
             plugin,
-        } => serve(listen, pool_size, plugin),
+            native_echo,
+        } => serve(listen, pool_size, plugin, native_echo),
         Command::Check { plugin } => check(&plugin),
     };
     match result {
@@ -68,13 +74,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(listen: SocketAddr, pool_size: usize, plugin: Option<PathBuf>) -> anyhow::Result<()> {
+fn serve(
+    listen: SocketAddr,
+    pool_size: usize,
+    plugin: Option<PathBuf>,
+    native_echo: bool,
+) -> anyhow::Result<()> {
     let config = ServerConfig::builder().pool_size(pool_size).build()?;
+    if native_echo {
+        return serve_with(listen, Server::new(shoal_host::native::Echo, config));
+    }
     let runtime = Runtime::new(RuntimeConfig::default()).context("cannot start the Wasm engine")?;
     let plugin = match plugin {
         Some(path) => Plugin::from_file(&runtime, &path)?,
         None => Plugin::from_bytes(&runtime, "echo", BUNDLED_ECHO)?,
     };
+    serve_with(listen, Server::new(plugin, config))
+}
+
+fn serve_with<F: HandlerFactory>(listen: SocketAddr, server: Server<F>) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     tokio.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
@@ -85,9 +103,7 @@ fn serve(listen: SocketAddr, pool_size: usize, plugin: Option<PathBuf>) -> anyho
         // Tests and scripts wait for this line to know the server is ready.
         println!("listening on {bound}");
         std::io::stdout().flush()?;
-        Server::new(plugin, config)
-            .serve(listener, shutdown)
-            .await?;
+        server.serve(listener, shutdown).await?;
         Ok(())
     })
 }

@@ -13,6 +13,7 @@ use crate::acceptor::{self, AcceptorPool};
 use crate::config::ServerConfig;
 use crate::connection::ConnectionContext;
 use crate::error::ServeError;
+use crate::handler::HandlerFactory;
 use crate::plugin::Plugin;
 use crate::stats::Stats;
 
@@ -33,19 +34,23 @@ use crate::stats::Stats;
 /// # Ok(())
 /// # }
 /// ```
-pub struct Server {
+///
+/// Any [`HandlerFactory`] can serve in place of a plugin: `Server::new(shoal_host::native::Echo,
+/// config)` runs the native echo baseline behind the same acceptor pool and connection task.
+pub struct Server<F = Plugin> {
     config: ServerConfig,
-    plugin: Plugin,
+    factory: F,
     stats: Arc<Stats>,
 }
 
-impl Server {
-    /// A server that will run `plugin` for each connection, with `config`.
+impl<F: HandlerFactory> Server<F> {
+    /// A server that will make a handler with `factory` (a [`Plugin`], usually) for each
+    /// connection, with `config`.
     #[must_use]
-    pub fn new(plugin: Plugin, config: ServerConfig) -> Self {
+    pub fn new(factory: F, config: ServerConfig) -> Self {
         Self {
             config,
-            plugin,
+            factory,
             stats: Arc::default(),
         }
     }
@@ -72,8 +77,9 @@ impl Server {
         let local = listener.local_addr().map_err(ServeError::LocalAddr)?;
         let shutdown_timeout = self.config.shutdown_timeout();
         let max_connections = self.config.max_connections();
-        let max_instances = self.plugin.runtime().config().max_instances();
-        if max_connections > max_instances as usize {
+        if let Some(max_instances) = self.factory.capacity()
+            && max_connections > max_instances
+        {
             tracing::warn!(
                 "max_connections ({max_connections}) is above the runtime's max_instances \
                  ({max_instances}): connections past the instance pool will be closed at once"
@@ -81,7 +87,7 @@ impl Server {
         }
         let ctx = Arc::new(ConnectionContext {
             config: self.config,
-            plugin: self.plugin,
+            factory: self.factory,
             stats: self.stats,
             shutdown: CancellationToken::new(),
         });
@@ -94,7 +100,7 @@ impl Server {
             connections: connections.clone(),
             hard_stop: hard_stop.clone(),
         });
-        tracing::info!(%local, plugin = ctx.plugin.name(), listener = ctx.config.name(), "serving");
+        tracing::info!(%local, plugin = ctx.factory.name(), listener = ctx.config.name(), "serving");
 
         let supervisor = tokio::spawn(acceptor::supervise(Arc::clone(&pool)));
         // If this future is dropped before `shutdown` resolves, the detached acceptors and

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::connection::{self, ConnectionContext};
+use crate::handler::HandlerFactory;
 use crate::plugin::Plugin;
 use crate::stats::Stats;
 
@@ -117,9 +118,14 @@ impl Socket {
     /// Hand the connection to a fresh instance of `plugin` and serve it to the end, exactly as
     /// a [`crate::Server`] would (without the pool or a shutdown signal).
     pub async fn serve_plugin(self, plugin: &Plugin, config: &ServerConfig) {
+        self.serve_with(plugin.clone(), config).await;
+    }
+
+    /// Serve the connection to the end with a handler from `factory` (a plugin or native code).
+    pub async fn serve_with<F: HandlerFactory>(self, factory: F, config: &ServerConfig) {
         let ctx = ConnectionContext {
             config: config.clone(),
-            plugin: plugin.clone(),
+            factory,
             stats: Arc::new(Stats::default()),
             shutdown: CancellationToken::new(),
         };

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shoal_host::{Plugin, Runtime, RuntimeConfig, ServeError, Server, ServerConfig, Stats};
+use shoal_host::{
+    HandlerFactory, Plugin, Runtime, RuntimeConfig, ServeError, Server, ServerConfig, Stats,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -66,10 +68,14 @@ impl TestServer {
         Self::start_with(plugin(plugin_name), config).await
     }
 
-    pub async fn start_with(plugin: Plugin, config: ServerConfig) -> anyhow::Result<Self> {
+    /// Serve with any handler factory: a plugin, or native code.
+    pub async fn start_with(
+        factory: impl HandlerFactory,
+        config: ServerConfig,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let server = Server::new(plugin, config);
+        let server = Server::new(factory, config);
         let stats = server.stats();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async {

@@ -1,0 +1,46 @@
+//! Shared by the benchmark binaries: summary statistics of samples.
+
+use std::time::Duration;
+
+/// The value at `fraction` (0.0–1.0) of sorted `samples`, nearest rank; `None` when empty.
+#[must_use]
+pub fn percentile<T: Copy>(sorted: &[T], fraction: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The median of `values` (sorted here), `None` when empty.
+#[must_use]
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    percentile(values, 0.5)
+}
+
+/// Microseconds, for tables.
+#[must_use]
+pub fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&samples, 0.5), Some(50));
+        assert_eq!(percentile(&samples, 0.99), Some(99));
+        assert_eq!(percentile(&samples, 1.0), Some(100));
+        assert_eq!(percentile(&samples, 0.0), Some(1));
+        assert_eq!(percentile::<u32>(&[], 0.5), None);
+    }
+
+    #[test]
+    fn median_sorts_first() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+    }
+}

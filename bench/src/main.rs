@@ -1,0 +1,451 @@
+//! `shoal-bench` (run by `make bench`): every scenario against shoal's Wasm echo, shoal's native
+//! echo (the same acceptor pool and connection task without the sandbox) and a raw tokio echo,
+//! in alternating rounds, with medians. Servers run pinned to core 1 and the load generator
+//! (a separate process) to core 0 when `taskset` is available. Prints a markdown table and
+//! writes it to `target/bench/report.md`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use shoal_bench::{median, micros, percentile};
+use shoal_host::{
+    CloseReason, ConnInfo, ConnectionHandler, HandlerFactory, NewConnection, Next, Plugin, Runtime,
+    RuntimeConfig, ServerConfig, Stats,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// Rounds of every scenario (servers alternate within a round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Measured seconds per load scenario (after a one-second warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Idle connections held for the memory scenario.
+    #[arg(long, default_value_t = 10_000)]
+    idle_conns: usize,
+    /// Lifecycles per round in the in-process lifecycle benchmark.
+    #[arg(long, default_value_t = 5_000)]
+    lifecycles: usize,
+    /// Folder holding the built plugins.
+    #[arg(long, default_value = "target/plugins")]
+    plugins: PathBuf,
+}
+
+/// A server under test, started as its own process.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Kind {
+    Wasm,
+    Native,
+    Raw,
+    /// The Wasm echo that keeps 64 KiB of state per connection.
+    Ballast,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Wasm => "shoal Wasm echo",
+            Kind::Native => "shoal native echo",
+            Kind::Raw => "raw tokio echo",
+            Kind::Ballast => "shoal Wasm echo + 64 KiB state",
+        }
+    }
+}
+
+/// Measurements: (kind, metric) → one value per round.
+type Results = BTreeMap<(Kind, &'static str), Vec<f64>>;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("binary folder")?
+        .to_path_buf();
+    let pinned = Command::new("taskset").arg("-V").output().is_ok()
+        && std::thread::available_parallelism().map_or(1, usize::from) >= 2;
+    let mut results = Results::new();
+
+    eprintln!(
+        "lifecycle: {} rounds × {} per server",
+        args.rounds, args.lifecycles
+    );
+    lifecycle(&args, &mut results)?;
+
+    for round in 1..=args.rounds {
+        for kind in [Kind::Wasm, Kind::Native, Kind::Raw] {
+            eprintln!(
+                "round {round}/{}: load against {}",
+                args.rounds,
+                kind.label()
+            );
+            let server = Server::start(kind, &bin_dir, &args.plugins, pinned)?;
+            let seconds = args.seconds.to_string();
+            let addr = server.addr.as_str();
+            let rate = loadgen(
+                &bin_dir,
+                pinned,
+                &["rate", "--addr", addr, "--seconds", &seconds],
+            )?;
+            record(&mut results, kind, "connections/s", &rate, "conns_per_sec")?;
+            for (size, prefix) in [("512", "512 B"), ("64", "64 B")] {
+                let echo = loadgen(
+                    &bin_dir,
+                    pinned,
+                    &[
+                        "echo",
+                        "--addr",
+                        addr,
+                        "--conns",
+                        "100",
+                        "--size",
+                        size,
+                        "--seconds",
+                        &seconds,
+                    ],
+                )?;
+                record(
+                    &mut results,
+                    kind,
+                    metric(prefix, "round trips/s"),
+                    &echo,
+                    "round_trips_per_sec",
+                )?;
+                record(
+                    &mut results,
+                    kind,
+                    metric(prefix, "p50 µs"),
+                    &echo,
+                    "p50_us",
+                )?;
+                record(
+                    &mut results,
+                    kind,
+                    metric(prefix, "p99 µs"),
+                    &echo,
+                    "p99_us",
+                )?;
+            }
+        }
+    }
+
+    for kind in [Kind::Wasm, Kind::Native, Kind::Raw, Kind::Ballast] {
+        eprintln!(
+            "memory: {} idle connections to {}",
+            args.idle_conns,
+            kind.label()
+        );
+        let per_conn = idle_memory(kind, &bin_dir, &args, pinned)?;
+        results
+            .entry((kind, "RSS per idle connection, KiB"))
+            .or_default()
+            .push(per_conn);
+    }
+
+    let report = report(&args, pinned, &mut results);
+    println!("{report}");
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write("target/bench/report.md", &report)?;
+    Ok(())
+}
+
+/// Metric names are static strings; the few sized ones are spelled out here.
+fn metric(prefix: &str, what: &str) -> &'static str {
+    match (prefix, what) {
+        ("512 B", "round trips/s") => "512 B × 100 conns: round trips/s",
+        ("512 B", "p50 µs") => "512 B × 100 conns: p50 latency µs",
+        ("512 B", "p99 µs") => "512 B × 100 conns: p99 latency µs",
+        ("64 B", "round trips/s") => "64 B × 100 conns: round trips/s",
+        ("64 B", "p50 µs") => "64 B × 100 conns: p50 latency µs",
+        _ => "64 B × 100 conns: p99 latency µs",
+    }
+}
+
+fn record(
+    results: &mut Results,
+    kind: Kind,
+    metric: &'static str,
+    line: &BTreeMap<String, f64>,
+    key: &str,
+) -> anyhow::Result<()> {
+    let value = *line
+        .get(key)
+        .with_context(|| format!("loadgen printed no {key}"))?;
+    results.entry((kind, metric)).or_default().push(value);
+    Ok(())
+}
+
+/// In-process: create a handler, `init`, `close`, drop — for the Wasm echo, the Wasm echo
+/// with 64 KiB of state and the native echo, alternating rounds.
+fn lifecycle(args: &Args, results: &mut Results) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeConfig::builder().max_instances(1_000).build()?)?;
+    let echo = Plugin::from_file(&runtime, args.plugins.join("echo.wasm"))?;
+    let ballast = Plugin::from_file(&runtime, args.plugins.join("ballast.wasm"))?;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = ServerConfig::default();
+    let stats = std::sync::Arc::new(Stats::default());
+    tokio.block_on(async {
+        for _ in 0..args.rounds {
+            for (kind, samples) in [
+                (
+                    Kind::Wasm,
+                    lifecycles(&echo, &config, &stats, args.lifecycles).await?,
+                ),
+                (
+                    Kind::Native,
+                    lifecycles(&shoal_host::native::Echo, &config, &stats, args.lifecycles).await?,
+                ),
+                (
+                    Kind::Ballast,
+                    lifecycles(&ballast, &config, &stats, args.lifecycles).await?,
+                ),
+            ] {
+                let mut samples = samples;
+                samples.sort();
+                let p50 = percentile(&samples, 0.5).context("samples")?;
+                let p99 = percentile(&samples, 0.99).context("samples")?;
+                results
+                    .entry((kind, "lifecycle median µs"))
+                    .or_default()
+                    .push(micros(p50));
+                results
+                    .entry((kind, "lifecycle p99 µs"))
+                    .or_default()
+                    .push(micros(p99));
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn lifecycles<F: HandlerFactory>(
+    factory: &F,
+    config: &ServerConfig,
+    stats: &std::sync::Arc<Stats>,
+    count: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let info = ConnInfo {
+        id: 0,
+        peer: "127.0.0.1:1".into(),
+        local: "127.0.0.1:2".into(),
+        listener: "bench".into(),
+    };
+    let mut samples = Vec::with_capacity(count);
+    for conn_id in 0..count as u64 {
+        let start = Instant::now();
+        let mut handler = factory
+            .create(NewConnection {
+                conn_id,
+                config,
+                stats,
+            })
+            .await?;
+        if handler.init(&info).await? != Ok(Next::Continue) {
+            bail!("{} refused a connection", factory.name());
+        }
+        handler.close(&CloseReason::PeerClosed).await?;
+        drop(handler);
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
+}
+
+/// A server process, stopped when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(kind: Kind, bin_dir: &Path, plugins: &Path, pinned: bool) -> anyhow::Result<Self> {
+        let shoal = bin_dir.join("shoal");
+        let listen = ["--listen", "127.0.0.1:0"];
+        let (program, args): (PathBuf, Vec<String>) = match kind {
+            Kind::Wasm | Kind::Ballast => {
+                let plugin = plugins.join(if kind == Kind::Wasm {
+                    "echo.wasm"
+                } else {
+                    "ballast.wasm"
+                });
+                let mut args = vec!["serve".to_string()];
+                args.extend(listen.iter().map(|s| s.to_string()));
+                args.push(plugin.display().to_string());
+                (shoal, args)
+            }
+            Kind::Native => {
+                let mut args = vec!["serve".to_string(), "--native-echo".to_string()];
+                args.extend(listen.iter().map(|s| s.to_string()));
+                (shoal, args)
+            }
+            Kind::Raw => (bin_dir.join("raw-echo"), vec!["127.0.0.1:0".to_string()]),
+        };
+        let mut command = pin(pinned, "1", &program);
+        let mut child = command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("{} printed {line:?}", kind.label()))?
+            .to_string();
+        Ok(Self { child, addr })
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        let kib: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("VmRSS value")?
+            .parse()?;
+        Ok(kib)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn pin(pinned: bool, core: &str, program: &Path) -> Command {
+    if pinned {
+        let mut command = Command::new("taskset");
+        command.args(["-c", core]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Run the load generator to completion and parse its `key=value` line.
+fn loadgen(bin_dir: &Path, pinned: bool, args: &[&str]) -> anyhow::Result<BTreeMap<String, f64>> {
+    let output = pin(pinned, "0", &bin_dir.join("loadgen"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "loadgen {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_line(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_line(line: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    line.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| Ok((k.to_string(), v.parse()?)))
+        .collect()
+}
+
+/// Server RSS growth per connection while `idle_conns` connections are open and initialised.
+fn idle_memory(kind: Kind, bin_dir: &Path, args: &Args, pinned: bool) -> anyhow::Result<f64> {
+    let server = Server::start(kind, bin_dir, &args.plugins, pinned)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let before = server.rss_kib()?;
+    let conns = args.idle_conns.to_string();
+    let mut client = pin(pinned, "0", &bin_dir.join("loadgen"))
+        .args(["idle", "--addr", &server.addr, "--conns", &conns])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = client.stdout.take().context("loadgen stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if !line.starts_with("ready") {
+        let _ = client.kill();
+        bail!("loadgen idle did not get ready: {line:?}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = server.rss_kib()?;
+    if let Some(mut stdin) = client.stdin.take() {
+        let _ = stdin.write_all(b"done");
+    }
+    client.wait()?;
+    Ok((after - before) / args.idle_conns as f64)
+}
+
+fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
+    let mut metrics: Vec<&'static str> = Vec::new();
+    for (_, metric) in results.keys() {
+        if !metrics.contains(metric) {
+            metrics.push(metric);
+        }
+    }
+    let value = |results: &mut Results, kind: Kind, metric: &str| -> Option<f64> {
+        results
+            .iter_mut()
+            .find(|((k, m), _)| *k == kind && *m == metric)
+            .and_then(|(_, values)| median(values))
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Medians of {} rounds; load scenarios {} s each after a 1 s warm-up; {} idle connections; \
+         server {} load generator.\n\n",
+        args.rounds,
+        args.seconds,
+        args.idle_conns,
+        if pinned {
+            "on core 1 (taskset), "
+        } else {
+            "unpinned, "
+        }
+    ));
+    out.push_str("| metric | shoal Wasm echo | shoal native echo | raw tokio echo | Wasm / native | Wasm echo + 64 KiB state |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for metric in metrics {
+        let wasm = value(results, Kind::Wasm, metric);
+        let native = value(results, Kind::Native, metric);
+        let raw = value(results, Kind::Raw, metric);
+        let ballast = value(results, Kind::Ballast, metric);
+        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
+        let ratio = match (wasm, native) {
+            (Some(w), Some(n)) if n > 0.0 => format!("{:.2}×", w / n),
+            _ => "–".to_string(),
+        };
+        out.push_str(&format!(
+            "| {metric} | {} | {} | {} | {ratio} | {} |\n",
+            cell(wasm),
+            cell(native),
+            cell(raw),
+            cell(ballast)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loadgen_lines_parse() -> anyhow::Result<()> {
+        let line = parse_line("round_trips_per_sec=1234 p50_us=56.7 p99_us=89.0\n")?;
+        assert_eq!(line.get("round_trips_per_sec"), Some(&1234.0));
+        assert_eq!(line.get("p99_us"), Some(&89.0));
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! What serves a connection. The connection task drives any [`ConnectionHandler`]: a Wasm
+//! plugin [`Instance`] (made by a [`Plugin`]) is one implementation, native Rust code is
+//! another ([`crate::native`]). The benchmarks run both behind the same acceptor pool and
+//! connection task, so their ratio is the cost of the sandbox alone.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::config::ServerConfig;
+use crate::error::{GuestFault, InstantiateError};
+use crate::guest::ConnSettings;
+use crate::instance::Instance;
+use crate::plugin::Plugin;
+use crate::stats::Stats;
+
+/// Serves one connection, following the plugin lifecycle: `init` once, `handle` per event,
+/// `close` once (see the crate docs). Output is queued by the handler and written by the
+/// connection task after each call.
+pub trait ConnectionHandler: Send + 'static {
+    /// Step 1: `Ok(Ok(next))`, or `Ok(Err(text))` to refuse the connection.
+    ///
+    /// # Errors
+    ///
+    /// A [`GuestFault`] ends the connection without `close`.
+    fn init(
+        &mut self,
+        info: &ConnInfo,
+    ) -> impl Future<Output = Result<Result<Next, String>, GuestFault>> + Send;
+
+    /// Step 2: one event.
+    ///
+    /// # Errors
+    ///
+    /// A [`GuestFault`] ends the connection without `close`.
+    fn handle(&mut self, event: &Event) -> impl Future<Output = Result<Next, GuestFault>> + Send;
+
+    /// Step 3: the connection ended.
+    ///
+    /// # Errors
+    ///
+    /// A [`GuestFault`]; the connection is closed either way.
+    fn close(
+        &mut self,
+        reason: &CloseReason,
+    ) -> impl Future<Output = Result<(), GuestFault>> + Send;
+
+    /// Bytes queued since the last [`ConnectionHandler::clear_output`].
+    fn output(&self) -> &[u8];
+
+    /// Forget the queued output (it has been written).
+    fn clear_output(&mut self);
+
+    /// The socket cannot be written any more: drop queued output, refuse later sends.
+    fn mark_unwritable(&mut self);
+}
+
+/// What a handler factory knows about the connection it makes a handler for.
+#[derive(Debug, Clone)]
+pub struct NewConnection<'a> {
+    /// The connection's id, unique in the process.
+    pub conn_id: u64,
+    /// The listener's settings.
+    pub config: &'a ServerConfig,
+    /// The server's counters (a handler counts itself as a live instance while it lives).
+    pub stats: &'a Arc<Stats>,
+}
+
+/// Makes a fresh [`ConnectionHandler`] for every accepted connection.
+pub trait HandlerFactory: Send + Sync + 'static {
+    /// The handler it makes.
+    type Handler: ConnectionHandler;
+
+    /// A name for logs.
+    fn name(&self) -> &str;
+
+    /// Most handlers that can be alive at once, if bounded (the Wasm instance pool).
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
+
+    /// Make the handler for one new connection.
+    ///
+    /// # Errors
+    ///
+    /// An [`InstantiateError`] closes the connection at once.
+    fn create(
+        &self,
+        conn: NewConnection<'_>,
+    ) -> impl Future<Output = Result<Self::Handler, InstantiateError>> + Send;
+}
+
+impl HandlerFactory for Plugin {
+    type Handler = Instance;
+
+    fn name(&self) -> &str {
+        Plugin::name(self)
+    }
+
+    fn capacity(&self) -> Option<usize> {
+        usize::try_from(self.runtime().config().max_instances()).ok()
+    }
+
+    async fn create(&self, conn: NewConnection<'_>) -> Result<Instance, InstantiateError> {
+        let settings = ConnSettings::new(conn.config, conn.conn_id, self, Arc::clone(conn.stats));
+        Instance::with_settings(self, &settings).await
+    }
+}
+
+impl ConnectionHandler for Instance {
+    async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
+        Instance::init(self, info).await
+    }
+
+    async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
+        Instance::handle(self, event).await
+    }
+
+    async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
+        Instance::close(self, reason).await
+    }
+
+    fn output(&self) -> &[u8] {
+        Instance::output(self)
+    }
+
+    fn clear_output(&mut self) {
+        Instance::clear_output(self);
+    }
+
+    fn mark_unwritable(&mut self) {
+        Instance::mark_unwritable(self);
+    }
+}
