@@ -16,7 +16,8 @@ use crate::stats::{Live, LiveKind, Stats};
 /// The state of one connection's store: an empty WASI context, the output queue, the guest's
 /// log and the CPU budget of the call in progress.
 pub(crate) struct ConnState {
-    wasi: WasiCtx,
+    /// Made on the first WASI call (see `WasiView::ctx`).
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     output: Vec<u8>,
     output_limit: usize,
@@ -79,18 +80,10 @@ impl ConnState {
             GuestStdio::new(Arc::clone(&log), Level::Info),
             GuestStdio::new(Arc::clone(&log), Level::Warn),
         ];
-        // No files, sockets, environment, arguments or stdin: stdout and stderr reach the log.
-        let wasi = WasiCtx::builder()
-            .stdout(stdio[0].clone())
-            .stderr(stdio[1].clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         Self {
-            wasi,
+            wasi: None,
             table,
             output: Vec::new(),
             output_limit: settings.output_limit,
@@ -126,10 +119,25 @@ impl Drop for ConnState {
     }
 }
 
+/// The WASI context of an instance: no files, sockets, environment, arguments or stdin;
+/// stdout and stderr reach the log.
+fn empty_wasi(stdio: &[GuestStdio; 2]) -> WasiCtx {
+    WasiCtx::builder()
+        .stdout(stdio[0].clone())
+        .stderr(stdio[1].clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
+}
+
 impl WasiView for ConnState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        // Built on the first WASI call: most connections of a plugin like echo never make
+        // one, and building the context (random generators, clocks, stdio) costs microseconds.
+        let stdio = &self.stdio;
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| empty_wasi(stdio)),
             table: &mut self.table,
         }
     }
