@@ -16,20 +16,7 @@ if [ "${1:-}" = "--clippy" ]; then
     exec "${CARGO:-cargo}" clippy --workspace --all-targets -- -D warnings
 fi
 
-missing=()
-for package in "${packages[@]}"; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "fallback-toolchain: install ${missing[*]} (apt-get install ${missing[*]}) and retry" >&2
-        exit 1
-    fi
-    echo "fallback-toolchain: installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+"$root/scripts/apt-install.sh" fallback-toolchain "${packages[@]}"
 
 export RUSTC=/usr/bin/rustc
 export RUSTC_BOOTSTRAP=1

@@ -9,6 +9,23 @@ use anyhow::{Context, ensure};
 use support::{TestServer, random_bytes, read_to_end};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Send `payload` and half-close while reading everything that comes back.
+async fn send_all_then_read_to_end(
+    client: tokio::net::TcpStream,
+    payload: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let (mut reader, mut writer) = client.into_split();
+    let sent = payload.to_vec();
+    let writing = tokio::spawn(async move {
+        writer.write_all(&sent).await?;
+        writer.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let echoed = read_to_end(&mut reader).await?;
+    writing.await??;
+    Ok(echoed)
+}
+
 #[tokio::test]
 async fn echo_round_trip() -> anyhow::Result<()> {
     let server = TestServer::start("echo").await?;
@@ -25,17 +42,8 @@ async fn echo_round_trip() -> anyhow::Result<()> {
 #[tokio::test]
 async fn one_mebibyte_of_random_bytes_comes_back_exactly() -> anyhow::Result<()> {
     let server = TestServer::start("echo").await?;
-    let client = server.connect().await?;
     let payload = random_bytes(1 << 20, 7);
-    let (mut reader, mut writer) = client.into_split();
-    let sent = payload.clone();
-    let writing = tokio::spawn(async move {
-        writer.write_all(&sent).await?;
-        writer.shutdown().await?;
-        anyhow::Ok(())
-    });
-    let echoed = read_to_end(&mut reader).await?;
-    writing.await??;
+    let echoed = send_all_then_read_to_end(server.connect().await?, &payload).await?;
     assert_eq!(echoed.len(), payload.len());
     assert!(echoed == payload, "echoed bytes differ from those sent");
     server.shutdown().await
@@ -127,17 +135,8 @@ async fn nc_gets_its_line_back() -> anyhow::Result<()> {
 async fn the_native_echo_baseline_behaves_like_the_plugin() -> anyhow::Result<()> {
     let config = shoal_host::ServerConfig::builder().name("native").build()?;
     let server = TestServer::start_with(shoal_host::native::Echo, config).await?;
-    let client = server.connect().await?;
     let payload = random_bytes(256 << 10, 5);
-    let (mut reader, mut writer) = client.into_split();
-    let sent = payload.clone();
-    let writing = tokio::spawn(async move {
-        writer.write_all(&sent).await?;
-        writer.shutdown().await?;
-        anyhow::Ok(())
-    });
-    let echoed = read_to_end(&mut reader).await?;
-    writing.await??;
+    let echoed = send_all_then_read_to_end(server.connect().await?, &payload).await?;
     assert!(echoed == payload, "native echo returned different bytes");
     server.wait_idle().await?;
     assert_eq!(server.stats.accepted(), 1);
