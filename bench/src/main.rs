@@ -35,6 +35,19 @@ struct Args {
     /// Folder holding the built plugins.
     #[arg(long, default_value = "target/plugins")]
     plugins: PathBuf,
+    /// Which scenarios to run.
+    #[arg(long, value_delimiter = ',', default_value = "lifecycle,load,memory")]
+    scenarios: Vec<Scenario>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Scenario {
+    /// In-process lifecycle: create, `init`, `close`, drop.
+    Lifecycle,
+    /// Connection rate, and round trips with latency at 512 and 64 bytes.
+    Load,
+    /// Server RSS per idle connection.
+    Memory,
 }
 
 /// A server under test, started as its own process.
@@ -71,13 +84,20 @@ fn main() -> anyhow::Result<()> {
         && std::thread::available_parallelism().map_or(1, usize::from) >= 2;
     let mut results = Results::new();
 
-    eprintln!(
-        "lifecycle: {} rounds × {} per server",
-        args.rounds, args.lifecycles
-    );
-    lifecycle(&args, &mut results)?;
+    if args.scenarios.contains(&Scenario::Lifecycle) {
+        eprintln!(
+            "lifecycle: {} rounds × {} per server",
+            args.rounds, args.lifecycles
+        );
+        lifecycle(&args, &mut results)?;
+    }
 
-    for round in 1..=args.rounds {
+    let load_rounds = if args.scenarios.contains(&Scenario::Load) {
+        args.rounds
+    } else {
+        0
+    };
+    for round in 1..=load_rounds {
         for kind in [Kind::Wasm, Kind::Native, Kind::Raw] {
             eprintln!(
                 "round {round}/{}: load against {}",
@@ -134,7 +154,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    for kind in [Kind::Wasm, Kind::Native, Kind::Raw, Kind::Ballast] {
+    let memory_kinds = if args.scenarios.contains(&Scenario::Memory) {
+        &[Kind::Wasm, Kind::Native, Kind::Raw, Kind::Ballast][..]
+    } else {
+        &[]
+    };
+    for &kind in memory_kinds {
         eprintln!(
             "memory: {} idle connections to {}",
             args.idle_conns,
@@ -404,14 +429,14 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "Medians of {} rounds; load scenarios {} s each after a 1 s warm-up; {} idle connections; \
-         server {} load generator.\n\n",
+         {}.\n\n",
         args.rounds,
         args.seconds,
         args.idle_conns,
         if pinned {
-            "on core 1 (taskset), "
+            "server on core 1 and load generator on core 0 (taskset)"
         } else {
-            "unpinned, "
+            "server and load generator unpinned"
         }
     ));
     out.push_str("| metric | shoal Wasm echo | shoal native echo | raw tokio echo | Wasm / native | Wasm echo + 64 KiB state |\n");
@@ -421,7 +446,11 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
         let native = value(results, Kind::Native, metric);
         let raw = value(results, Kind::Raw, metric);
         let ballast = value(results, Kind::Ballast, metric);
-        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
+        let cell = |v: Option<f64>| match v {
+            None => "–".to_string(),
+            Some(v) if v < 10.0 => format!("{v:.2}"),
+            Some(v) => format!("{v:.1}"),
+        };
         let ratio = match (wasm, native) {
             (Some(w), Some(n)) if n > 0.0 => format!("{:.2}×", w / n),
             _ => "–".to_string(),

@@ -168,7 +168,8 @@ async fn linger_close(socket: &mut TcpStream) {
     if socket.shutdown().await.is_err() {
         return;
     }
-    let mut discard = [0u8; 16 << 10];
+    // On the heap, not in this future: an array here would grow every connection's task.
+    let mut discard = vec![0u8; 4 << 10];
     let drain = async { while let Ok(1..) = socket.read(&mut discard).await {} };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
