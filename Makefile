@@ -24,8 +24,10 @@ plugins:
 build: plugins
 	$(CARGO) build --workspace --all-targets
 
+# The binary `build` made: `cargo run -p shoal-host` would resolve features for that package
+# alone and rebuild half of wasmtime.
 run: build
-	$(CARGO) run -p shoal-host --bin shoal -- serve --listen $(LISTEN)
+	target/debug/shoal serve --listen $(LISTEN)
 
 lint: plugins
 	$(CARGO) fmt --all --check
@@ -45,4 +47,4 @@ clean:
 # native echo and a raw tokio echo in alternating rounds. Takes about 5 minutes.
 bench: plugins
 	$(CARGO) build --release -p shoal-host -p shoal-bench
-	$(CARGO) run --release -p shoal-bench --bin shoal-bench -- $(BENCH_ARGS)
+	target/release/shoal-bench $(BENCH_ARGS)
