@@ -32,6 +32,10 @@ struct Args {
     /// Lifecycles per round in the in-process lifecycle benchmark.
     #[arg(long, default_value_t = 5_000)]
     lifecycles: usize,
+    /// Instance pool size of the in-process lifecycle runtime (small values let the
+    /// benchmark run under valgrind, whose address space cannot hold a large pool).
+    #[arg(long, default_value_t = 1_000)]
+    lifecycle_pool: u32,
     /// Folder holding the built plugins.
     #[arg(long, default_value = "target/plugins")]
     plugins: PathBuf,
@@ -208,7 +212,11 @@ fn record(
 /// In-process: create a handler, `init`, `close`, drop — for the Wasm echo, the Wasm echo
 /// with 64 KiB of state and the native echo, alternating rounds.
 fn lifecycle(args: &Args, results: &mut Results) -> anyhow::Result<()> {
-    let runtime = Runtime::new(RuntimeConfig::builder().max_instances(1_000).build()?)?;
+    let runtime = Runtime::new(
+        RuntimeConfig::builder()
+            .max_instances(args.lifecycle_pool)
+            .build()?,
+    )?;
     let echo = Plugin::from_file(&runtime, args.plugins.join("echo.wasm"))?;
     let ballast = Plugin::from_file(&runtime, args.plugins.join("ballast.wasm"))?;
     let tokio = tokio::runtime::Builder::new_current_thread()
