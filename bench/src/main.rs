@@ -210,7 +210,8 @@ fn record(
 }
 
 /// In-process: create a handler, `init`, `close`, drop — for the Wasm echo, the Wasm echo
-/// with 64 KiB of state and the native echo, alternating rounds.
+/// with 64 KiB of state and the native echo, alternating rounds; and the cost of one
+/// `handle` call with 512 bytes on a live handler.
 fn lifecycle(args: &Args, results: &mut Results) -> anyhow::Result<()> {
     let runtime = Runtime::new(
         RuntimeConfig::builder()
@@ -224,38 +225,84 @@ fn lifecycle(args: &Args, results: &mut Results) -> anyhow::Result<()> {
         .build()?;
     let config = ServerConfig::default();
     let stats = std::sync::Arc::new(Stats::default());
+    let native = shoal_host::native::Echo;
+    let calls = args.lifecycles * 4;
     tokio.block_on(async {
         for _ in 0..args.rounds {
-            for (kind, samples) in [
-                (
-                    Kind::Wasm,
-                    lifecycles(&echo, &config, &stats, args.lifecycles).await?,
-                ),
-                (
-                    Kind::Native,
-                    lifecycles(&shoal_host::native::Echo, &config, &stats, args.lifecycles).await?,
-                ),
-                (
-                    Kind::Ballast,
-                    lifecycles(&ballast, &config, &stats, args.lifecycles).await?,
-                ),
-            ] {
-                let mut samples = samples;
-                samples.sort();
-                let p50 = percentile(&samples, 0.5).context("samples")?;
-                let p99 = percentile(&samples, 0.99).context("samples")?;
-                results
-                    .entry((kind, "lifecycle median µs"))
-                    .or_default()
-                    .push(micros(p50));
-                results
-                    .entry((kind, "lifecycle p99 µs"))
-                    .or_default()
-                    .push(micros(p99));
-            }
+            let wasm = lifecycles(&echo, &config, &stats, args.lifecycles).await?;
+            record_samples(results, Kind::Wasm, "lifecycle", wasm)?;
+            let wasm = handle_calls(&echo, &config, &stats, calls).await?;
+            record_samples(results, Kind::Wasm, "handle(512 B)", wasm)?;
+            let native_lifecycles = lifecycles(&native, &config, &stats, args.lifecycles).await?;
+            record_samples(results, Kind::Native, "lifecycle", native_lifecycles)?;
+            let native_calls = handle_calls(&native, &config, &stats, calls).await?;
+            record_samples(results, Kind::Native, "handle(512 B)", native_calls)?;
+            let ballast = lifecycles(&ballast, &config, &stats, args.lifecycles).await?;
+            record_samples(results, Kind::Ballast, "lifecycle", ballast)?;
         }
         anyhow::Ok(())
     })
+}
+
+/// Record the median and p99 of one round's samples, in µs.
+fn record_samples(
+    results: &mut Results,
+    kind: Kind,
+    what: &'static str,
+    mut samples: Vec<Duration>,
+) -> anyhow::Result<()> {
+    samples.sort();
+    let p50 = percentile(&samples, 0.5).context("no samples")?;
+    let p99 = percentile(&samples, 0.99).context("no samples")?;
+    let (median_label, p99_label) = match what {
+        "lifecycle" => ("lifecycle median µs", "lifecycle p99 µs"),
+        _ => ("handle(512 B) median µs", "handle(512 B) p99 µs"),
+    };
+    results
+        .entry((kind, median_label))
+        .or_default()
+        .push(micros(p50));
+    results
+        .entry((kind, p99_label))
+        .or_default()
+        .push(micros(p99));
+    Ok(())
+}
+
+/// In-process: one handler, `count` calls of `handle` with 512 bytes, each timed.
+async fn handle_calls<F: HandlerFactory>(
+    factory: &F,
+    config: &ServerConfig,
+    stats: &std::sync::Arc<Stats>,
+    count: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let info = ConnInfo {
+        id: 0,
+        peer: "127.0.0.1:1".into(),
+        local: "127.0.0.1:2".into(),
+        listener: "bench".into(),
+    };
+    let new = NewConnection {
+        conn_id: 0,
+        config,
+        stats,
+    };
+    let mut handler = factory.create(new).await?;
+    if handler.init(&info).await? != Ok(Next::Continue) {
+        bail!("{} refused a connection", factory.name());
+    }
+    let event = shoal_host::Event::Data(vec![42; 512]);
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        let next = handler.handle(&event).await?;
+        handler.clear_output();
+        samples.push(start.elapsed());
+        if next != Next::Continue {
+            bail!("{} closed during the call benchmark", factory.name());
+        }
+    }
+    Ok(samples)
 }
 
 async fn lifecycles<F: HandlerFactory>(
