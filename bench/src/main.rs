@@ -231,12 +231,21 @@ fn lifecycle(args: &Args, results: &mut Results) -> anyhow::Result<()> {
         for _ in 0..args.rounds {
             let wasm = lifecycles(&echo, &config, &stats, args.lifecycles).await?;
             record_samples(results, Kind::Wasm, "lifecycle", wasm)?;
-            let wasm = handle_calls(&echo, &config, &stats, calls).await?;
+            let wasm = handle_calls(&echo, &config, &stats, calls, 1).await?;
             record_samples(results, Kind::Wasm, "handle(512 B)", wasm)?;
+            let wasm = handle_calls(&echo, &config, &stats, calls, 100).await?;
+            record_samples(results, Kind::Wasm, "handle(512 B) over 100", wasm)?;
             let native_lifecycles = lifecycles(&native, &config, &stats, args.lifecycles).await?;
             record_samples(results, Kind::Native, "lifecycle", native_lifecycles)?;
-            let native_calls = handle_calls(&native, &config, &stats, calls).await?;
+            let native_calls = handle_calls(&native, &config, &stats, calls, 1).await?;
             record_samples(results, Kind::Native, "handle(512 B)", native_calls)?;
+            let native_calls = handle_calls(&native, &config, &stats, calls, 100).await?;
+            record_samples(
+                results,
+                Kind::Native,
+                "handle(512 B) over 100",
+                native_calls,
+            )?;
             let ballast = lifecycles(&ballast, &config, &stats, args.lifecycles).await?;
             record_samples(results, Kind::Ballast, "lifecycle", ballast)?;
         }
@@ -256,7 +265,14 @@ fn record_samples(
     let p99 = percentile(&samples, 0.99).context("no samples")?;
     let (median_label, p99_label) = match what {
         "lifecycle" => ("lifecycle median µs", "lifecycle p99 µs"),
-        _ => ("handle(512 B) median µs", "handle(512 B) p99 µs"),
+        "handle(512 B)" => (
+            "handle(512 B), 1 live, median µs",
+            "handle(512 B), 1 live, p99 µs",
+        ),
+        _ => (
+            "handle(512 B), 100 live round-robin, median µs",
+            "handle(512 B), 100 live round-robin, p99 µs",
+        ),
     };
     results
         .entry((kind, median_label))
@@ -269,12 +285,14 @@ fn record_samples(
     Ok(())
 }
 
-/// In-process: one handler, `count` calls of `handle` with 512 bytes, each timed.
+/// In-process: `count` timed calls of `handle` with 512 bytes, spread round-robin over
+/// `live` handlers (one hot handler, or as many as the load scenarios keep busy).
 async fn handle_calls<F: HandlerFactory>(
     factory: &F,
     config: &ServerConfig,
     stats: &std::sync::Arc<Stats>,
     count: usize,
+    live: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let info = ConnInfo {
         id: 0,
@@ -282,18 +300,23 @@ async fn handle_calls<F: HandlerFactory>(
         local: "127.0.0.1:2".into(),
         listener: "bench".into(),
     };
-    let new = NewConnection {
-        conn_id: 0,
-        config,
-        stats,
-    };
-    let mut handler = factory.create(new).await?;
-    if handler.init(&info).await? != Ok(Next::Continue) {
-        bail!("{} refused a connection", factory.name());
+    let mut handlers = Vec::with_capacity(live);
+    for conn_id in 0..live as u64 {
+        let new = NewConnection {
+            conn_id,
+            config,
+            stats,
+        };
+        let mut handler = factory.create(new).await?;
+        if handler.init(&info).await? != Ok(Next::Continue) {
+            bail!("{} refused a connection", factory.name());
+        }
+        handlers.push(handler);
     }
     let event = shoal_host::Event::Data(vec![42; 512]);
     let mut samples = Vec::with_capacity(count);
-    for _ in 0..count {
+    for call in 0..count {
+        let handler = &mut handlers[call % live];
         let start = Instant::now();
         let next = handler.handle(&event).await?;
         handler.clear_output();
