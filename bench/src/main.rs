@@ -230,59 +230,78 @@ fn lifecycle(args: &Args, results: &mut Results) -> anyhow::Result<()> {
     tokio.block_on(async {
         for _ in 0..args.rounds {
             let wasm = lifecycles(&echo, &config, &stats, args.lifecycles).await?;
-            record_samples(results, Kind::Wasm, "lifecycle", wasm)?;
+            record_samples(results, Kind::Wasm, LIFECYCLE, wasm)?;
             let wasm = handle_calls(&echo, &config, &stats, calls, 1).await?;
-            record_samples(results, Kind::Wasm, "handle(512 B)", wasm)?;
+            record_samples(results, Kind::Wasm, HANDLE_HOT, wasm)?;
             let wasm = handle_calls(&echo, &config, &stats, calls, 100).await?;
-            record_samples(results, Kind::Wasm, "handle(512 B) over 100", wasm)?;
+            record_samples(results, Kind::Wasm, HANDLE_SPREAD, wasm)?;
             let native_lifecycles = lifecycles(&native, &config, &stats, args.lifecycles).await?;
-            record_samples(results, Kind::Native, "lifecycle", native_lifecycles)?;
+            record_samples(results, Kind::Native, LIFECYCLE, native_lifecycles)?;
             let native_calls = handle_calls(&native, &config, &stats, calls, 1).await?;
-            record_samples(results, Kind::Native, "handle(512 B)", native_calls)?;
+            record_samples(results, Kind::Native, HANDLE_HOT, native_calls)?;
             let native_calls = handle_calls(&native, &config, &stats, calls, 100).await?;
-            record_samples(
-                results,
-                Kind::Native,
-                "handle(512 B) over 100",
-                native_calls,
-            )?;
+            record_samples(results, Kind::Native, HANDLE_SPREAD, native_calls)?;
             let ballast = lifecycles(&ballast, &config, &stats, args.lifecycles).await?;
-            record_samples(results, Kind::Ballast, "lifecycle", ballast)?;
+            record_samples(results, Kind::Ballast, LIFECYCLE, ballast)?;
         }
         anyhow::Ok(())
     })
 }
 
+/// The table rows (median, p99) an in-process measurement fills.
+type Rows = (&'static str, &'static str);
+const LIFECYCLE: Rows = ("lifecycle median µs", "lifecycle p99 µs");
+const HANDLE_HOT: Rows = (
+    "handle(512 B), 1 live, median µs",
+    "handle(512 B), 1 live, p99 µs",
+);
+const HANDLE_SPREAD: Rows = (
+    "handle(512 B), 100 live round-robin, median µs",
+    "handle(512 B), 100 live round-robin, p99 µs",
+);
+
 /// Record the median and p99 of one round's samples, in µs.
 fn record_samples(
     results: &mut Results,
     kind: Kind,
-    what: &'static str,
+    (median_row, p99_row): Rows,
     mut samples: Vec<Duration>,
 ) -> anyhow::Result<()> {
     samples.sort();
     let p50 = percentile(&samples, 0.5).context("no samples")?;
     let p99 = percentile(&samples, 0.99).context("no samples")?;
-    let (median_label, p99_label) = match what {
-        "lifecycle" => ("lifecycle median µs", "lifecycle p99 µs"),
-        "handle(512 B)" => (
-            "handle(512 B), 1 live, median µs",
-            "handle(512 B), 1 live, p99 µs",
-        ),
-        _ => (
-            "handle(512 B), 100 live round-robin, median µs",
-            "handle(512 B), 100 live round-robin, p99 µs",
-        ),
-    };
     results
-        .entry((kind, median_label))
+        .entry((kind, median_row))
         .or_default()
         .push(micros(p50));
     results
-        .entry((kind, p99_label))
+        .entry((kind, p99_row))
         .or_default()
         .push(micros(p99));
     Ok(())
+}
+
+/// The connection every in-process measurement pretends to serve.
+fn bench_conn_info() -> ConnInfo {
+    ConnInfo {
+        id: 0,
+        peer: "127.0.0.1:1".into(),
+        local: "127.0.0.1:2".into(),
+        listener: "bench".into(),
+    }
+}
+
+/// Create a handler and run its `init`, which must keep the connection.
+async fn open_handler<F: HandlerFactory>(
+    factory: &F,
+    conn: NewConnection<'_>,
+    info: &ConnInfo,
+) -> anyhow::Result<F::Handler> {
+    let mut handler = factory.create(conn).await?;
+    if handler.init(info).await? != Ok(Next::Continue) {
+        bail!("{} refused a connection", factory.name());
+    }
+    Ok(handler)
 }
 
 /// In-process: `count` timed calls of `handle` with 512 bytes, spread round-robin over
@@ -294,24 +313,15 @@ async fn handle_calls<F: HandlerFactory>(
     count: usize,
     live: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let info = ConnInfo {
-        id: 0,
-        peer: "127.0.0.1:1".into(),
-        local: "127.0.0.1:2".into(),
-        listener: "bench".into(),
-    };
+    let info = bench_conn_info();
     let mut handlers = Vec::with_capacity(live);
     for conn_id in 0..live as u64 {
-        let new = NewConnection {
+        let conn = NewConnection {
             conn_id,
             config,
             stats,
         };
-        let mut handler = factory.create(new).await?;
-        if handler.init(&info).await? != Ok(Next::Continue) {
-            bail!("{} refused a connection", factory.name());
-        }
-        handlers.push(handler);
+        handlers.push(open_handler(factory, conn, &info).await?);
     }
     let event = shoal_host::Event::Data(vec![42; 512]);
     let mut samples = Vec::with_capacity(count);
@@ -334,25 +344,16 @@ async fn lifecycles<F: HandlerFactory>(
     stats: &std::sync::Arc<Stats>,
     count: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let info = ConnInfo {
-        id: 0,
-        peer: "127.0.0.1:1".into(),
-        local: "127.0.0.1:2".into(),
-        listener: "bench".into(),
-    };
+    let info = bench_conn_info();
     let mut samples = Vec::with_capacity(count);
     for conn_id in 0..count as u64 {
+        let conn = NewConnection {
+            conn_id,
+            config,
+            stats,
+        };
         let start = Instant::now();
-        let mut handler = factory
-            .create(NewConnection {
-                conn_id,
-                config,
-                stats,
-            })
-            .await?;
-        if handler.init(&info).await? != Ok(Next::Continue) {
-            bail!("{} refused a connection", factory.name());
-        }
+        let mut handler = open_handler(factory, conn, &info).await?;
         handler.close(&CloseReason::PeerClosed).await?;
         drop(handler);
         samples.push(start.elapsed());
