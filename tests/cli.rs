@@ -137,3 +137,31 @@ async fn serve_native_echo_runs_the_baseline() -> anyhow::Result<()> {
     assert!(status.success(), "graceful exit: {status:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn max_connections_holds_the_next_client_until_one_leaves() -> anyhow::Result<()> {
+    let greeter = plugin_path("greeter");
+    let greeter = greeter.to_str().context("utf-8 path")?;
+    let (mut child, addr) = serve(&["--max-connections", "2", greeter]).await?;
+    let mut first = BufReader::new(TcpStream::connect(addr).await?);
+    let mut second = BufReader::new(TcpStream::connect(addr).await?);
+    assert!(read_line(&mut first).await?.starts_with("hello "));
+    assert!(read_line(&mut second).await?.starts_with("hello "));
+    // The third client is accepted by the kernel but not served while two are open.
+    let mut third = BufReader::new(TcpStream::connect(addr).await?);
+    let waiting = tokio::time::timeout(Duration::from_millis(300), read_line(&mut third)).await;
+    assert!(waiting.is_err(), "served past the limit: {waiting:?}");
+    drop(first);
+    assert!(read_line(&mut third).await?.starts_with("hello "));
+    assert!(terminate(&mut child).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn serve_names_an_invalid_option() -> anyhow::Result<()> {
+    let output = shoal(&["serve", "--listen", "127.0.0.1:0", "--max-connections", "0"]).await?;
+    assert!(!output.status.success(), "must fail: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max_connections"), "{stderr}");
+    Ok(())
+}

@@ -2,8 +2,10 @@
 //! `handle`, write what the guest sent after each call, and `close` exactly once.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +17,7 @@ use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::config::ServerConfig;
 use crate::error::GuestFault;
 use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
+use crate::read_buffers;
 use crate::stats::Stats;
 
 /// Longest wait for a client to close its side after the server closed its own.
@@ -107,9 +110,7 @@ async fn event_loop<F: HandlerFactory>(
     socket: &mut TcpStream,
     mut next: Next,
 ) -> Result<CloseReason, GuestFault> {
-    // One buffer serves every read: it travels into the event and back out of it.
     let config = &ctx.config;
-    let mut buffer = Vec::with_capacity(config.read_buffer_size());
     loop {
         if let Err(reason) = flush(guest, socket, config.write_timeout()).await {
             return Ok(reason);
@@ -117,25 +118,43 @@ async fn event_loop<F: HandlerFactory>(
         if next == Next::Close {
             return Ok(CloseReason::GuestClosed);
         }
-        buffer.clear();
         let read = tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => return Ok(CloseReason::Shutdown),
-            read = tokio::time::timeout(config.idle_timeout(), socket.read_buf(&mut buffer)) => read,
+            read = tokio::time::timeout(config.idle_timeout(), read_lent(socket, config.read_buffer_size())) => read,
         };
-        match read {
+        let buffer = match read {
             Err(_idle) => return Ok(CloseReason::IdleTimeout),
-            Ok(Ok(0)) => return Ok(CloseReason::PeerClosed),
-            Ok(Ok(_)) => {}
+            Ok(Ok(buffer)) if buffer.is_empty() => return Ok(CloseReason::PeerClosed),
+            Ok(Ok(buffer)) => buffer,
             Ok(Err(error)) => return Ok(ended_by(&error, "read")),
-        }
+        };
         let event = Event::Data(buffer);
         next = guest.handle(&event).await?;
-        buffer = match event {
-            Event::Data(buffer) => buffer,
-            Event::Message(_) => Vec::with_capacity(config.read_buffer_size()),
-        };
+        if let Event::Data(buffer) = event {
+            read_buffers::give_back(buffer);
+        }
     }
+}
+
+/// Read what the socket holds into a lent buffer (empty at end of stream). The buffer is
+/// taken only when the read can complete, so a connection waiting for input holds none.
+async fn read_lent(socket: &mut TcpStream, capacity: usize) -> io::Result<Vec<u8>> {
+    std::future::poll_fn(|cx| {
+        let mut buffer = read_buffers::take(capacity);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *socket), cx, &mut buffer) {
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(buffer)),
+            Poll::Ready(Err(error)) => {
+                read_buffers::give_back(buffer);
+                Poll::Ready(Err(error))
+            }
+            Poll::Pending => {
+                read_buffers::give_back(buffer);
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// Write what the guest queued, waiting at most `timeout` for the client to take it. After a

@@ -46,6 +46,7 @@
 //!   hand without a socket.
 //! * `guest`: the store's state and the host side of the plugin's imports.
 //! * `guest_log`: guest log lines and stdio, rate-limited, into `tracing`.
+//! * `read_buffers`: read buffers lent per read, so an idle connection holds none.
 //! * [`stats`]: live counters.
 //! * [`tcp`]: the low-level listen/accept/receive API.
 //! * [`error`]: typed errors.
@@ -61,6 +62,7 @@ pub mod handler;
 pub mod instance;
 pub mod native;
 pub mod plugin;
+mod read_buffers;
 pub mod runtime;
 pub mod server;
 pub mod stats;

@@ -33,6 +33,10 @@ enum Command {
         /// Number of acceptor tasks.
         #[arg(long, default_value_t = ServerConfig::default().pool_size())]
         pool_size: usize,
+        /// Most connections served at once; more wait in the listen backlog. The Wasm
+        /// instance pool is sized to match.
+        #[arg(long, default_value_t = ServerConfig::default().max_connections())]
+        max_connections: usize,
         /// The plugin component (.wasm); without one, the bundled echo plugin.
         #[arg(conflicts_with = "native_echo")]
         plugin: Option<PathBuf>,
@@ -60,9 +64,10 @@ fn main() -> ExitCode {
         Command::Serve {
             listen,
             pool_size,
+            max_connections,
             plugin,
             native_echo,
-        } => serve(listen, pool_size, plugin, native_echo),
+        } => serve(listen, pool_size, max_connections, plugin, native_echo),
         Command::Check { plugin } => check(&plugin),
     };
     match result {
@@ -77,14 +82,20 @@ fn main() -> ExitCode {
 fn serve(
     listen: SocketAddr,
     pool_size: usize,
+    max_connections: usize,
     plugin: Option<PathBuf>,
     native_echo: bool,
 ) -> anyhow::Result<()> {
-    let config = ServerConfig::builder().pool_size(pool_size).build()?;
+    let config = ServerConfig::builder()
+        .pool_size(pool_size)
+        .max_connections(max_connections)
+        .build()?;
     if native_echo {
         return serve_with(listen, Server::new(shoal_host::native::Echo, config));
     }
-    let runtime = Runtime::new(RuntimeConfig::default()).context("cannot start the Wasm engine")?;
+    let instances = u32::try_from(max_connections).context("--max-connections is too large")?;
+    let runtime_config = RuntimeConfig::builder().max_instances(instances).build()?;
+    let runtime = Runtime::new(runtime_config).context("cannot start the Wasm engine")?;
     let plugin = match plugin {
         Some(path) => Plugin::from_file(&runtime, &path)?,
         None => Plugin::from_bytes(&runtime, "echo", BUNDLED_ECHO)?,
