@@ -1,6 +1,7 @@
 # shoal — build, run and test from a fresh clone.
 #
 #   make run    build everything, then serve the bundled echo plugin on 127.0.0.1:8080
+#               (make run PLUGIN=chat LISTEN=127.0.0.1:7000 serves target/plugins/chat.wasm)
 #   make test   build everything, lint, and run every test
 #
 # Plugins are built for wasm32-wasip2 by scripts/build-plugins.sh, which installs the target
@@ -9,6 +10,8 @@
 
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
+# A plugin to serve instead of the bundled echo, e.g. PLUGIN=chat (target/plugins/chat.wasm).
+PLUGIN ?=
 
 .PHONY: all deps plugins build run test lint clean bench
 
@@ -27,7 +30,7 @@ build: plugins
 # The binary `build` made: `cargo run -p shoal-host` would resolve features for that package
 # alone and rebuild half of wasmtime.
 run: build
-	target/debug/shoal serve --listen $(LISTEN)
+	target/debug/shoal serve --listen $(LISTEN) $(if $(PLUGIN),target/plugins/$(PLUGIN).wasm)
 
 lint: plugins
 	$(CARGO) fmt --all --check

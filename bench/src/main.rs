@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_bench::{median, micros, percentile};
+use shoal_host::mailbox::{MailboxLimits, Mailboxes};
 use shoal_host::{
     CloseReason, ConnInfo, ConnectionHandler, HandlerFactory, NewConnection, Next, Plugin, Runtime,
     RuntimeConfig, ServerConfig, Stats,
@@ -314,12 +315,14 @@ async fn handle_calls<F: HandlerFactory>(
     live: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let info = bench_conn_info();
+    let mailboxes = Mailboxes::new(MailboxLimits::from(config));
     let mut handlers = Vec::with_capacity(live);
     for conn_id in 0..live as u64 {
         let conn = NewConnection {
             conn_id,
             config,
             stats,
+            mailboxes: &mailboxes,
         };
         handlers.push(open_handler(factory, conn, &info).await?);
     }
@@ -345,12 +348,14 @@ async fn lifecycles<F: HandlerFactory>(
     count: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let info = bench_conn_info();
+    let mailboxes = Mailboxes::new(MailboxLimits::from(config));
     let mut samples = Vec::with_capacity(count);
     for conn_id in 0..count as u64 {
         let conn = NewConnection {
             conn_id,
             config,
             stats,
+            mailboxes: &mailboxes,
         };
         let start = Instant::now();
         let mut handler = open_handler(factory, conn, &info).await?;

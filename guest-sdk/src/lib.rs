@@ -44,7 +44,8 @@
 //!    first. Bytes sent from `close` still reach the client when its side is open (guest
 //!    close, shutdown, timeouts, a client's half-close).
 //!
-//! Bytes passed to [`send`] during a call are written when the call returns. A panic (or a
+//! Bytes passed to [`send`] during a call are written when the call returns. Messages to
+//! other connections of the listener go through [`mailbox`]. A panic (or a
 //! call past its CPU budget or call timeout) ends only this connection: the host logs it with
 //! the connection id and closes the socket without calling `close`.
 
@@ -61,7 +62,7 @@ pub mod bindings {
 }
 
 pub use bindings::shoal::plugin::types::{
-    CloseReason, ConnInfo, Envelope, Event, Level, Next, SendError,
+    CloseReason, ConnInfo, Envelope, Event, Level, MessageError, Next, Peer, SendError,
 };
 
 /// A connection handler: one value of this type is the state of one connection.
@@ -93,6 +94,41 @@ pub trait Handler: Sized + 'static {
 /// was queued), [`SendError::Closed`] when the client can no longer receive.
 pub fn send(data: &[u8]) -> Result<(), SendError> {
     bindings::shoal::plugin::connection::send(data)
+}
+
+/// Messages to the other connections of this listener; they arrive there as
+/// [`Event::Message`]. See `wit/plugin.wit` (`interface mailbox`) for the delivery guarantees:
+/// FIFO per sender and receiver, nothing waits, a full mailbox refuses.
+pub mod mailbox {
+    use crate::bindings::shoal::plugin::mailbox as imports;
+    use crate::{MessageError, Peer};
+
+    /// Send `payload` to connection `to` of this listener.
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::NoSuchConnection`] when it has ended (or never existed here),
+    /// [`MessageError::MailboxFull`] when its mailbox is at its limit, and
+    /// [`MessageError::TooLarge`] when no mailbox can hold `payload`. Nothing was sent.
+    pub fn send(to: u64, payload: &[u8]) -> Result<(), MessageError> {
+        imports::send(to, payload)
+    }
+
+    /// Send `payload` to every other connection of this listener; returns how many took it.
+    pub fn broadcast(payload: &[u8]) -> u32 {
+        imports::broadcast(payload)
+    }
+
+    /// The open connections of this listener, this one included, in id order.
+    #[must_use]
+    pub fn peers() -> Vec<Peer> {
+        imports::peers()
+    }
+
+    /// The name [`peers`] shows for this connection (at most 256 bytes are kept).
+    pub fn set_name(name: &str) {
+        imports::set_name(name);
+    }
 }
 
 /// Write one line to the host's log, tagged with this connection's id and the plugin's name.

@@ -9,6 +9,8 @@ use crate::error::ConfigError;
 const MAX_CONNECTIONS: usize = 1 << 20;
 /// Largest read buffer or output limit, per connection.
 const MAX_BUFFER_BYTES: usize = 256 << 20;
+/// Largest mailbox queue, in messages (tokio bounds a channel at `usize::MAX >> 3`).
+const MAX_MAILBOX_MESSAGES: usize = 1 << 20;
 
 /// Settings of one listener, validated once by [`ServerConfigBuilder::build`].
 ///
@@ -35,6 +37,8 @@ pub struct ServerConfig {
     write_timeout: Duration,
     output_buffer_limit: usize,
     read_buffer_size: usize,
+    mailbox_messages: usize,
+    mailbox_bytes: usize,
     shutdown_timeout: Duration,
     guest_log_lines_per_second: u32,
     guest_log_burst: u32,
@@ -120,6 +124,18 @@ impl ServerConfig {
     pub fn guest_log_burst(&self) -> u32 {
         self.guest_log_burst
     }
+
+    /// Most messages one connection's mailbox holds.
+    #[must_use]
+    pub fn mailbox_messages(&self) -> usize {
+        self.mailbox_messages
+    }
+
+    /// Most payload bytes one connection's mailbox holds (also the largest message).
+    #[must_use]
+    pub fn mailbox_bytes(&self) -> usize {
+        self.mailbox_bytes
+    }
 }
 
 impl Default for ServerConfig {
@@ -136,6 +152,8 @@ impl Default for ServerConfig {
     ///   `close(limit("write timeout"))`);
     /// * `output_buffer_limit`: 1 MiB queued per call (past it `send` returns `buffer-full`);
     /// * `read_buffer_size`: 64 KiB per read;
+    /// * `mailbox_messages`: 1,024 and `mailbox_bytes`: 1 MiB per connection (a full mailbox
+    ///   refuses new messages; the sender gets `mailbox-full`);
     /// * `shutdown_timeout`: 15 s;
     /// * guest log: 20 lines per second per connection after a burst of 100.
     fn default() -> Self {
@@ -149,6 +167,8 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             output_buffer_limit: 1 << 20,
             read_buffer_size: 64 << 10,
+            mailbox_messages: 1024,
+            mailbox_bytes: 1 << 20,
             shutdown_timeout: Duration::from_secs(15),
             guest_log_lines_per_second: 20,
             guest_log_burst: 100,
@@ -241,6 +261,21 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Most messages one connection's mailbox holds (default 1,024).
+    #[must_use]
+    pub fn mailbox_messages(mut self, count: usize) -> Self {
+        self.config.mailbox_messages = count;
+        self
+    }
+
+    /// Most payload bytes one connection's mailbox holds, and so the largest message
+    /// (default 1 MiB).
+    #[must_use]
+    pub fn mailbox_bytes(mut self, bytes: usize) -> Self {
+        self.config.mailbox_bytes = bytes;
+        self
+    }
+
     /// Check the settings.
     ///
     /// # Errors
@@ -279,6 +314,18 @@ impl ServerConfigBuilder {
         if !(1..=MAX_BUFFER_BYTES).contains(&c.read_buffer_size) {
             return Err(ConfigError::new(
                 "read_buffer_size",
+                format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
+            ));
+        }
+        if !(1..=MAX_MAILBOX_MESSAGES).contains(&c.mailbox_messages) {
+            return Err(ConfigError::new(
+                "mailbox_messages",
+                format!("must be between 1 and {MAX_MAILBOX_MESSAGES}"),
+            ));
+        }
+        if !(1..=MAX_BUFFER_BYTES).contains(&c.mailbox_bytes) {
+            return Err(ConfigError::new(
+                "mailbox_bytes",
                 format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
             ));
         }
@@ -328,6 +375,8 @@ mod tests {
             .build()
             .err();
         assert_eq!(no_idle.map(|e| e.field()), Some("idle_timeout"));
+        let no_mailbox = ServerConfig::builder().mailbox_messages(0).build().err();
+        assert_eq!(no_mailbox.map(|e| e.field()), Some("mailbox_messages"));
     }
 
     #[test]

@@ -10,18 +10,24 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
 use crate::config::ServerConfig;
 use crate::error::GuestFault;
 use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
+use crate::hooks::{ConnectionHandle, Hooks};
+use crate::mailbox::{Mailbox, Mailboxes, Message};
 use crate::read_buffers;
 use crate::stats::Stats;
 
 /// Longest wait for a client to close its side after the server closed its own.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// The limit reason of a connection whose mailbox overflowed (it missed a message).
+const MAILBOX_FULL: &str = "mailbox full";
 
 /// Connection ids are unique in the process and never reused.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -35,6 +41,9 @@ pub(crate) struct ConnectionContext<F> {
     pub(crate) config: ServerConfig,
     pub(crate) factory: F,
     pub(crate) stats: Arc<Stats>,
+    /// The listener's registry of connections: messages never leave it.
+    pub(crate) mailboxes: Mailboxes,
+    pub(crate) hooks: Hooks,
     /// Cancelled when the server shuts down: guests get `close(shutdown)`.
     pub(crate) shutdown: CancellationToken,
 }
@@ -58,10 +67,14 @@ async fn serve<F: HandlerFactory>(
     peer: String,
 ) {
     let config = &ctx.config;
+    // Registered before `init`, so that `init` can already message the others (a chat's
+    // join notice) and list itself among the peers.
+    let mut mailbox = ctx.mailboxes.register(id);
     let new = NewConnection {
         conn_id: id,
         config,
         stats: &ctx.stats,
+        mailboxes: &ctx.mailboxes,
     };
     let mut guest = match ctx.factory.create(new).await {
         Ok(guest) => guest,
@@ -70,9 +83,10 @@ async fn serve<F: HandlerFactory>(
             return;
         }
     };
+    let peer: Arc<str> = Arc::from(peer);
     let info = ConnInfo {
         id,
-        peer,
+        peer: peer.to_string(),
         local: address(socket.local_addr()),
         listener: config.name().to_string(),
     };
@@ -84,13 +98,26 @@ async fn serve<F: HandlerFactory>(
         }
         Err(fault) => return report(ctx, &fault, "init"),
     };
-    let reason = match event_loop(ctx, &mut guest, &mut socket, next).await {
-        Ok(reason) => reason,
-        Err(fault) => return report(ctx, &fault, "handle"),
+    let handle = ConnectionHandle::new(id, peer, ctx.mailboxes.clone());
+    if let Some(on_open) = &ctx.hooks.on_open {
+        on_open(&handle);
+    }
+    let ended = event_loop(ctx, &mut guest, &mut socket, &mut mailbox, next).await;
+    // Gone from the registry before `close`: messages sent to it from now on (the others'
+    // replies to its leave notice, say) get `no-such-connection` instead of being lost.
+    drop(mailbox);
+    let closed = match ended {
+        Ok(reason) => {
+            tracing::debug!(?reason, "connection ending");
+            guest.close(&reason).await.map_err(|fault| (fault, "close"))
+        }
+        Err(fault) => Err((fault, "handle")),
     };
-    tracing::debug!(?reason, "connection ending");
-    if let Err(fault) = guest.close(&reason).await {
-        return report(ctx, &fault, "close");
+    if let Some(on_close) = &ctx.hooks.on_close {
+        on_close(&handle);
+    }
+    if let Err((fault, export)) = closed {
+        return report(ctx, &fault, export);
     }
     // The client may be gone already; there is nobody left to tell about a failed write.
     let _ = flush(&mut guest, &mut socket, config.write_timeout()).await;
@@ -103,37 +130,110 @@ fn report<F>(ctx: &ConnectionContext<F>, fault: &GuestFault, export: &str) {
     tracing::warn!("closing the connection: `{export}` failed: {fault}");
 }
 
+/// What the connection waits for between calls.
+enum Input {
+    Data(Vec<u8>),
+    Message(Message),
+}
+
 /// Read, `handle`, write, until the guest, the client or the server ends the connection.
+/// Socket data and mailbox messages are taken in turn, one call at a time.
 async fn event_loop<F: HandlerFactory>(
     ctx: &ConnectionContext<F>,
     guest: &mut F::Handler,
     socket: &mut TcpStream,
+    mailbox: &mut Mailbox,
     mut next: Next,
 ) -> Result<CloseReason, GuestFault> {
     let config = &ctx.config;
+    // Idle means no byte from the client: messages from others do not keep a silent client.
+    let mut idle_deadline = Instant::now() + config.idle_timeout();
+    let overflow = mailbox.overflow_signal();
     loop {
-        if let Err(reason) = flush(guest, socket, config.write_timeout()).await {
+        let flushed = tokio::select! {
+            biased;
+            flushed = flush(guest, socket, config.write_timeout()) => flushed,
+            () = overflow.cancelled() => Err(CloseReason::Limit(MAILBOX_FULL.to_string())),
+        };
+        if let Err(reason) = flushed {
+            // A write cut short leaves the stream mid-output: `close` may not add to it.
+            guest.mark_unwritable();
             return Ok(reason);
         }
         if next == Next::Close {
             return Ok(CloseReason::GuestClosed);
         }
-        let read = tokio::select! {
+        let input = tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => return Ok(CloseReason::Shutdown),
-            read = tokio::time::timeout(config.idle_timeout(), read_lent(socket, config.read_buffer_size())) => read,
+            () = overflow.cancelled() => return Ok(CloseReason::Limit(MAILBOX_FULL.to_string())),
+            () = tokio::time::sleep_until(idle_deadline) => return Ok(CloseReason::IdleTimeout),
+            input = next_input(socket, mailbox, config.read_buffer_size()) => input,
         };
-        let buffer = match read {
-            Err(_idle) => return Ok(CloseReason::IdleTimeout),
-            Ok(Ok(buffer)) if buffer.is_empty() => return Ok(CloseReason::PeerClosed),
-            Ok(Ok(buffer)) => buffer,
-            Ok(Err(error)) => return Ok(ended_by(&error, "read")),
+        let event = match input {
+            Ok(Input::Data(buffer)) if buffer.is_empty() => return Ok(CloseReason::PeerClosed),
+            Ok(Input::Data(buffer)) => {
+                idle_deadline = Instant::now() + config.idle_timeout();
+                Event::Data(buffer)
+            }
+            Ok(Input::Message(message)) => {
+                next = handle_messages(guest, mailbox, message).await?;
+                continue;
+            }
+            Err(error) => return Ok(ended_by(&error, "read")),
         };
-        let event = Event::Data(buffer);
         next = guest.handle(&event).await?;
         if let Event::Data(buffer) = event {
             read_buffers::give_back(buffer);
         }
+    }
+}
+
+/// Most messages handled in a row before the output is written and the socket looked at.
+const MESSAGE_BATCH: usize = 64;
+/// Output past which a batch of messages stops early, to be written.
+const MESSAGE_BATCH_OUTPUT: usize = 64 << 10;
+
+/// Handle `first` and then, while the guest keeps the connection, the messages already
+/// waiting (up to a batch), so that a busy mailbox costs one write per batch rather than
+/// one per message.
+async fn handle_messages(
+    guest: &mut impl ConnectionHandler,
+    mailbox: &mut Mailbox,
+    first: Message,
+) -> Result<Next, GuestFault> {
+    let mut message = first;
+    let mut handled = 0;
+    loop {
+        let event = Event::Message(Envelope {
+            from: message.from,
+            payload: message.payload.to_vec(),
+        });
+        let next = guest.handle(&event).await?;
+        handled += 1;
+        if next == Next::Close
+            || handled == MESSAGE_BATCH
+            || guest.output().len() >= MESSAGE_BATCH_OUTPUT
+        {
+            return Ok(next);
+        }
+        match mailbox.try_recv() {
+            Some(waiting) => message = waiting,
+            None => return Ok(next),
+        }
+    }
+}
+
+/// The next chunk from the socket or message from the mailbox, whichever comes first (in
+/// random order when both are ready, so neither can starve the other).
+async fn next_input(
+    socket: &mut TcpStream,
+    mailbox: &mut Mailbox,
+    read_size: usize,
+) -> io::Result<Input> {
+    tokio::select! {
+        read = read_lent(socket, read_size) => read.map(Input::Data),
+        message = mailbox.recv() => Ok(Input::Message(message)),
     }
 }
 

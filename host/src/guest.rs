@@ -6,16 +6,21 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::shoal::plugin::types::{Level, SendError};
-use crate::bindings::shoal::plugin::{connection, log, types};
+use bytes::Bytes;
+
+use crate::bindings::shoal::plugin::types::{Level, MessageError, Peer, SendError};
+use crate::bindings::shoal::plugin::{connection, log, mailbox, types};
 use crate::config::ServerConfig;
 use crate::guest_log::{GuestLog, GuestStdio, RateLimiter};
+use crate::mailbox::{self as mailboxes, Mailboxes};
 use crate::plugin::Plugin;
 use crate::stats::{Live, LiveKind, Stats};
 
-/// The state of one connection's store: an empty WASI context, the output queue, the guest's
-/// log and the CPU budget of the call in progress.
+/// The state of one connection's store: an empty WASI context, the output queue, the
+/// listener's mailboxes, the guest's log and the CPU budget of the call in progress.
 pub(crate) struct ConnState {
+    conn_id: u64,
+    mailboxes: Mailboxes,
     /// Made on the first WASI call (see `WasiView::ctx`).
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -35,6 +40,7 @@ const MAX_RESOURCES: usize = 1024;
 /// What a new [`ConnState`] needs to know.
 pub(crate) struct ConnSettings {
     pub(crate) conn_id: u64,
+    pub(crate) mailboxes: Mailboxes,
     pub(crate) plugin: Arc<str>,
     pub(crate) output_limit: usize,
     pub(crate) cpu_budget: Duration,
@@ -48,11 +54,13 @@ impl ConnSettings {
     pub(crate) fn new(
         config: &ServerConfig,
         conn_id: u64,
+        mailboxes: Mailboxes,
         plugin: &Plugin,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
             conn_id,
+            mailboxes,
             plugin: plugin.shared_name(),
             output_limit: config.output_buffer_limit(),
             cpu_budget: config.cpu_budget_per_call(),
@@ -83,6 +91,8 @@ impl ConnState {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         Self {
+            conn_id: settings.conn_id,
+            mailboxes: settings.mailboxes.clone(),
             wasi: None,
             table,
             output: Vec::new(),
@@ -159,6 +169,40 @@ impl connection::Host for ConnState {
             self.output.extend_from_slice(&data);
         }
         Ok(())
+    }
+}
+
+impl mailbox::Host for ConnState {
+    fn send(&mut self, to: u64, payload: Vec<u8>) -> Result<(), MessageError> {
+        self.mailboxes
+            .send(self.conn_id, to, Bytes::from(payload))
+            .map_err(|error| match error {
+                mailboxes::MessageError::NoSuchConnection => MessageError::NoSuchConnection,
+                mailboxes::MessageError::MailboxFull => MessageError::MailboxFull,
+                mailboxes::MessageError::TooLarge => MessageError::TooLarge,
+            })
+    }
+
+    fn broadcast(&mut self, payload: Vec<u8>) -> u32 {
+        let delivered = self
+            .mailboxes
+            .broadcast(self.conn_id, &Bytes::from(payload));
+        u32::try_from(delivered).unwrap_or(u32::MAX)
+    }
+
+    fn peers(&mut self) -> Vec<Peer> {
+        self.mailboxes
+            .peers()
+            .into_iter()
+            .map(|peer| Peer {
+                id: peer.id,
+                name: peer.name,
+            })
+            .collect()
+    }
+
+    fn set_name(&mut self, name: String) {
+        self.mailboxes.set_name(self.conn_id, &name);
     }
 }
 
@@ -241,6 +285,10 @@ mod tests {
     fn send_respects_the_output_limit() {
         let settings = ConnSettings {
             conn_id: 1,
+            mailboxes: Mailboxes::new(crate::mailbox::MailboxLimits {
+                messages: 1,
+                bytes: 1,
+            }),
             plugin: Arc::from("test"),
             output_limit: 8,
             cpu_budget: Duration::from_millis(10),

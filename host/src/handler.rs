@@ -11,6 +11,7 @@ use crate::config::ServerConfig;
 use crate::error::{GuestFault, InstantiateError};
 use crate::guest::ConnSettings;
 use crate::instance::Instance;
+use crate::mailbox::Mailboxes;
 use crate::plugin::Plugin;
 use crate::stats::Stats;
 
@@ -64,6 +65,8 @@ pub struct NewConnection<'a> {
     pub config: &'a ServerConfig,
     /// The server's counters (a handler counts itself as a live instance while it lives).
     pub stats: &'a Arc<Stats>,
+    /// The listener's mailboxes, through which the handler can message other connections.
+    pub mailboxes: &'a Mailboxes,
 }
 
 /// Makes a fresh [`ConnectionHandler`] for every accepted connection.
@@ -102,7 +105,13 @@ impl HandlerFactory for Plugin {
     }
 
     async fn create(&self, conn: NewConnection<'_>) -> Result<Instance, InstantiateError> {
-        let settings = ConnSettings::new(conn.config, conn.conn_id, self, Arc::clone(conn.stats));
+        let settings = ConnSettings::new(
+            conn.config,
+            conn.conn_id,
+            conn.mailboxes.clone(),
+            self,
+            Arc::clone(conn.stats),
+        );
         Instance::with_settings(self, &settings).await
     }
 }

@@ -35,6 +35,7 @@ use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::config::ServerConfig;
 use crate::error::{GuestFault, InstantiateError};
 use crate::guest::{ConnSettings, ConnState};
+use crate::mailbox::{MailboxLimits, Mailboxes};
 use crate::plugin::Plugin;
 use crate::stats::Stats;
 
@@ -83,7 +84,8 @@ pub struct Instance {
 
 impl Instance {
     /// Instantiate `plugin` in a fresh store with `config`'s per-connection limits, under a
-    /// new connection id.
+    /// new connection id. The instance's `mailbox` imports reach a registry of its own,
+    /// holding no connection (messages it sends find nobody).
     ///
     /// # Errors
     ///
@@ -93,6 +95,7 @@ impl Instance {
         let settings = ConnSettings::new(
             config,
             crate::connection::next_conn_id(),
+            Mailboxes::new(MailboxLimits::from(config)),
             plugin,
             Arc::new(Stats::default()),
         );

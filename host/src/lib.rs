@@ -46,6 +46,8 @@
 //!   hand without a socket.
 //! * `guest`: the store's state and the host side of the plugin's imports.
 //! * `guest_log`: guest log lines and stdio, rate-limited, into `tracing`.
+//! * [`mailbox`]: messages between the connections of one listener: registry and mailboxes.
+//! * [`hooks`]: embedder callbacks on connection open and close, with a handle to message it.
 //! * `read_buffers`: read buffers lent per read, so an idle connection holds none.
 //! * [`stats`]: live counters.
 //! * [`tcp`]: the low-level listen/accept/receive API.
@@ -59,7 +61,9 @@ pub mod error;
 mod guest;
 mod guest_log;
 pub mod handler;
+pub mod hooks;
 pub mod instance;
+pub mod mailbox;
 pub mod native;
 pub mod plugin;
 mod read_buffers;
@@ -72,7 +76,9 @@ pub use bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event,
 pub use config::{ServerConfig, ServerConfigBuilder};
 pub use error::{ConfigError, GuestFault, InstantiateError, PluginError, RuntimeError, ServeError};
 pub use handler::{ConnectionHandler, HandlerFactory, NewConnection};
+pub use hooks::ConnectionHandle;
 pub use instance::Instance;
+pub use mailbox::{Mailboxes, MessageError};
 pub use plugin::{HANDLER_EXPORT, Plugin};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};
 pub use server::{Server, serve};

@@ -14,6 +14,8 @@ use crate::config::ServerConfig;
 use crate::connection::ConnectionContext;
 use crate::error::ServeError;
 use crate::handler::HandlerFactory;
+use crate::hooks::{ConnectionHandle, Hooks};
+use crate::mailbox::{MailboxLimits, Mailboxes};
 use crate::plugin::Plugin;
 use crate::stats::Stats;
 
@@ -41,6 +43,8 @@ pub struct Server<F = Plugin> {
     config: ServerConfig,
     factory: F,
     stats: Arc<Stats>,
+    mailboxes: Mailboxes,
+    hooks: Hooks,
 }
 
 impl<F: HandlerFactory> Server<F> {
@@ -49,10 +53,36 @@ impl<F: HandlerFactory> Server<F> {
     #[must_use]
     pub fn new(factory: F, config: ServerConfig) -> Self {
         Self {
+            mailboxes: Mailboxes::new(MailboxLimits::from(&config)),
             config,
             factory,
             stats: Arc::default(),
+            hooks: Hooks::default(),
         }
+    }
+
+    /// Run `hook` when a connection opens: after its `init` kept it, before its first event
+    /// (glisten's `with_init`). The [`ConnectionHandle`] can message the connection for as
+    /// long as it lives. Replaces an earlier `on_open`.
+    #[must_use]
+    pub fn on_open(mut self, hook: impl Fn(&ConnectionHandle) + Send + Sync + 'static) -> Self {
+        self.hooks.on_open = Some(Arc::new(hook));
+        self
+    }
+
+    /// Run `hook` when a connection that opened has ended, after its `close` (glisten's
+    /// `with_close`). Replaces an earlier `on_close`.
+    #[must_use]
+    pub fn on_close(mut self, hook: impl Fn(&ConnectionHandle) + Send + Sync + 'static) -> Self {
+        self.hooks.on_close = Some(Arc::new(hook));
+        self
+    }
+
+    /// The registry of this server's connections: send to one, broadcast to all, list them,
+    /// from native code, while the server runs.
+    #[must_use]
+    pub fn mailboxes(&self) -> Mailboxes {
+        self.mailboxes.clone()
     }
 
     /// Live counters, readable while the server runs and after it stopped.
@@ -89,6 +119,8 @@ impl<F: HandlerFactory> Server<F> {
             config: self.config,
             factory: self.factory,
             stats: self.stats,
+            mailboxes: self.mailboxes,
+            hooks: self.hooks,
             shutdown: CancellationToken::new(),
         });
         let connections = TaskTracker::new();

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServerConfig;
 use crate::connection::{self, ConnectionContext};
 use crate::handler::HandlerFactory;
+use crate::hooks::Hooks;
+use crate::mailbox::{MailboxLimits, Mailboxes};
 use crate::plugin::Plugin;
 use crate::stats::Stats;
 
@@ -122,11 +124,14 @@ impl Socket {
     }
 
     /// Serve the connection to the end with a handler from `factory` (a plugin or native code).
+    /// The connection is alone in a registry of its own: its messages find nobody else.
     pub async fn serve_with<F: HandlerFactory>(self, factory: F, config: &ServerConfig) {
         let ctx = ConnectionContext {
             config: config.clone(),
             factory,
             stats: Arc::new(Stats::default()),
+            mailboxes: Mailboxes::new(MailboxLimits::from(config)),
+            hooks: Hooks::default(),
             shutdown: CancellationToken::new(),
         };
         connection::run(&ctx, self.stream).await;

@@ -73,9 +73,13 @@ impl TestServer {
         factory: impl HandlerFactory,
         config: ServerConfig,
     ) -> anyhow::Result<Self> {
+        Self::serve(Server::new(factory, config)).await
+    }
+
+    /// Run a server built by the test (with hooks, say).
+    pub async fn serve(server: Server<impl HandlerFactory>) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let server = Server::new(factory, config);
         let stats = server.stats();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async {

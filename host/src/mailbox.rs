@@ -1,0 +1,398 @@
+//! Messages between the connections of one listener: a registry of live connections and a
+//! bounded mailbox per connection.
+//!
+//! Every [`Server`](crate::Server) owns one [`Mailboxes`] registry, so messages never cross
+//! listeners. A connection registers when it is accepted and its mailbox is removed when it
+//! ends. Sending copies nothing but a reference-counted payload into the receiver's queue
+//! and never waits, so a slow or stuck receiver costs its senders nothing.
+//!
+//! Messages from one sender to one receiver keep their order (one FIFO queue per receiver,
+//! filled by one sender call at a time), and a connection never goes on with a gap: when a
+//! message does not fit in a mailbox (its [`MailboxLimits`]), the message is refused
+//! ([`MessageError::MailboxFull`]), the mailbox is marked overflowed, and its connection is
+//! ended with `close(limit("mailbox full"))`. A receiver either gets every message sent to it,
+//! in order, or is disconnected — the policy of a BEAM chat server that drops a client that
+//! cannot keep up, with a bound on memory instead of an unbounded process mailbox.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The `from` of a message sent by the host program (an embedder hook) rather than by a
+/// connection. Connection ids start at 1.
+pub const FROM_HOST: u64 = 0;
+
+/// Longest name a connection may give itself (longer names are cut at a character boundary).
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// One message waiting in a mailbox.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The sending connection's id, or [`FROM_HOST`].
+    pub from: u64,
+    /// What it sent.
+    pub payload: Bytes,
+}
+
+/// Why a message was not delivered. Nothing was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// No connection of this listener has that id.
+    #[error("no connection of this listener has that id")]
+    NoSuchConnection,
+    /// The receiver's mailbox is at its message or byte limit.
+    #[error("the receiver's mailbox is full")]
+    MailboxFull,
+    /// The payload is larger than a whole mailbox may hold.
+    #[error("the message is larger than a mailbox may hold")]
+    TooLarge,
+}
+
+/// How much one connection's mailbox may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxLimits {
+    /// Most messages queued (at least 1).
+    pub messages: usize,
+    /// Most payload bytes queued; also the largest message accepted.
+    pub bytes: usize,
+}
+
+impl From<&crate::ServerConfig> for MailboxLimits {
+    fn from(config: &crate::ServerConfig) -> Self {
+        Self {
+            messages: config.mailbox_messages(),
+            bytes: config.mailbox_bytes(),
+        }
+    }
+}
+
+/// A connection of the listener, as [`Mailboxes::peers`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The connection's id.
+    pub id: u64,
+    /// The name it gave itself, if any.
+    pub name: Option<String>,
+}
+
+/// The registry of one listener's live connections and their mailboxes. Cloning it is cheap;
+/// every clone is the same registry.
+#[derive(Clone)]
+pub struct Mailboxes {
+    inner: Arc<Registry>,
+}
+
+struct Registry {
+    limits: MailboxLimits,
+    entries: Mutex<HashMap<u64, Entry>>,
+    delivered: AtomicU64,
+    refused: AtomicU64,
+}
+
+struct Entry {
+    queue: mpsc::Sender<Message>,
+    queued_bytes: Arc<AtomicUsize>,
+    overflow: CancellationToken,
+    name: Option<String>,
+}
+
+impl Mailboxes {
+    /// An empty registry whose mailboxes hold at most `limits`.
+    #[must_use]
+    pub fn new(limits: MailboxLimits) -> Self {
+        let limits = MailboxLimits {
+            messages: limits.messages.max(1),
+            bytes: limits.bytes,
+        };
+        Self {
+            inner: Arc::new(Registry {
+                limits,
+                entries: Mutex::new(HashMap::new()),
+                delivered: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Give connection `id` a mailbox. The returned receiver removes it when dropped.
+    pub(crate) fn register(&self, id: u64) -> Mailbox {
+        let (queue, receiver) = mpsc::channel(self.inner.limits.messages);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let overflow = CancellationToken::new();
+        let entry = Entry {
+            queue,
+            queued_bytes: Arc::clone(&queued_bytes),
+            overflow: overflow.clone(),
+            name: None,
+        };
+        self.entries().insert(id, entry);
+        Mailbox {
+            id,
+            receiver,
+            queued_bytes,
+            overflow,
+            registry: self.clone(),
+        }
+    }
+
+    /// Queue `payload` for connection `to`, as sent by `from`.
+    ///
+    /// # Errors
+    ///
+    /// A [`MessageError`] says why nothing was queued.
+    pub fn send(&self, from: u64, to: u64, payload: Bytes) -> Result<(), MessageError> {
+        if payload.len() > self.inner.limits.bytes {
+            return Err(MessageError::TooLarge);
+        }
+        let entries = self.entries();
+        let entry = entries.get(&to).ok_or(MessageError::NoSuchConnection)?;
+        self.deliver(entry, from, payload)
+    }
+
+    /// Queue `payload` for every connection of the listener except `from`; returns how many
+    /// mailboxes took it.
+    pub fn broadcast(&self, from: u64, payload: &Bytes) -> usize {
+        if payload.len() > self.inner.limits.bytes {
+            return 0;
+        }
+        let entries = self.entries();
+        entries
+            .iter()
+            .filter(|(id, _)| **id != from)
+            .filter(|(_, entry)| self.deliver(entry, from, payload.clone()).is_ok())
+            .count()
+    }
+
+    /// The open connections of the listener, in id order.
+    #[must_use]
+    pub fn peers(&self) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = self
+            .entries()
+            .iter()
+            .map(|(id, entry)| Peer {
+                id: *id,
+                name: entry.name.clone(),
+            })
+            .collect();
+        peers.sort_by_key(|peer| peer.id);
+        peers
+    }
+
+    /// How many connections have a mailbox now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// Whether no connection has a mailbox.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Set the name [`Mailboxes::peers`] shows for connection `id` (cut to
+    /// [`MAX_NAME_BYTES`]).
+    pub(crate) fn set_name(&self, id: u64, name: &str) {
+        if let Some(entry) = self.entries().get_mut(&id) {
+            entry.name = Some(truncate(name, MAX_NAME_BYTES).to_string());
+        }
+    }
+
+    /// Messages queued into a mailbox so far (a broadcast counts once per receiver).
+    #[must_use]
+    pub fn delivered(&self) -> u64 {
+        self.inner.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Messages refused so far because the receiver's mailbox was full.
+    #[must_use]
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    fn deliver(&self, entry: &Entry, from: u64, payload: Bytes) -> Result<(), MessageError> {
+        let size = payload.len();
+        let before = entry.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        let queued = before + size <= self.inner.limits.bytes
+            && entry.queue.try_send(Message { from, payload }).is_ok();
+        if queued {
+            self.inner.delivered.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        } else {
+            // Over the byte limit, over the message limit, or a receiver that is ending:
+            // to the sender all three are a mailbox that takes nothing more. The receiver
+            // has now missed a message, so it ends rather than go on with a gap.
+            entry.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            entry.overflow.cancel();
+            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+            Err(MessageError::MailboxFull)
+        }
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        // A panic while holding the lock cannot leave the map half-updated: every critical
+        // section is a single map operation.
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for Mailboxes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailboxes")
+            .field("limits", &self.inner.limits)
+            .field("connections", &self.len())
+            .finish()
+    }
+}
+
+/// The receiving end of one connection's mailbox; leaving the registry when dropped.
+pub(crate) struct Mailbox {
+    id: u64,
+    receiver: mpsc::Receiver<Message>,
+    queued_bytes: Arc<AtomicUsize>,
+    overflow: CancellationToken,
+    registry: Mailboxes,
+}
+
+impl Mailbox {
+    /// The next message, waiting for one. Never ends while the mailbox is registered.
+    pub(crate) async fn recv(&mut self) -> Message {
+        match self.receiver.recv().await {
+            Some(message) => {
+                self.queued_bytes
+                    .fetch_sub(message.payload.len(), Ordering::AcqRel);
+                message
+            }
+            // The registry holds a sender while we are registered, so the queue cannot
+            // close; should it, wait forever rather than spin.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The next message if one is waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Message> {
+        let message = self.receiver.try_recv().ok()?;
+        self.queued_bytes
+            .fetch_sub(message.payload.len(), Ordering::AcqRel);
+        Some(message)
+    }
+
+    /// Cancelled once a message to this connection was refused because the mailbox was full:
+    /// the connection must end (it has missed a message).
+    pub(crate) fn overflow_signal(&self) -> CancellationToken {
+        self.overflow.clone()
+    }
+
+    /// Leave the registry now: later sends to this connection fail with `NoSuchConnection`.
+    /// Queued messages are dropped with the mailbox.
+    pub(crate) fn unregister(&self) {
+        self.registry.entries().remove(&self.id);
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(messages: usize, bytes: usize) -> Mailboxes {
+        Mailboxes::new(MailboxLimits { messages, bytes })
+    }
+
+    #[tokio::test]
+    async fn messages_from_one_sender_arrive_in_order() {
+        let mailboxes = registry(16, 1 << 10);
+        let mut inbox = mailboxes.register(2);
+        for n in 0..10u8 {
+            assert_eq!(mailboxes.send(1, 2, Bytes::from(vec![n])), Ok(()));
+        }
+        for n in 0..10u8 {
+            let message = inbox.recv().await;
+            assert_eq!((message.from, message.payload.as_ref()), (1, &[n][..]));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_refuses_and_marks_its_connection_to_end() {
+        let mailboxes = registry(2, 1 << 10);
+        let inbox = mailboxes.register(2);
+        assert_eq!(mailboxes.send(1, 2, Bytes::from_static(b"a")), Ok(()));
+        assert_eq!(mailboxes.send(1, 2, Bytes::from_static(b"b")), Ok(()));
+        let third = mailboxes.send(1, 2, Bytes::from_static(b"c"));
+        assert_eq!(third, Err(MessageError::MailboxFull));
+        assert_eq!((mailboxes.delivered(), mailboxes.refused()), (2, 1));
+        assert!(inbox.overflow_signal().is_cancelled(), "overflow signalled");
+    }
+
+    #[tokio::test]
+    async fn the_byte_limit_counts_queued_payloads_and_frees_them_on_delivery() {
+        let mailboxes = registry(100, 10);
+        let mut inbox = mailboxes.register(2);
+        let six = Bytes::from_static(b"123456");
+        assert_eq!(mailboxes.send(1, 2, six.clone()), Ok(()));
+        assert_eq!(
+            mailboxes.send(1, 2, six.clone()),
+            Err(MessageError::MailboxFull)
+        );
+        inbox.recv().await;
+        assert_eq!(mailboxes.send(1, 2, six), Ok(()));
+        let eleven = Bytes::from_static(b"12345678901");
+        assert_eq!(mailboxes.send(1, 2, eleven), Err(MessageError::TooLarge));
+    }
+
+    #[test]
+    fn a_connection_that_ended_is_gone() {
+        let mailboxes = registry(4, 64);
+        let inbox = mailboxes.register(7);
+        drop(inbox);
+        let sent = mailboxes.send(1, 7, Bytes::from_static(b"hi"));
+        assert_eq!(sent, Err(MessageError::NoSuchConnection));
+        assert!(mailboxes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn broadcast_skips_the_sender_and_full_mailboxes() {
+        let mailboxes = registry(1, 64);
+        let _me = mailboxes.register(1);
+        let mut other = mailboxes.register(2);
+        let _full = mailboxes.register(3);
+        assert_eq!(mailboxes.send(2, 3, Bytes::from_static(b"x")), Ok(()));
+        assert_eq!(mailboxes.broadcast(1, &Bytes::from_static(b"hello")), 1);
+        assert_eq!(other.recv().await.payload.as_ref(), b"hello");
+    }
+
+    #[test]
+    fn peers_lists_ids_in_order_with_their_names() {
+        let mailboxes = registry(4, 64);
+        let _b = mailboxes.register(9);
+        let _a = mailboxes.register(3);
+        mailboxes.set_name(9, &"é".repeat(200));
+        let peers = mailboxes.peers();
+        assert_eq!(peers[0], Peer { id: 3, name: None });
+        let name = peers[1].name.as_deref().unwrap_or_default();
+        assert_eq!((peers[1].id, name.len()), (9, 256));
+    }
+}

@@ -1,0 +1,123 @@
+//! A line-based chat room: every connection of the listener is in the room.
+//!
+//! - on join, every other client gets `* <id> joined`;
+//! - each line a client sends reaches every other client as `<name>: <line>` (the name is
+//!   the connection id until `/nick`);
+//! - `/nick NAME` renames (others get `* <old> is now NAME`);
+//! - `/who` lists who is connected, one `* <id> <name>` line each;
+//! - on leave, the others get `* <name> left`.
+//!
+//! Lines end with `\n` (a `\r` before it is dropped); a line longer than 4 KiB is cut there.
+
+use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Level, Next, mailbox};
+
+/// Longest line kept; the rest of a longer line starts a new one.
+const MAX_LINE: usize = 4096;
+const MAX_NAME: usize = 32;
+
+struct Chat {
+    id: u64,
+    name: String,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+}
+
+impl Handler for Chat {
+    fn init(info: ConnInfo) -> Result<(Self, Next), String> {
+        let chat = Chat {
+            id: info.id,
+            name: info.id.to_string(),
+            partial: Vec::new(),
+        };
+        mailbox::broadcast(format!("* {} joined\n", chat.id).as_bytes());
+        let welcome = format!(
+            "* welcome, you are {}; /nick NAME renames you, /who lists the room\n",
+            chat.id
+        );
+        Ok((chat, reply(welcome.as_bytes())))
+    }
+
+    fn handle(&mut self, event: Event) -> Next {
+        match event {
+            Event::Data(bytes) => self.received(&bytes),
+            // Other members' lines and notices arrive formatted: pass them on.
+            Event::Message(envelope) => reply(&envelope.payload),
+        }
+    }
+
+    fn close(self, _reason: CloseReason) {
+        mailbox::broadcast(format!("* {} left\n", self.name).as_bytes());
+    }
+}
+
+impl Chat {
+    fn received(&mut self, mut bytes: &[u8]) -> Next {
+        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&bytes[..end]);
+            bytes = &bytes[end + 1..];
+            let line = std::mem::take(&mut self.partial);
+            if self.line(&line) == Next::Close {
+                return Next::Close;
+            }
+        }
+        self.partial.extend_from_slice(bytes);
+        while self.partial.len() >= MAX_LINE {
+            let rest = self.partial.split_off(MAX_LINE);
+            let line = std::mem::replace(&mut self.partial, rest);
+            if self.line(&line) == Next::Close {
+                return Next::Close;
+            }
+        }
+        Next::Continue
+    }
+
+    fn line(&mut self, line: &[u8]) -> Next {
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
+        if let Some(name) = line.strip_prefix("/nick ") {
+            self.rename(name.trim())
+        } else if line.trim() == "/who" {
+            self.who()
+        } else {
+            mailbox::broadcast(format!("{}: {line}\n", self.name).as_bytes());
+            Next::Continue
+        }
+    }
+
+    fn rename(&mut self, name: &str) -> Next {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_NAME
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return reply(b"* a name is 1 to 32 letters, digits, _ or -\n");
+        }
+        mailbox::broadcast(format!("* {} is now {name}\n", self.name).as_bytes());
+        self.name = name.to_string();
+        mailbox::set_name(name);
+        reply(format!("* you are now {name}\n").as_bytes())
+    }
+
+    fn who(&self) -> Next {
+        let mut list = String::new();
+        for peer in mailbox::peers() {
+            let name = peer.name.unwrap_or_else(|| peer.id.to_string());
+            let me = if peer.id == self.id { " (you)" } else { "" };
+            list.push_str(&format!("* {} {name}{me}\n", peer.id));
+        }
+        reply(list.as_bytes())
+    }
+}
+
+/// Send to this connection's client; close when it cannot take more.
+fn reply(bytes: &[u8]) -> Next {
+    match shoal_guest::send(bytes) {
+        Ok(()) => Next::Continue,
+        Err(error) => {
+            shoal_guest::log(Level::Warn, &format!("closing: cannot send: {error:?}"));
+            Next::Close
+        }
+    }
+}
+
+shoal_guest::export_handler!(Chat);
