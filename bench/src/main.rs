@@ -41,7 +41,11 @@ struct Args {
     #[arg(long, default_value = "target/plugins")]
     plugins: PathBuf,
     /// Which scenarios to run.
-    #[arg(long, value_delimiter = ',', default_value = "lifecycle,load,memory")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lifecycle,load,memory,broadcast"
+    )]
     scenarios: Vec<Scenario>,
 }
 
@@ -53,6 +57,8 @@ enum Scenario {
     Load,
     /// Server RSS per idle connection.
     Memory,
+    /// Messages delivered per second through the chat plugin's broadcast, 100 clients.
+    Broadcast,
 }
 
 /// A server under test, started as its own process.
@@ -63,6 +69,8 @@ enum Kind {
     Raw,
     /// The Wasm echo that keeps 64 KiB of state per connection.
     Ballast,
+    /// The chat plugin (its figures go in the Wasm column, under their own metric names).
+    Chat,
 }
 
 impl Kind {
@@ -72,6 +80,7 @@ impl Kind {
             Kind::Native => "shoal native echo",
             Kind::Raw => "raw tokio echo",
             Kind::Ballast => "shoal Wasm echo + 64 KiB state",
+            Kind::Chat => "shoal Wasm chat",
         }
     }
 }
@@ -175,6 +184,40 @@ fn main() -> anyhow::Result<()> {
             .entry((kind, "RSS per idle connection, KiB"))
             .or_default()
             .push(per_conn);
+    }
+
+    let broadcast_rounds = if args.scenarios.contains(&Scenario::Broadcast) {
+        args.rounds
+    } else {
+        0
+    };
+    for round in 1..=broadcast_rounds {
+        eprintln!(
+            "round {round}/{}: broadcast through the chat plugin",
+            args.rounds
+        );
+        let server = Server::start(Kind::Chat, &bin_dir, &args.plugins, pinned)?;
+        let seconds = args.seconds.to_string();
+        let line = loadgen(
+            &bin_dir,
+            pinned,
+            &[
+                "broadcast",
+                "--addr",
+                &server.addr,
+                "--conns",
+                "100",
+                "--seconds",
+                &seconds,
+            ],
+        )?;
+        record(
+            &mut results,
+            Kind::Wasm,
+            "chat plugin, 1 sender → 99 receivers: messages delivered/s",
+            &line,
+            "messages_per_sec",
+        )?;
     }
 
     let report = report(&args, pinned, &mut results);
@@ -377,11 +420,11 @@ impl Server {
         let shoal = bin_dir.join("shoal");
         let listen = ["--listen", "127.0.0.1:0"];
         let (program, args): (PathBuf, Vec<String>) = match kind {
-            Kind::Wasm | Kind::Ballast => {
-                let plugin = plugins.join(if kind == Kind::Wasm {
-                    "echo.wasm"
-                } else {
-                    "ballast.wasm"
+            Kind::Wasm | Kind::Ballast | Kind::Chat => {
+                let plugin = plugins.join(match kind {
+                    Kind::Ballast => "ballast.wasm",
+                    Kind::Chat => "chat.wasm",
+                    _ => "echo.wasm",
                 });
                 let mut args = vec!["serve".to_string()];
                 args.extend(listen.iter().map(|s| s.to_string()));

@@ -5,6 +5,7 @@
 //! loadgen rate --addr A [--seconds S] [--concurrency C]      connect, 64 B echo, close
 //! loadgen echo --addr A [--conns N] [--size B] [--seconds S] round trips and latency
 //! loadgen idle --addr A [--conns N]                          hold N connections until stdin closes
+//! loadgen broadcast --addr A [--conns N] [--seconds S]       chat lines delivered per second
 //! ```
 
 use std::net::SocketAddr;
@@ -13,7 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use clap::{Parser, Subcommand};
 use shoal_bench::{micros, percentile};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 #[derive(Parser)]
@@ -45,6 +49,20 @@ enum Scenario {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+    /// Messages delivered per second through the `chat` plugin's broadcast: `conns` clients
+    /// join, the first sends numbered lines as fast as the room keeps up (at most `window`
+    /// lines ahead of the slowest receiver, so no mailbox overflows), every other client
+    /// reads them; counted over `seconds` after a one-second warm-up.
+    Broadcast {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        conns: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 256)]
+        window: u64,
+    },
     /// Open `conns` connections, echo one byte on each, print `ready`, hold them until stdin
     /// closes.
     Idle {
@@ -73,6 +91,12 @@ fn main() -> anyhow::Result<()> {
                 seconds,
             } => echo(addr, conns, size, Duration::from_secs_f64(seconds)).await,
             Scenario::Idle { addr, conns } => idle(addr, conns).await,
+            Scenario::Broadcast {
+                addr,
+                conns,
+                seconds,
+                window,
+            } => broadcast(addr, conns, Duration::from_secs_f64(seconds), window).await,
         }
     })
 }
@@ -169,5 +193,105 @@ async fn idle(addr: SocketAddr, conns: usize) -> anyhow::Result<()> {
     let mut stdin = tokio::io::stdin();
     let mut sink = [0u8; 64];
     while stdin.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+/// Join the chat and read its welcome line.
+async fn join_chat(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream);
+    let mut welcome = String::new();
+    reader.read_line(&mut welcome).await?;
+    ensure!(
+        welcome.starts_with("* welcome"),
+        "not the chat plugin: {welcome:?}"
+    );
+    Ok(reader)
+}
+
+async fn broadcast(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    window: u64,
+) -> anyhow::Result<()> {
+    ensure!(conns >= 2, "a broadcast needs a sender and a receiver");
+    let mut sender = join_chat(addr).await?;
+    let mut receivers = Vec::new();
+    for _ in 1..conns {
+        receivers.push(join_chat(addr).await?);
+    }
+    // Each receiver's count of lines, in order; the sender waits for the slowest.
+    let received: Arc<Vec<AtomicU64>> = Arc::new((1..conns).map(|_| AtomicU64::new(0)).collect());
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut readers = Vec::new();
+    for (index, mut reader) in receivers.into_iter().enumerate() {
+        let received = Arc::clone(&received);
+        let progress = Arc::clone(&progress);
+        readers.push(tokio::spawn(async move {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).await? == 0 {
+                    return anyhow::Ok(());
+                }
+                if line.starts_with("* ") {
+                    continue; // join notices
+                }
+                let number: u64 = line
+                    .trim_end()
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("a numbered line: {line:?}"))?;
+                let expected = received[index].load(Ordering::Relaxed) + 1;
+                ensure!(
+                    number == expected,
+                    "line {number} arrived, expected {expected}"
+                );
+                received[index].store(number, Ordering::Relaxed);
+                progress.notify_one();
+            }
+        }));
+    }
+    let total = |received: &[AtomicU64]| -> u64 {
+        received.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    };
+    let slowest = |received: &[AtomicU64]| -> u64 {
+        received
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
+    let start = Instant::now() + Duration::from_secs(1);
+    let deadline = start + duration;
+    let mut at_start = None;
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        if at_start.is_none() && Instant::now() >= start {
+            at_start = Some(total(&received));
+        }
+        if sent - slowest(&received) >= window {
+            progress.notified().await;
+            continue;
+        }
+        sent += 1;
+        sender
+            .get_mut()
+            .write_all(format!("line {sent}\n").as_bytes())
+            .await?;
+    }
+    let delivered = total(&received) - at_start.unwrap_or(0);
+    println!(
+        "messages_per_sec={:.0} sent={sent} receivers={}",
+        delivered as f64 / duration.as_secs_f64(),
+        conns - 1
+    );
+    drop(sender);
+    for reader in readers {
+        reader.abort();
+    }
     Ok(())
 }
