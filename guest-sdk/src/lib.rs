@@ -131,6 +131,24 @@ pub mod mailbox {
     }
 }
 
+/// Configuration values the operator granted this listener (`[listener.capabilities] config`
+/// in `shoal.toml`).
+pub mod config {
+    use crate::bindings::shoal::plugin::config as imports;
+
+    /// The value of `key`, if granted.
+    #[must_use]
+    pub fn get(key: &str) -> Option<String> {
+        imports::get(key)
+    }
+
+    /// Every granted key and value.
+    #[must_use]
+    pub fn entries() -> Vec<(String, String)> {
+        imports::entries()
+    }
+}
+
 /// Write one line to the host's log, tagged with this connection's id and the plugin's name.
 /// The host drops lines past a per-connection rate.
 pub fn log(level: Level, message: &str) {

@@ -1,7 +1,9 @@
 //! Settings of one listener: its name, acceptor pool and per-connection limits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::capabilities::Capabilities;
 use crate::error::ConfigError;
 
 /// Most connections one listener may allow (tokio's semaphore holds at most `usize::MAX >> 3`
@@ -9,6 +11,8 @@ use crate::error::ConfigError;
 const MAX_CONNECTIONS: usize = 1 << 20;
 /// Largest read buffer or output limit, per connection.
 const MAX_BUFFER_BYTES: usize = 256 << 20;
+/// The size of a Wasm page: the smallest memory limit that can work.
+const WASM_PAGE: usize = 64 << 10;
 /// Largest mailbox queue, in messages (tokio bounds a channel at `usize::MAX >> 3`).
 const MAX_MAILBOX_MESSAGES: usize = 1 << 20;
 
@@ -39,6 +43,8 @@ pub struct ServerConfig {
     read_buffer_size: usize,
     mailbox_messages: usize,
     mailbox_bytes: usize,
+    memory_limit: usize,
+    capabilities: Arc<Capabilities>,
     shutdown_timeout: Duration,
     guest_log_lines_per_second: u32,
     guest_log_burst: u32,
@@ -136,6 +142,22 @@ impl ServerConfig {
     pub fn mailbox_bytes(&self) -> usize {
         self.mailbox_bytes
     }
+
+    /// Most linear memory one instance may have, in bytes.
+    #[must_use]
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
+    }
+
+    /// What the listener's guests are granted beyond their connection.
+    #[must_use]
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    pub(crate) fn shared_capabilities(&self) -> Arc<Capabilities> {
+        Arc::clone(&self.capabilities)
+    }
 }
 
 impl Default for ServerConfig {
@@ -152,8 +174,12 @@ impl Default for ServerConfig {
     ///   `close(limit("write timeout"))`);
     /// * `output_buffer_limit`: 1 MiB queued per call (past it `send` returns `buffer-full`);
     /// * `read_buffer_size`: 64 KiB per read;
-    /// * `mailbox_messages`: 1,024 and `mailbox_bytes`: 1 MiB per connection (a full mailbox
-    ///   refuses new messages; the sender gets `mailbox-full`);
+    /// * `mailbox_messages`: 1,024 and `mailbox_bytes`: 1 MiB per connection (a message that
+    ///   does not fit is refused with `mailbox-full` and the receiver's connection ends with
+    ///   `close(limit("mailbox full"))`);
+    /// * `memory_limit`: 64 MiB of linear memory per instance (a `memory.grow` past it fails;
+    ///   it cannot exceed the runtime's `max_memory_bytes`);
+    /// * `capabilities`: none — no environment variable, configuration value or file.
     /// * `shutdown_timeout`: 15 s;
     /// * guest log: 20 lines per second per connection after a burst of 100.
     fn default() -> Self {
@@ -169,6 +195,8 @@ impl Default for ServerConfig {
             read_buffer_size: 64 << 10,
             mailbox_messages: 1024,
             mailbox_bytes: 1 << 20,
+            memory_limit: 64 << 20,
+            capabilities: Arc::default(),
             shutdown_timeout: Duration::from_secs(15),
             guest_log_lines_per_second: 20,
             guest_log_burst: 100,
@@ -276,6 +304,21 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// Most linear memory one instance may have (default 64 MiB): `memory.grow` past it fails,
+    /// which a Rust guest turns into a trap.
+    #[must_use]
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.config.memory_limit = bytes;
+        self
+    }
+
+    /// What the listener's guests are granted (default: nothing).
+    #[must_use]
+    pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.config.capabilities = Arc::new(capabilities);
+        self
+    }
+
     /// Check the settings.
     ///
     /// # Errors
@@ -328,6 +371,26 @@ impl ServerConfigBuilder {
                 "mailbox_bytes",
                 format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
             ));
+        }
+        if c.memory_limit < WASM_PAGE {
+            return Err(ConfigError::new(
+                "memory_limit",
+                "must be at least 64 KiB (one Wasm page)",
+            ));
+        }
+        if let Some(dir) = c.capabilities.dir() {
+            if !dir.guest.starts_with('/') {
+                return Err(ConfigError::new(
+                    "read_only_dir",
+                    format!("the guest path {:?} must be absolute", dir.guest),
+                ));
+            }
+            if !dir.host.is_dir() {
+                return Err(ConfigError::new(
+                    "read_only_dir",
+                    format!("{} is not a directory on this host", dir.host.display()),
+                ));
+            }
         }
         Ok(self.config)
     }

@@ -21,13 +21,15 @@ use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
 use crate::hooks::{ConnectionHandle, Hooks};
 use crate::mailbox::{Mailbox, Mailboxes, Message};
 use crate::read_buffers;
-use crate::stats::Stats;
+use crate::stats::{Limit, Stats};
 
 /// Longest wait for a client to close its side after the server closed its own.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// The limit reason of a connection whose mailbox overflowed (it missed a message).
 const MAILBOX_FULL: &str = "mailbox full";
+/// The limit reason of a connection whose client did not take its output in time.
+const WRITE_TIMEOUT: &str = "write timeout";
 
 /// Connection ids are unique in the process and never reused.
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -109,6 +111,7 @@ async fn serve<F: HandlerFactory>(
     let closed = match ended {
         Ok(reason) => {
             tracing::debug!(?reason, "connection ending");
+            count_limit(ctx, &reason);
             guest.close(&reason).await.map_err(|fault| (fault, "close"))
         }
         Err(fault) => Err((fault, "handle")),
@@ -127,7 +130,22 @@ async fn serve<F: HandlerFactory>(
 
 fn report<F>(ctx: &ConnectionContext<F>, fault: &GuestFault, export: &str) {
     ctx.stats.count_trap();
+    if let Some(limit) = fault.limit() {
+        ctx.stats.count_limit(limit);
+    }
     tracing::warn!("closing the connection: `{export}` failed: {fault}");
+}
+
+/// Count and log a close reason that is a listener limit.
+fn count_limit<F>(ctx: &ConnectionContext<F>, reason: &CloseReason) {
+    let limit = match reason {
+        CloseReason::IdleTimeout => Limit::Idle,
+        CloseReason::Limit(text) if text == MAILBOX_FULL => Limit::Mailbox,
+        CloseReason::Limit(text) if text == WRITE_TIMEOUT => Limit::Write,
+        _ => return,
+    };
+    ctx.stats.count_limit(limit);
+    tracing::info!(?reason, "closing the connection: limit reached");
 }
 
 /// What the connection waits for between calls.
@@ -274,7 +292,7 @@ async fn flush(
             return Ok(());
         }
         Ok(Err(error)) => ended_by(&error, "write"),
-        Err(_) => CloseReason::Limit("write timeout".to_string()),
+        Err(_) => CloseReason::Limit(WRITE_TIMEOUT.to_string()),
     };
     guest.mark_unwritable();
     Err(failure)

@@ -25,6 +25,12 @@ impl ConfigError {
     pub fn field(&self) -> &'static str {
         self.field
     }
+
+    /// What is wrong with it, and what would work.
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
 }
 
 /// Why the Wasm engine could not start.
@@ -135,6 +141,23 @@ pub enum GuestFault {
     /// starved of CPU) and was abandoned.
     #[error("guest call ran past its call timeout of {0:?}")]
     CallTimeout(Duration),
+    /// The guest's linear memory would have grown past the listener's memory limit (in
+    /// bytes); the growth failed and the guest trapped.
+    #[error("guest reached its memory limit of {0} bytes")]
+    MemoryLimit(usize),
+}
+
+impl GuestFault {
+    /// The listener limit behind this fault, if a limit (not a bug in the guest) ended it.
+    #[must_use]
+    pub fn limit(&self) -> Option<crate::Limit> {
+        match self {
+            GuestFault::Trap(_) => None,
+            GuestFault::CpuBudget(_) => Some(crate::Limit::CpuBudget),
+            GuestFault::CallTimeout(_) => Some(crate::Limit::CallTimeout),
+            GuestFault::MemoryLimit(_) => Some(crate::Limit::Memory),
+        }
+    }
 }
 
 /// Why a plugin instance could not be created (for example, the instance pool is full).

@@ -3,13 +3,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use bytes::Bytes;
 
 use crate::bindings::shoal::plugin::types::{Level, MessageError, Peer, SendError};
-use crate::bindings::shoal::plugin::{connection, log, mailbox, types};
+use crate::bindings::shoal::plugin::{config, connection, log, mailbox, types};
+use crate::capabilities::Capabilities;
 use crate::config::ServerConfig;
 use crate::guest_log::{GuestLog, GuestStdio, RateLimiter};
 use crate::mailbox::{self as mailboxes, Mailboxes};
@@ -21,6 +23,8 @@ use crate::stats::{Live, LiveKind, Stats};
 pub(crate) struct ConnState {
     conn_id: u64,
     mailboxes: Mailboxes,
+    capabilities: Arc<Capabilities>,
+    memory: MemoryCap,
     /// Made on the first WASI call (see `WasiView::ctx`).
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -41,6 +45,8 @@ const MAX_RESOURCES: usize = 1024;
 pub(crate) struct ConnSettings {
     pub(crate) conn_id: u64,
     pub(crate) mailboxes: Mailboxes,
+    pub(crate) capabilities: Arc<Capabilities>,
+    pub(crate) memory_limit: usize,
     pub(crate) plugin: Arc<str>,
     pub(crate) output_limit: usize,
     pub(crate) cpu_budget: Duration,
@@ -61,6 +67,8 @@ impl ConnSettings {
         Self {
             conn_id,
             mailboxes,
+            capabilities: config.shared_capabilities(),
+            memory_limit: config.memory_limit(),
             plugin: plugin.shared_name(),
             output_limit: config.output_buffer_limit(),
             cpu_budget: config.cpu_budget_per_call(),
@@ -93,6 +101,8 @@ impl ConnState {
         Self {
             conn_id: settings.conn_id,
             mailboxes: settings.mailboxes.clone(),
+            capabilities: Arc::clone(&settings.capabilities),
+            memory: MemoryCap::new(settings.memory_limit),
             wasi: None,
             table,
             output: Vec::new(),
@@ -129,25 +139,40 @@ impl Drop for ConnState {
     }
 }
 
-/// The WASI context of an instance: no files, sockets, environment, arguments or stdin;
-/// stdout and stderr reach the log.
-fn empty_wasi(stdio: &[GuestStdio; 2]) -> WasiCtx {
-    WasiCtx::builder()
+/// The WASI context of an instance: no sockets, arguments or stdin, ever; stdout and stderr
+/// reach the log; environment variables and a read-only directory only as granted.
+fn granted_wasi(stdio: &[GuestStdio; 2], grants: &Capabilities, log: &Mutex<GuestLog>) -> WasiCtx {
+    let mut builder = WasiCtx::builder();
+    builder
         .stdout(stdio[0].clone())
         .stderr(stdio[1].clone())
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
-        .build()
+        .envs(grants.env_vars());
+    if let Some(dir) = grants.dir()
+        // Checked when the config was built; the directory may have gone since.
+        && let Err(error) = builder.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)
+        && let Ok(mut log) = log.lock()
+    {
+        let host = dir.host.display();
+        log.line(
+            Level::Warn,
+            &format!("granted directory {host} unavailable: {error:#}"),
+        );
+    }
+    builder.build()
 }
 
 impl WasiView for ConnState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         // Built on the first WASI call: most connections of a plugin like echo never make
         // one, and building the context (random generators, clocks, stdio) costs microseconds.
-        let stdio = &self.stdio;
+        let (stdio, grants, log) = (&self.stdio, &self.capabilities, &self.log);
         WasiCtxView {
-            ctx: self.wasi.get_or_insert_with(|| empty_wasi(stdio)),
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| granted_wasi(stdio, grants, log)),
             table: &mut self.table,
         }
     }
@@ -206,11 +231,78 @@ impl mailbox::Host for ConnState {
     }
 }
 
+impl config::Host for ConnState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.capabilities.config_value(&key).map(str::to_string)
+    }
+
+    fn entries(&mut self) -> Vec<(String, String)> {
+        self.capabilities.config_values().to_vec()
+    }
+}
+
 impl log::Host for ConnState {
     fn log(&mut self, level: Level, message: String) {
         if let Ok(mut log) = self.log.lock() {
             log.line(level, &message);
         }
+    }
+}
+
+/// The per-instance cap on linear memory (and a bound on tables), as wasmtime's resource
+/// limiter. A refused growth is remembered, so a trap that follows is reported as the memory
+/// limit rather than as a plain trap.
+pub(crate) struct MemoryCap {
+    limit: usize,
+    refused: bool,
+}
+
+/// Most elements a table may grow to: far more than compiled guests use.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl MemoryCap {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            refused: false,
+        }
+    }
+
+    /// The cap, when a growth past it was refused.
+    pub(crate) fn refused(&self) -> Option<usize> {
+        self.refused.then_some(self.limit)
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.limit;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl ConnState {
+    pub(crate) fn memory_cap(&mut self) -> &mut MemoryCap {
+        &mut self.memory
+    }
+
+    pub(crate) fn memory_refused(&self) -> Option<usize> {
+        self.memory.refused()
     }
 }
 
@@ -285,6 +377,8 @@ mod tests {
     fn send_respects_the_output_limit() {
         let settings = ConnSettings {
             conn_id: 1,
+            capabilities: Arc::default(),
+            memory_limit: 1 << 20,
             mailboxes: Mailboxes::new(crate::mailbox::MailboxLimits {
                 messages: 1,
                 bytes: 1,

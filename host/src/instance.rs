@@ -56,18 +56,10 @@ impl std::error::Error for CpuBudgetExceeded {}
 async fn guarded<R>(
     timeout: Duration,
     call: impl Future<Output = wasmtime::Result<R>>,
-) -> Result<R, GuestFault> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result.map_err(|e| fault(&e)),
-        Err(_) => Err(GuestFault::CallTimeout(timeout)),
-    }
-}
-
-fn fault(error: &wasmtime::Error) -> GuestFault {
-    match error.downcast_ref::<CpuBudgetExceeded>() {
-        Some(exceeded) => GuestFault::CpuBudget(exceeded.0),
-        None => GuestFault::Trap(format!("{error:#}")),
-    }
+) -> Result<wasmtime::Result<R>, GuestFault> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| GuestFault::CallTimeout(timeout))
 }
 
 /// A live instance of a plugin with its store: one connection's worth of guest, driven by
@@ -107,6 +99,7 @@ impl Instance {
         settings: &ConnSettings,
     ) -> Result<Self, InstantiateError> {
         let mut store = Store::new(plugin.runtime().engine(), ConnState::new(settings));
+        store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
             let budget = &mut store.data_mut().budget;
             if budget.charge(Instant::now()) {
@@ -147,6 +140,17 @@ impl Instance {
         self.conn_id
     }
 
+    /// What a failed call means: a CPU budget spent, a memory limit reached, or a trap.
+    fn fault(&self, error: &wasmtime::Error) -> GuestFault {
+        if let Some(exceeded) = error.downcast_ref::<CpuBudgetExceeded>() {
+            return GuestFault::CpuBudget(exceeded.0);
+        }
+        match self.store.data().memory_refused() {
+            Some(limit) => GuestFault::MemoryLimit(limit),
+            None => GuestFault::Trap(format!("{error:#}")),
+        }
+    }
+
     fn start_call(&mut self) {
         self.store.data_mut().budget.start(Instant::now());
         self.store.set_epoch_deadline(1);
@@ -161,7 +165,8 @@ impl Instance {
     pub async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        guarded(self.call_timeout, handler.call_init(&mut self.store, info)).await
+        let result = guarded(self.call_timeout, handler.call_init(&mut self.store, info)).await?;
+        result.map_err(|e| self.fault(&e))
     }
 
     /// Step 2 of the lifecycle: one event.
@@ -172,11 +177,12 @@ impl Instance {
     pub async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        guarded(
+        let result = guarded(
             self.call_timeout,
             handler.call_handle(&mut self.store, event),
         )
-        .await
+        .await?;
+        result.map_err(|e| self.fault(&e))
     }
 
     /// Step 3 of the lifecycle.
@@ -187,11 +193,12 @@ impl Instance {
     pub async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        guarded(
+        let result = guarded(
             self.call_timeout,
             handler.call_close(&mut self.store, reason),
         )
-        .await
+        .await?;
+        result.map_err(|e| self.fault(&e))
     }
 
     /// Bytes the guest queued with `send` since the last [`Instance::clear_output`].

@@ -40,6 +40,9 @@
 //! * [`server`]: the entry point — serve a bound listener until a shutdown future resolves.
 //! * `acceptor`: the supervised acceptor pool and accept-error classification.
 //! * `connection`: one connection's task, from `init` to `close`, generic over its handler.
+//! * [`capabilities`]: what a listener's guests are granted (environment, config values, a
+//!   read-only directory); nothing by default.
+//! * [`config_file`]: `shoal.toml`, several listeners with their plugins, limits and grants.
 //! * [`handler`]: the handler abstraction — a Wasm plugin instance or native code.
 //! * [`native`]: native handlers (the echo baseline the benchmarks compare against).
 //! * [`instance`]: one plugin instance, its store and the per-call CPU budget; drivable by
@@ -55,7 +58,9 @@
 
 mod acceptor;
 mod bindings;
+pub mod capabilities;
 pub mod config;
+pub mod config_file;
 mod connection;
 pub mod error;
 mod guest;
@@ -73,6 +78,7 @@ pub mod stats;
 pub mod tcp;
 
 pub use bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
+pub use capabilities::Capabilities;
 pub use config::{ServerConfig, ServerConfigBuilder};
 pub use error::{ConfigError, GuestFault, InstantiateError, PluginError, RuntimeError, ServeError};
 pub use handler::{ConnectionHandler, HandlerFactory, NewConnection};
@@ -82,4 +88,4 @@ pub use mailbox::{Mailboxes, MessageError};
 pub use plugin::{HANDLER_EXPORT, Plugin};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};
 pub use server::{Server, serve};
-pub use stats::Stats;
+pub use stats::{Limit, Stats};

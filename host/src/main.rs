@@ -2,12 +2,13 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shoal_host::{HandlerFactory, Plugin, Runtime, RuntimeConfig, Server, ServerConfig};
+use tokio_util::sync::CancellationToken;
 
 /// The echo plugin, served when `shoal serve` is given no plugin.
 const BUNDLED_ECHO: &[u8] = include_bytes!(env!("SHOAL_ECHO_WASM"));
@@ -25,8 +26,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a plugin: every accepted connection gets a fresh instance of it.
+    /// Serve a plugin: every accepted connection gets a fresh instance of it. With
+    /// `--config`, serve every listener of a config file instead.
     Serve {
+        /// A config file (shoal.toml) with one or more listeners, each with its own plugin,
+        /// limits and capabilities; see shoal.example.toml.
+        #[arg(long, conflicts_with_all = ["plugin", "native_echo"])]
+        config: Option<PathBuf>,
         /// Address to listen on; port 0 picks a free port (the bound address is printed).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -62,6 +68,10 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Serve {
+            config: Some(path), ..
+        } => serve_config(&path),
+        Command::Serve {
+            config: None,
             listen,
             pool_size,
             max_connections,
@@ -115,6 +125,62 @@ fn serve_with<F: HandlerFactory>(listen: SocketAddr, server: Server<F>) -> anyho
         println!("listening on {bound}");
         std::io::stdout().flush()?;
         server.serve(listener, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Serve every listener of a config file from one process, until SIGINT or SIGTERM.
+fn serve_config(path: &Path) -> anyhow::Result<()> {
+    let specs = shoal_host::config_file::load(path)?;
+    // One engine for every listener: its instance pool holds all their connections, and its
+    // memory slots the largest listener limit (each listener enforces its own).
+    let instances: usize = specs.iter().map(|s| s.config.max_connections()).sum();
+    let memory = specs.iter().map(|s| s.config.memory_limit()).max();
+    let runtime_config = RuntimeConfig::builder()
+        .max_instances(u32::try_from(instances).unwrap_or(u32::MAX))
+        .max_memory_bytes(memory.unwrap_or(RuntimeConfig::default().max_memory_bytes()))
+        .build()?;
+    let runtime = Runtime::new(runtime_config).context("cannot start the Wasm engine")?;
+    let mut servers = Vec::new();
+    for spec in specs {
+        let name = spec.config.name().to_string();
+        let plugin = Plugin::from_file(&runtime, &spec.plugin)
+            .with_context(|| format!("listener `{name}`"))?;
+        servers.push((spec.address, Server::new(plugin, spec.config)));
+    }
+    let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    tokio.block_on(async {
+        let mut bound = Vec::new();
+        for (address, server) in servers {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| {
+                    format!(
+                        "listener `{}`: cannot listen on {address}",
+                        server.config().name()
+                    )
+                })?;
+            bound.push((listener, server));
+        }
+        let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
+        let stop = CancellationToken::new();
+        let mut running = tokio::task::JoinSet::new();
+        for (listener, server) in bound {
+            println!(
+                "listening on {} ({})",
+                listener.local_addr()?,
+                server.config().name()
+            );
+            running.spawn(server.serve(listener, stop.clone().cancelled_owned()));
+        }
+        std::io::stdout().flush()?;
+        shutdown.await;
+        stop.cancel();
+        while let Some(ended) = running.join_next().await {
+            if let Ok(Err(error)) = ended {
+                eprintln!("shoal: error: {error:#}");
+            }
+        }
         Ok(())
     })
 }

@@ -85,6 +85,12 @@ impl<F: HandlerFactory> Server<F> {
         self.mailboxes.clone()
     }
 
+    /// The server's settings.
+    #[must_use]
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
     /// Live counters, readable while the server runs and after it stopped.
     #[must_use]
     pub fn stats(&self) -> Arc<Stats> {

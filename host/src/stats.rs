@@ -10,6 +10,41 @@ pub struct Stats {
     live_connections: AtomicUsize,
     accepted: AtomicU64,
     traps: AtomicU64,
+    limits: [AtomicU64; Limit::ALL.len()],
+}
+
+/// A limit of a listener that ended a connection (see [`Stats::limit_hits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limit {
+    /// A call ran past its CPU budget.
+    CpuBudget,
+    /// A call ran past its wall-clock call timeout.
+    CallTimeout,
+    /// The guest's linear memory would have grown past `memory_limit`.
+    Memory,
+    /// The client sent nothing for `idle_timeout`.
+    Idle,
+    /// The client did not take the output for `write_timeout`.
+    Write,
+    /// The connection's mailbox overflowed.
+    Mailbox,
+}
+
+impl Limit {
+    /// Every limit, in a fixed order.
+    pub const ALL: [Limit; 6] = [
+        Limit::CpuBudget,
+        Limit::CallTimeout,
+        Limit::Memory,
+        Limit::Idle,
+        Limit::Write,
+        Limit::Mailbox,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl Stats {
@@ -31,10 +66,21 @@ impl Stats {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    /// Guest calls that trapped (including those stopped for CPU time) since the start.
+    /// Guest calls that faulted since the start: traps, and calls stopped by a limit (CPU
+    /// budget, call timeout, memory), which [`Stats::limit_hits`] also counts.
     #[must_use]
     pub fn traps(&self) -> u64 {
         self.traps.load(Ordering::Relaxed)
+    }
+
+    /// Connections ended by `limit` since the start.
+    #[must_use]
+    pub fn limit_hits(&self, limit: Limit) -> u64 {
+        self.limits[limit.index()].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_limit(&self, limit: Limit) {
+        self.limits[limit.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_accepted(&self) {

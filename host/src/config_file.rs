@@ -1,0 +1,482 @@
+//! The config file: one or more listeners in one process, each with its own plugin, limits
+//! and capabilities (`shoal serve --config shoal.toml`).
+//!
+//! ```toml
+//! [[listener]]
+//! name = "chat"
+//! address = "127.0.0.1:7000"
+//! plugin = "target/plugins/chat.wasm"   # relative paths start at the file's folder
+//! max_connections = 1000
+//! idle_timeout = "5m"
+//! cpu_budget_per_call = "50ms"
+//! memory_limit = "16MiB"
+//!
+//! [listener.capabilities]
+//! env = { GREETING = "hello" }
+//! config = { motd = "be nice" }
+//! read_only_dir = { host = "public", guest = "/public" }
+//! ```
+//!
+//! Every field, with its default, is in `shoal.example.toml` at the root of the repository.
+//! Durations are a number and a unit (`ms`, `s`, `m`, `h`); sizes a number of bytes or a
+//! number and a unit (`KiB`, `MiB`, `GiB`). Unknown fields are errors, so a typo cannot
+//! silently leave a limit at its default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::capabilities::Capabilities;
+use crate::config::{ServerConfig, ServerConfigBuilder};
+
+/// One listener of the file, ready to bind and serve.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Where to listen.
+    pub address: SocketAddr,
+    /// The plugin component to serve (made absolute against the file's folder).
+    pub plugin: PathBuf,
+    /// Its settings, validated.
+    pub config: ServerConfig,
+}
+
+/// Why a config file cannot be used. Each message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape (an unknown field, a wrong type, a
+    /// bad duration or size); the message gives the line and the field.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser says, with the line.
+        message: String,
+    },
+    /// A listener's value cannot work.
+    #[error("{path}: listener `{listener}`: invalid `{field}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The listener's name.
+        listener: String,
+        /// The field.
+        field: String,
+        /// What to change.
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(rename = "listener", default)]
+    listeners: Vec<ListenerEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerEntry {
+    name: String,
+    address: String,
+    plugin: PathBuf,
+    pool_size: Option<usize>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<DurationText>,
+    cpu_budget_per_call: Option<DurationText>,
+    call_timeout: Option<DurationText>,
+    write_timeout: Option<DurationText>,
+    shutdown_timeout: Option<DurationText>,
+    memory_limit: Option<ByteSize>,
+    output_buffer_limit: Option<ByteSize>,
+    read_buffer_size: Option<ByteSize>,
+    mailbox_messages: Option<usize>,
+    mailbox_bytes: Option<ByteSize>,
+    #[serde(default)]
+    capabilities: CapabilitiesEntry,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CapabilitiesEntry {
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    read_only_dir: Option<DirEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirEntry {
+    host: PathBuf,
+    guest: String,
+}
+
+/// Read and check a config file.
+///
+/// # Errors
+///
+/// A [`ConfigFileError`] naming the file, the listener and the field at fault.
+pub fn load(path: impl AsRef<Path>) -> Result<Vec<ListenerSpec>, ConfigFileError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, path, base)
+}
+
+/// Check the text of a config file; relative paths in it start at `base`. `path` names the
+/// file in errors.
+///
+/// # Errors
+///
+/// See [`load`].
+pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Vec<ListenerSpec>, ConfigFileError> {
+    let file: File = toml::from_str(text).map_err(|error| ConfigFileError::Parse {
+        path: path.to_path_buf(),
+        message: error.to_string().trim_end().to_string(),
+    })?;
+    let invalid = |listener: &str, field: &str, reason: String| ConfigFileError::Invalid {
+        path: path.to_path_buf(),
+        listener: listener.to_string(),
+        field: field.to_string(),
+        reason,
+    };
+    if file.listeners.is_empty() {
+        return Err(ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            message: "no listener: add at least one [[listener]] table".to_string(),
+        });
+    }
+    let mut specs: Vec<ListenerSpec> = Vec::new();
+    for entry in file.listeners {
+        let name = entry.name.clone();
+        if specs.iter().any(|spec| spec.config.name() == name) {
+            return Err(invalid(
+                &name,
+                "name",
+                "two listeners have this name".into(),
+            ));
+        }
+        let address: SocketAddr = entry.address.parse().map_err(|_| {
+            invalid(
+                &name,
+                "address",
+                format!(
+                    "{:?} is not an IP address and port, such as \"127.0.0.1:7000\"",
+                    entry.address
+                ),
+            )
+        })?;
+        if let Some(other) = specs.iter().find(|spec| spec.address == address) {
+            let reason = format!(
+                "listener `{}` already listens on {address}",
+                other.config.name()
+            );
+            return Err(invalid(&name, "address", reason));
+        }
+        let plugin = base.join(&entry.plugin);
+        if !plugin.is_file() {
+            let reason = format!("{} is not a file", plugin.display());
+            return Err(invalid(&name, "plugin", reason));
+        }
+        let config = entry
+            .into_builder(base)
+            .build()
+            .map_err(|error| invalid(&name, error.field(), error.reason().to_string()))?;
+        specs.push(ListenerSpec {
+            address,
+            plugin,
+            config,
+        });
+    }
+    Ok(specs)
+}
+
+impl ListenerEntry {
+    fn into_builder(self, base: &Path) -> ServerConfigBuilder {
+        let mut builder = ServerConfig::builder().name(self.name);
+        if let Some(value) = self.pool_size {
+            builder = builder.pool_size(value);
+        }
+        if let Some(value) = self.max_connections {
+            builder = builder.max_connections(value);
+        }
+        if let Some(value) = self.idle_timeout {
+            builder = builder.idle_timeout(value.0);
+        }
+        if let Some(value) = self.cpu_budget_per_call {
+            builder = builder.cpu_budget_per_call(value.0);
+        }
+        if let Some(value) = self.call_timeout {
+            builder = builder.call_timeout(value.0);
+        }
+        if let Some(value) = self.write_timeout {
+            builder = builder.write_timeout(value.0);
+        }
+        if let Some(value) = self.shutdown_timeout {
+            builder = builder.shutdown_timeout(value.0);
+        }
+        if let Some(value) = self.memory_limit {
+            builder = builder.memory_limit(value.0);
+        }
+        if let Some(value) = self.output_buffer_limit {
+            builder = builder.output_buffer_limit(value.0);
+        }
+        if let Some(value) = self.read_buffer_size {
+            builder = builder.read_buffer_size(value.0);
+        }
+        if let Some(value) = self.mailbox_messages {
+            builder = builder.mailbox_messages(value);
+        }
+        if let Some(value) = self.mailbox_bytes {
+            builder = builder.mailbox_bytes(value.0);
+        }
+        let grants = self.capabilities;
+        let mut capabilities = Capabilities::default();
+        for (key, value) in grants.env {
+            capabilities = capabilities.env(key, value);
+        }
+        for (key, value) in grants.config {
+            capabilities = capabilities.config(key, value);
+        }
+        if let Some(dir) = grants.read_only_dir {
+            capabilities = capabilities.read_only_dir(base.join(dir.host), dir.guest);
+        }
+        builder.capabilities(capabilities)
+    }
+}
+
+/// A duration written as a number and a unit: `250ms`, `5s`, `2m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+struct DurationText(Duration);
+
+impl TryFrom<String> for DurationText {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a duration: write a number and a unit (ms, s, m, h), such as \"250ms\" or \"5s\""
+            )
+        };
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| bad())?;
+        let duration = match unit.trim() {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        Ok(Self(duration))
+    }
+}
+
+/// A size in bytes: a number, or a number and a unit (`KiB`, `MiB`, `GiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteSize(usize);
+
+impl ByteSize {
+    fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a size: write bytes, or a number and a unit (KiB, MiB, GiB), such as \"16MiB\""
+            )
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: usize = number.parse().map_err(|_| bad())?;
+        let scale: usize = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        number.checked_mul(scale).map(Self).ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: bytes, or a number and a unit such as \"16MiB\"")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<ByteSize, E> {
+                usize::try_from(value)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{value} is not a size")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(text).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder holding an empty file standing in for a plugin.
+    fn base() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shoal-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("public")).expect("temp dir");
+        std::fs::write(dir.join("echo.wasm"), b"").expect("temp file");
+        dir
+    }
+
+    fn check(text: &str) -> Result<Vec<ListenerSpec>, ConfigFileError> {
+        parse(text, Path::new("shoal.toml"), &base())
+    }
+
+    fn error(text: &str) -> String {
+        match check(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    const TWO: &str = r#"
+        [[listener]]
+        name = "echo"
+        address = "127.0.0.1:7000"
+        plugin = "echo.wasm"
+
+        [[listener]]
+        name = "chat"
+        address = "127.0.0.1:7001"
+        plugin = "echo.wasm"
+        pool_size = 2
+        max_connections = 50
+        idle_timeout = "5m"
+        cpu_budget_per_call = "20ms"
+        memory_limit = "16MiB"
+        output_buffer_limit = 65536
+        mailbox_messages = 8
+        mailbox_bytes = "4KiB"
+
+        [listener.capabilities]
+        env = { GREETING = "hello" }
+        config = { room = "lobby" }
+        read_only_dir = { host = "public", guest = "/public" }
+    "#;
+
+    #[test]
+    fn two_listeners_with_their_own_limits_and_grants() -> Result<(), ConfigFileError> {
+        let specs = check(TWO)?;
+        assert_eq!(specs.len(), 2);
+        let (echo, chat) = (&specs[0].config, &specs[1].config);
+        assert_eq!(echo.name(), "echo");
+        assert_eq!(echo.capabilities(), &Capabilities::default());
+        assert_eq!(echo.memory_limit(), ServerConfig::default().memory_limit());
+        assert_eq!(specs[1].address, "127.0.0.1:7001".parse().expect("address"));
+        assert_eq!(chat.pool_size(), 2);
+        assert_eq!(chat.max_connections(), 50);
+        assert_eq!(chat.idle_timeout(), Duration::from_secs(300));
+        assert_eq!(chat.cpu_budget_per_call(), Duration::from_millis(20));
+        assert_eq!(chat.memory_limit(), 16 << 20);
+        assert_eq!(chat.output_buffer_limit(), 65536);
+        assert_eq!((chat.mailbox_messages(), chat.mailbox_bytes()), (8, 4096));
+        let grants = chat.capabilities();
+        assert_eq!(grants.env_vars(), [("GREETING".into(), "hello".into())]);
+        assert_eq!(grants.config_value("room"), Some("lobby"));
+        assert_eq!(grants.dir().map(|d| d.guest.as_str()), Some("/public"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_misspelt_field_is_named() {
+        let text = TWO.replace("idle_timeout", "idel_timeout");
+        let message = error(&text);
+        assert!(message.contains("idel_timeout"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_duration_says_how_to_write_one() {
+        let message = error(&TWO.replace("\"5m\"", "\"5 parsecs\""));
+        assert!(message.contains("is not a duration"), "{message}");
+        assert!(message.contains("line"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_size_says_how_to_write_one() {
+        let message = error(&TWO.replace("\"16MiB\"", "\"16 megs\""));
+        assert!(message.contains("is not a size"), "{message}");
+    }
+
+    #[test]
+    fn a_value_that_cannot_work_names_the_listener_and_field() {
+        let message = error(&TWO.replace("pool_size = 2", "pool_size = 0"));
+        assert_eq!(
+            message,
+            "shoal.toml: listener `chat`: invalid `pool_size`: must be at least 1"
+        );
+        let message = error(&TWO.replace("\"16MiB\"", "\"1KiB\""));
+        assert!(message.contains("invalid `memory_limit`"), "{message}");
+    }
+
+    #[test]
+    fn addresses_names_and_plugins_are_checked() {
+        let message = error(&TWO.replace("127.0.0.1:7001", "127.0.0.1:7000"));
+        assert!(message.contains("invalid `address`"), "{message}");
+        let message = error(&TWO.replace("\"chat\"", "\"echo\""));
+        assert!(message.contains("invalid `name`"), "{message}");
+        let message = error(&TWO.replace("127.0.0.1:7001", "localhost"));
+        assert!(
+            message.contains("is not an IP address and port"),
+            "{message}"
+        );
+        let message = error(&TWO.replacen("echo.wasm", "missing.wasm", 1));
+        assert!(message.contains("invalid `plugin`"), "{message}");
+        let message = error(&TWO.replace("host = \"public\"", "host = \"nowhere\""));
+        assert!(message.contains("invalid `read_only_dir`"), "{message}");
+    }
+
+    #[test]
+    fn a_file_without_listeners_is_refused() {
+        assert!(error("").contains("no listener"));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        let ms = DurationText::try_from("250ms".to_string()).map(|d| d.0);
+        assert_eq!(ms, Ok(Duration::from_millis(250)));
+        let hours = DurationText::try_from("2h".to_string()).map(|d| d.0);
+        assert_eq!(hours, Ok(Duration::from_secs(7200)));
+        assert!(DurationText::try_from("5".to_string()).is_err());
+        assert_eq!(ByteSize::parse("64KiB"), Ok(ByteSize(64 << 10)));
+        assert_eq!(ByteSize::parse("100"), Ok(ByteSize(100)));
+        assert!(ByteSize::parse("1TB").is_err());
+    }
+}
