@@ -165,3 +165,103 @@ async fn serve_names_an_invalid_option() -> anyhow::Result<()> {
     assert!(stderr.contains("max_connections"), "{stderr}");
     Ok(())
 }
+
+/// Write a config file for this test process and return its path.
+fn config_file(name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::temp_dir().join(format!("shoal-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn serve_config_runs_every_listener_of_the_file() -> anyhow::Result<()> {
+    let plugins = plugin_path("echo");
+    let plugins = plugins.parent().context("plugins folder")?.display();
+    let path = config_file(
+        "two-listeners",
+        &format!(
+            r#"
+            [[listener]]
+            name = "echo"
+            address = "127.0.0.1:0"
+            plugin = "{plugins}/echo.wasm"
+
+            [[listener]]
+            name = "chat"
+            address = "127.0.0.1:0"
+            plugin = "{plugins}/chat.wasm"
+            memory_limit = "8MiB"
+            "#
+        ),
+    )?;
+    let mut child = Command::new(SHOAL)
+        .args(["serve", "--config", path.to_str().context("utf-8 path")?])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut addresses = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(60), stdout.read_line(&mut line))
+            .await
+            .context("shoal serve did not print its addresses")??;
+        let (addr, name) = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_once(' '))
+            .with_context(|| format!("unexpected line: {line:?}"))?;
+        let name = name.trim_matches(|c| c == '(' || c == ')').to_string();
+        addresses.insert(name, addr.parse::<std::net::SocketAddr>()?);
+    }
+    let mut echo = TcpStream::connect(addresses["echo"]).await?;
+    echo.write_all(b"tenant one\n").await?;
+    let mut reply = [0u8; 11];
+    echo.read_exact(&mut reply).await?;
+    assert_eq!(&reply, b"tenant one\n");
+    let mut chat = BufReader::new(TcpStream::connect(addresses["chat"]).await?);
+    assert!(read_line(&mut chat).await?.starts_with("* welcome"));
+    assert!(terminate(&mut child).await?.success());
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn serve_config_names_the_listener_and_field_at_fault() -> anyhow::Result<()> {
+    let echo = plugin_path("echo");
+    let echo = echo.display();
+    let cases = [
+        (
+            "typo",
+            format!(
+                "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\nidel_timeout = \"5s\"\n"
+            ),
+            "idel_timeout",
+        ),
+        (
+            "zero",
+            format!(
+                "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\npool_size = 0\n"
+            ),
+            "listener `a`: invalid `pool_size`: must be at least 1",
+        ),
+        (
+            "duration",
+            format!(
+                "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\ncpu_budget_per_call = \"fast\"\n"
+            ),
+            "is not a duration",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = config_file(name, &text)?;
+        let output = shoal(&["serve", "--config", path.to_str().context("utf-8 path")?]).await?;
+        std::fs::remove_file(&path)?;
+        assert!(!output.status.success(), "{name}: must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    Ok(())
+}

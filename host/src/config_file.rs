@@ -184,7 +184,11 @@ pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Vec<ListenerSpec>, 
                 ),
             )
         })?;
-        if let Some(other) = specs.iter().find(|spec| spec.address == address) {
+        // Port 0 asks the OS for a free port, so two listeners may both ask.
+        let taken = specs
+            .iter()
+            .find(|spec| spec.address == address && address.port() != 0);
+        if let Some(other) = taken {
             let reason = format!(
                 "listener `{}` already listens on {address}",
                 other.config.name()
@@ -461,6 +465,28 @@ mod tests {
         assert!(message.contains("invalid `plugin`"), "{message}");
         let message = error(&TWO.replace("host = \"public\"", "host = \"nowhere\""));
         assert!(message.contains("invalid `read_only_dir`"), "{message}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() -> Result<(), ConfigFileError> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let specs = load(root.join("shoal.example.toml"))?;
+        let defaults = ServerConfig::default();
+        let echo = &specs[0].config;
+        assert_eq!(echo.pool_size(), defaults.pool_size());
+        assert_eq!(echo.max_connections(), defaults.max_connections());
+        assert_eq!(echo.idle_timeout(), defaults.idle_timeout());
+        assert_eq!(echo.cpu_budget_per_call(), defaults.cpu_budget_per_call());
+        assert_eq!(echo.call_timeout(), defaults.call_timeout());
+        assert_eq!(echo.write_timeout(), defaults.write_timeout());
+        assert_eq!(echo.shutdown_timeout(), defaults.shutdown_timeout());
+        assert_eq!(echo.memory_limit(), defaults.memory_limit());
+        assert_eq!(echo.output_buffer_limit(), defaults.output_buffer_limit());
+        assert_eq!(echo.read_buffer_size(), defaults.read_buffer_size());
+        assert_eq!(echo.mailbox_messages(), defaults.mailbox_messages());
+        assert_eq!(echo.mailbox_bytes(), defaults.mailbox_bytes());
+        assert_eq!(echo.capabilities(), defaults.capabilities());
+        Ok(())
     }
 
     #[test]

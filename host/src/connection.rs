@@ -96,9 +96,14 @@ async fn serve<F: HandlerFactory>(
         Ok(Ok(next)) => next,
         Ok(Err(refusal)) => {
             tracing::info!("plugin refused the connection: {refusal}");
-            return;
+            drop(guest);
+            return linger_close(&mut socket).await;
         }
-        Err(fault) => return report(ctx, &fault, "init"),
+        Err(fault) => {
+            report(ctx, &fault, "init");
+            drop(guest);
+            return linger_close(&mut socket).await;
+        }
     };
     let handle = ConnectionHandle::new(id, peer, ctx.mailboxes.clone());
     if let Some(on_open) = &ctx.hooks.on_open {
@@ -119,11 +124,14 @@ async fn serve<F: HandlerFactory>(
     if let Some(on_close) = &ctx.hooks.on_close {
         on_close(&handle);
     }
-    if let Err((fault, export)) = closed {
-        return report(ctx, &fault, export);
+    match closed {
+        // The client may be gone already; there is nobody left to tell about a failed write.
+        Ok(()) => {
+            let _ = flush(&mut guest, &mut socket, config.write_timeout()).await;
+        }
+        // After a fault the guest's output is dropped; the socket still closes politely.
+        Err((fault, export)) => report(ctx, &fault, export),
     }
-    // The client may be gone already; there is nobody left to tell about a failed write.
-    let _ = flush(&mut guest, &mut socket, config.write_timeout()).await;
     drop(guest);
     linger_close(&mut socket).await;
 }

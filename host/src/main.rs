@@ -132,12 +132,15 @@ fn serve_with<F: HandlerFactory>(listen: SocketAddr, server: Server<F>) -> anyho
 /// Serve every listener of a config file from one process, until SIGINT or SIGTERM.
 fn serve_config(path: &Path) -> anyhow::Result<()> {
     let specs = shoal_host::config_file::load(path)?;
-    // One engine for every listener: its instance pool holds all their connections, and its
-    // memory slots the largest listener limit (each listener enforces its own).
-    let instances: usize = specs.iter().map(|s| s.config.max_connections()).sum();
+    // One engine for every listener: its instance pool holds their connections (up to the
+    // default pool size: each slot costs kernel memory mappings, and vm.max_map_count bounds
+    // them), and its memory slots the largest listener limit (each listener enforces its own).
+    let wanted: usize = specs.iter().map(|s| s.config.max_connections()).sum();
+    let pool = RuntimeConfig::default().max_instances();
+    let instances = u32::try_from(wanted).unwrap_or(u32::MAX).min(pool);
     let memory = specs.iter().map(|s| s.config.memory_limit()).max();
     let runtime_config = RuntimeConfig::builder()
-        .max_instances(u32::try_from(instances).unwrap_or(u32::MAX))
+        .max_instances(instances)
         .max_memory_bytes(memory.unwrap_or(RuntimeConfig::default().max_memory_bytes()))
         .build()?;
     let runtime = Runtime::new(runtime_config).context("cannot start the Wasm engine")?;

@@ -3,6 +3,7 @@
 //!
 //! - `read PATH` — read a file (`/etc/passwd`, or a file under a granted directory);
 //! - `list PATH` — list a directory;
+//! - `write PATH` — create or overwrite a file;
 //! - `connect ADDR` — open a TCP connection;
 //! - `env NAME` — read an environment variable; `env-count` — how many there are;
 //! - `config KEY` — read a granted configuration value.
@@ -43,6 +44,7 @@ fn probe(line: &str) -> String {
         "read" => std::fs::read_to_string(arg)
             .map(|text| format!("{} bytes: {}", text.len(), text.trim())),
         "list" => std::fs::read_dir(arg).map(|entries| format!("{} entries", entries.count())),
+        "write" => std::fs::write(arg, b"scribble").map(|()| "written".to_string()),
         "connect" => std::net::TcpStream::connect(arg).map(|_| "connected".to_string()),
         "env" => {
             return match std::env::var(arg) {
