@@ -44,7 +44,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lifecycle,load,memory,broadcast"
+        default_value = "lifecycle,load,memory,broadcast,noisy"
     )]
     scenarios: Vec<Scenario>,
 }
@@ -59,6 +59,8 @@ enum Scenario {
     Memory,
     /// Messages delivered per second through the chat plugin's broadcast, 100 clients.
     Broadcast,
+    /// Echo latency on one listener with and without a second listener's guest spinning.
+    Noisy,
 }
 
 /// A server under test, started as its own process.
@@ -218,6 +220,10 @@ fn main() -> anyhow::Result<()> {
             &line,
             "messages_per_sec",
         )?;
+    }
+
+    if args.scenarios.contains(&Scenario::Noisy) {
+        noisy_neighbour(&args, &bin_dir, pinned, &mut results)?;
     }
 
     let report = report(&args, pinned, &mut results);
@@ -512,6 +518,110 @@ fn parse_line(line: &str) -> anyhow::Result<BTreeMap<String, f64>> {
         .map(|(k, v)| Ok((k.to_string(), v.parse()?)))
         .collect()
 }
+
+/// One `shoal serve --config` process with two tenants, `echo` and `spin`: echo round trips
+/// (100 connections × 512 B) with the spin tenant idle, then with one of its guests always
+/// looping (each stopped at its 100 ms CPU budget and started again), in alternating rounds.
+fn noisy_neighbour(
+    args: &Args,
+    bin_dir: &Path,
+    pinned: bool,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let plugins = std::fs::canonicalize(&args.plugins)?;
+    let config = std::env::current_dir()?.join("target/bench/noisy.toml");
+    std::fs::create_dir_all(config.parent().context("target/bench")?)?;
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\n\n\
+             [[listener]]\nname = \"spin\"\naddress = \"127.0.0.1:0\"\nplugin = \"{spin}\"\n",
+            echo = plugins.join("echo.wasm").display(),
+            spin = plugins.join("spin.wasm").display(),
+        ),
+    )?;
+    let mut child = pin(pinned, "1", &bin_dir.join("shoal"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?);
+    let mut addresses = BTreeMap::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let (addr, name) = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_once(' '))
+            .with_context(|| format!("shoal serve --config printed {line:?}"))?;
+        addresses.insert(name.trim_matches(['(', ')']).to_string(), addr.to_string());
+    }
+    let server = Server {
+        child,
+        addr: addresses.get("echo").context("echo listener")?.clone(),
+    };
+    let spin_addr = addresses.get("spin").context("spin listener")?.clone();
+    let seconds = args.seconds.to_string();
+    let echo_args = [
+        "echo",
+        "--addr",
+        &server.addr,
+        "--conns",
+        "100",
+        "--size",
+        "512",
+        "--seconds",
+        &seconds,
+    ];
+    for round in 1..=args.rounds {
+        eprintln!("round {round}/{}: noisy neighbour", args.rounds);
+        let quiet = loadgen(bin_dir, pinned, &echo_args)?;
+        let spin_seconds = (args.seconds + 2.0).to_string();
+        let spinner = pin(pinned, "0", &bin_dir.join("loadgen"))
+            .args([
+                "spin",
+                "--addr",
+                &spin_addr,
+                "--conns",
+                "1",
+                "--seconds",
+                &spin_seconds,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let noisy = loadgen(bin_dir, pinned, &echo_args);
+        let _ = spinner.wait_with_output();
+        let noisy = noisy?;
+        for (metric, line, key) in [
+            (NOISY_QUIET_P99, &quiet, "p99_us"),
+            (NOISY_SPIN_P99, &noisy, "p99_us"),
+            (NOISY_QUIET_RATE, &quiet, "round_trips_per_sec"),
+            (NOISY_SPIN_RATE, &noisy, "round_trips_per_sec"),
+        ] {
+            record(results, Kind::Wasm, metric, line, key)?;
+        }
+        let ratio = noisy
+            .get("p99_us")
+            .zip(quiet.get("p99_us"))
+            .map(|(n, q)| n / q);
+        results
+            .entry((Kind::Wasm, NOISY_RATIO))
+            .or_default()
+            .push(ratio.context("p99 figures")?);
+    }
+    drop(server);
+    Ok(())
+}
+
+const NOISY_QUIET_P99: &str = "noisy neighbour: echo p99 µs, spin tenant idle";
+const NOISY_SPIN_P99: &str = "noisy neighbour: echo p99 µs, a spin guest always looping";
+const NOISY_RATIO: &str = "noisy neighbour: echo p99 with / without the spinning tenant";
+const NOISY_QUIET_RATE: &str = "noisy neighbour: echo round trips/s, spin tenant idle";
+const NOISY_SPIN_RATE: &str = "noisy neighbour: echo round trips/s, a spin guest always looping";
 
 /// Server RSS growth per connection while `idle_conns` connections are open and initialised.
 fn idle_memory(kind: Kind, bin_dir: &Path, args: &Args, pinned: bool) -> anyhow::Result<f64> {

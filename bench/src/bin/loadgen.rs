@@ -6,6 +6,7 @@
 //! loadgen echo --addr A [--conns N] [--size B] [--seconds S] round trips and latency
 //! loadgen idle --addr A [--conns N]                          hold N connections until stdin closes
 //! loadgen broadcast --addr A [--conns N] [--seconds S]       chat lines delivered per second
+//! loadgen spin --addr A [--conns N] [--seconds S]            keep N guests looping (spin plugin)
 //! ```
 
 use std::net::SocketAddr;
@@ -63,6 +64,16 @@ enum Scenario {
         #[arg(long, default_value_t = 256)]
         window: u64,
     },
+    /// The noisy neighbour: `conns` loops, each connecting to a `spin` plugin and sending
+    /// `spin`, so that a guest loops until the host stops it at its CPU budget, then again.
+    Spin {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// Open `conns` connections, echo one byte on each, print `ready`, hold them until stdin
     /// closes.
     Idle {
@@ -91,6 +102,11 @@ fn main() -> anyhow::Result<()> {
                 seconds,
             } => echo(addr, conns, size, Duration::from_secs_f64(seconds)).await,
             Scenario::Idle { addr, conns } => idle(addr, conns).await,
+            Scenario::Spin {
+                addr,
+                conns,
+                seconds,
+            } => spin(addr, conns, Duration::from_secs_f64(seconds)).await,
             Scenario::Broadcast {
                 addr,
                 conns,
@@ -293,5 +309,31 @@ async fn broadcast(
     for reader in readers {
         reader.abort();
     }
+    Ok(())
+}
+
+async fn spin(addr: SocketAddr, conns: usize, duration: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + duration;
+    let mut loops = Vec::new();
+    for _ in 0..conns {
+        loops.push(tokio::spawn(async move {
+            let mut stopped = 0u64;
+            while Instant::now() < deadline {
+                let mut stream = TcpStream::connect(addr).await?;
+                stream.write_all(b"spin\n").await?;
+                // The host stops the guest at its CPU budget and closes the connection.
+                let mut sink = Vec::new();
+                let _ =
+                    tokio::time::timeout_at(deadline.into(), stream.read_to_end(&mut sink)).await;
+                stopped += 1;
+            }
+            anyhow::Ok(stopped)
+        }));
+    }
+    let mut stopped = 0;
+    for spinner in loops {
+        stopped += spinner.await??;
+    }
+    println!("guests_stopped={stopped}");
     Ok(())
 }
