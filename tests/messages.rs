@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use shoal_host::{ConnectionHandle, MessageError, Server, ServerConfig};
-use support::{TestServer, plugin, read_line, read_to_end, wait_for};
+use support::{TestServer, plugin, read_line, read_to_end, rss_kib, wait_for};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -188,20 +188,6 @@ async fn a_client_that_never_reads_does_not_stall_the_room() -> anyhow::Result<(
     );
     drop(silent);
     server.shutdown().await
-}
-
-/// This process's resident memory: the server under test runs in it.
-fn rss_kib() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
 }
 
 /// Connect a courier client and learn its id.

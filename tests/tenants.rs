@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use shoal_host::{Capabilities, Limit, ServerConfig, Stats};
-use support::{TestServer, plugin, random_bytes, read_line, read_to_end, wait_for};
+use support::{TestServer, plugin, random_bytes, read_line, read_to_end, rss_kib, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -52,20 +52,6 @@ async fn limit_hit(stats: &Arc<Stats>, limit: Limit) -> anyhow::Result<()> {
         stats.limit_hits(limit) > 0
     })
     .await
-}
-
-/// This process's resident memory: every server under test runs in it.
-fn rss_kib() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,7 +46,9 @@ pub(crate) struct ConnectionContext<F> {
     /// The listener's registry of connections: messages never leave it.
     pub(crate) mailboxes: Mailboxes,
     pub(crate) hooks: Hooks,
-    /// Cancelled when the server shuts down: guests get `close(shutdown)`.
+    /// Cancelled when the server shuts down. Connections learn it from their mailbox, which
+    /// the server closes at the same time (one wake-up source per connection, not two), and
+    /// then give their guest `close(shutdown)`.
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -160,6 +162,7 @@ fn count_limit<F>(ctx: &ConnectionContext<F>, reason: &CloseReason) {
 enum Input {
     Data(Vec<u8>),
     Message(Message),
+    MailboxClosed,
 }
 
 /// Read, `handle`, write, until the guest, the client or the server ends the connection.
@@ -176,6 +179,8 @@ async fn event_loop<F: HandlerFactory>(
     let mut idle_deadline = Instant::now() + config.idle_timeout();
     let overflow = mailbox.overflow_signal();
     loop {
+        // The overflow branch is polled only while the write is pending: a client that does
+        // not read cannot keep an overflowed connection alive until its write timeout.
         let flushed = tokio::select! {
             biased;
             flushed = flush(guest, socket, config.write_timeout()) => flushed,
@@ -191,8 +196,6 @@ async fn event_loop<F: HandlerFactory>(
         }
         let input = tokio::select! {
             biased;
-            () = ctx.shutdown.cancelled() => return Ok(CloseReason::Shutdown),
-            () = overflow.cancelled() => return Ok(CloseReason::Limit(MAILBOX_FULL.to_string())),
             () = tokio::time::sleep_until(idle_deadline) => return Ok(CloseReason::IdleTimeout),
             input = next_input(socket, mailbox, config.read_buffer_size()) => input,
         };
@@ -206,6 +209,11 @@ async fn event_loop<F: HandlerFactory>(
                 next = handle_messages(guest, mailbox, message).await?;
                 continue;
             }
+            // The mailbox closed: the server is shutting down, or it overflowed.
+            Ok(Input::MailboxClosed) if ctx.shutdown.is_cancelled() => {
+                return Ok(CloseReason::Shutdown);
+            }
+            Ok(Input::MailboxClosed) => return Ok(CloseReason::Limit(MAILBOX_FULL.to_string())),
             Err(error) => return Ok(ended_by(&error, "read")),
         };
         next = guest.handle(&event).await?;
@@ -259,7 +267,7 @@ async fn next_input(
 ) -> io::Result<Input> {
     tokio::select! {
         read = read_lent(socket, read_size) => read.map(Input::Data),
-        message = mailbox.recv() => Ok(Input::Message(message)),
+        message = mailbox.recv() => Ok(message.map_or(Input::MailboxClosed, Input::Message)),
     }
 }
 

@@ -9,13 +9,13 @@
 //! Messages from one sender to one receiver keep their order (one FIFO queue per receiver,
 //! filled by one sender call at a time), and a connection never goes on with a gap: when a
 //! message does not fit in a mailbox (its [`MailboxLimits`]), the message is refused
-//! ([`MessageError::MailboxFull`]), the mailbox is marked overflowed, and its connection is
-//! ended with `close(limit("mailbox full"))`. A receiver either gets every message sent to it,
+//! ([`MessageError::MailboxFull`]), the mailbox is closed to new messages, and its connection
+//! ends with `close(limit("mailbox full"))` once it has handled what the mailbox holds. A receiver either gets every message sent to it,
 //! in order, or is disconnected — the policy of a BEAM chat server that drops a client that
 //! cannot keep up, with a bound on memory instead of an unbounded process mailbox.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -89,13 +89,18 @@ pub struct Mailboxes {
 struct Registry {
     limits: MailboxLimits,
     entries: Mutex<HashMap<u64, Entry>>,
+    /// Set at shutdown: every mailbox is closed and new ones are born closed.
+    closed: AtomicBool,
     delivered: AtomicU64,
     refused: AtomicU64,
 }
 
 struct Entry {
-    queue: mpsc::Sender<Message>,
+    /// `None` once the mailbox is closed (it overflowed, or the server is shutting down):
+    /// the receiver then handles what is queued and sees the end of its mailbox.
+    queue: Option<mpsc::Sender<Message>>,
     queued_bytes: Arc<AtomicUsize>,
+    /// Cancelled when the mailbox overflows, to interrupt a receiver blocked on its client.
     overflow: CancellationToken,
     name: Option<String>,
 }
@@ -112,6 +117,7 @@ impl Mailboxes {
             inner: Arc::new(Registry {
                 limits,
                 entries: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
                 delivered: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
             }),
@@ -122,6 +128,9 @@ impl Mailboxes {
     pub(crate) fn register(&self, id: u64) -> Mailbox {
         let (queue, receiver) = mpsc::channel(self.inner.limits.messages);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let mut entries = self.entries();
+        // Checked under the lock `close_all` takes, so no mailbox is left open at shutdown.
+        let queue = (!self.inner.closed.load(Ordering::Acquire)).then_some(queue);
         let overflow = CancellationToken::new();
         let entry = Entry {
             queue,
@@ -129,13 +138,23 @@ impl Mailboxes {
             overflow: overflow.clone(),
             name: None,
         };
-        self.entries().insert(id, entry);
+        entries.insert(id, entry);
         Mailbox {
             id,
             receiver,
             queued_bytes,
             overflow,
             registry: self.clone(),
+        }
+    }
+
+    /// Close every mailbox, now and to come: each connection handles what its mailbox holds,
+    /// then sees its end (the server is shutting down).
+    pub(crate) fn close_all(&self) {
+        let mut entries = self.entries();
+        self.inner.closed.store(true, Ordering::Release);
+        for entry in entries.values_mut() {
+            entry.queue = None;
         }
     }
 
@@ -148,8 +167,8 @@ impl Mailboxes {
         if payload.len() > self.inner.limits.bytes {
             return Err(MessageError::TooLarge);
         }
-        let entries = self.entries();
-        let entry = entries.get(&to).ok_or(MessageError::NoSuchConnection)?;
+        let mut entries = self.entries();
+        let entry = entries.get_mut(&to).ok_or(MessageError::NoSuchConnection)?;
         self.deliver(entry, from, payload)
     }
 
@@ -159,12 +178,14 @@ impl Mailboxes {
         if payload.len() > self.inner.limits.bytes {
             return 0;
         }
-        let entries = self.entries();
-        entries
-            .iter()
-            .filter(|(id, _)| **id != from)
-            .filter(|(_, entry)| self.deliver(entry, from, payload.clone()).is_ok())
-            .count()
+        let mut entries = self.entries();
+        let mut delivered = 0;
+        for (id, entry) in entries.iter_mut() {
+            if *id != from && self.deliver(entry, from, payload.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        delivered
     }
 
     /// The open connections of the listener, in id order.
@@ -214,19 +235,23 @@ impl Mailboxes {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
-    fn deliver(&self, entry: &Entry, from: u64, payload: Bytes) -> Result<(), MessageError> {
+    fn deliver(&self, entry: &mut Entry, from: u64, payload: Bytes) -> Result<(), MessageError> {
         let size = payload.len();
         let before = entry.queued_bytes.fetch_add(size, Ordering::AcqRel);
         let queued = before + size <= self.inner.limits.bytes
-            && entry.queue.try_send(Message { from, payload }).is_ok();
+            && entry
+                .queue
+                .as_ref()
+                .is_some_and(|queue| queue.try_send(Message { from, payload }).is_ok());
         if queued {
             self.inner.delivered.fetch_add(1, Ordering::Relaxed);
             Ok(())
         } else {
-            // Over the byte limit, over the message limit, or a receiver that is ending:
-            // to the sender all three are a mailbox that takes nothing more. The receiver
-            // has now missed a message, so it ends rather than go on with a gap.
+            // Over the byte limit, over the message limit, or closed: to the sender all three
+            // are a mailbox that takes nothing more. The receiver has now missed a message,
+            // so its mailbox closes and its connection ends rather than go on with a gap.
             entry.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            entry.queue = None;
             entry.overflow.cancel();
             self.inner.refused.fetch_add(1, Ordering::Relaxed);
             Err(MessageError::MailboxFull)
@@ -262,18 +287,13 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    /// The next message, waiting for one. Never ends while the mailbox is registered.
-    pub(crate) async fn recv(&mut self) -> Message {
-        match self.receiver.recv().await {
-            Some(message) => {
-                self.queued_bytes
-                    .fetch_sub(message.payload.len(), Ordering::AcqRel);
-                message
-            }
-            // The registry holds a sender while we are registered, so the queue cannot
-            // close; should it, wait forever rather than spin.
-            None => std::future::pending().await,
-        }
+    /// The next message, waiting for one; `None` once the mailbox is closed (it overflowed,
+    /// or the server is shutting down) and empty.
+    pub(crate) async fn recv(&mut self) -> Option<Message> {
+        let message = self.receiver.recv().await?;
+        self.queued_bytes
+            .fetch_sub(message.payload.len(), Ordering::AcqRel);
+        Some(message)
     }
 
     /// The next message if one is waiting.
@@ -284,8 +304,8 @@ impl Mailbox {
         Some(message)
     }
 
-    /// Cancelled once a message to this connection was refused because the mailbox was full:
-    /// the connection must end (it has missed a message).
+    /// Cancelled once the mailbox overflowed: a receiver blocked writing to a client that does
+    /// not read waits on it too, so that it ends at once rather than at its write timeout.
     pub(crate) fn overflow_signal(&self) -> CancellationToken {
         self.overflow.clone()
     }
@@ -330,21 +350,32 @@ mod tests {
             assert_eq!(mailboxes.send(1, 2, Bytes::from(vec![n])), Ok(()));
         }
         for n in 0..10u8 {
-            let message = inbox.recv().await;
+            let message = inbox.recv().await.expect("a message");
             assert_eq!((message.from, message.payload.as_ref()), (1, &[n][..]));
         }
     }
 
     #[tokio::test]
-    async fn a_full_mailbox_refuses_and_marks_its_connection_to_end() {
+    async fn a_full_mailbox_refuses_and_closes_after_what_it_holds() {
         let mailboxes = registry(2, 1 << 10);
-        let inbox = mailboxes.register(2);
+        let mut inbox = mailboxes.register(2);
         assert_eq!(mailboxes.send(1, 2, Bytes::from_static(b"a")), Ok(()));
         assert_eq!(mailboxes.send(1, 2, Bytes::from_static(b"b")), Ok(()));
         let third = mailboxes.send(1, 2, Bytes::from_static(b"c"));
         assert_eq!(third, Err(MessageError::MailboxFull));
         assert_eq!((mailboxes.delivered(), mailboxes.refused()), (2, 1));
-        assert!(inbox.overflow_signal().is_cancelled(), "overflow signalled");
+        assert_eq!(
+            inbox.recv().await.map(|m| m.payload),
+            Some(Bytes::from("a"))
+        );
+        assert_eq!(
+            inbox.recv().await.map(|m| m.payload),
+            Some(Bytes::from("b"))
+        );
+        assert!(inbox.overflow_signal().is_cancelled());
+        assert!(inbox.recv().await.is_none(), "closed after what it held");
+        let later = mailboxes.send(1, 2, Bytes::from_static(b"d"));
+        assert_eq!(later, Err(MessageError::MailboxFull));
     }
 
     #[tokio::test]
@@ -353,12 +384,13 @@ mod tests {
         let mut inbox = mailboxes.register(2);
         let six = Bytes::from_static(b"123456");
         assert_eq!(mailboxes.send(1, 2, six.clone()), Ok(()));
+        assert!(inbox.recv().await.is_some());
         assert_eq!(
             mailboxes.send(1, 2, six.clone()),
-            Err(MessageError::MailboxFull)
+            Ok(()),
+            "freed on delivery"
         );
-        inbox.recv().await;
-        assert_eq!(mailboxes.send(1, 2, six), Ok(()));
+        assert_eq!(mailboxes.send(1, 2, six), Err(MessageError::MailboxFull));
         let eleven = Bytes::from_static(b"12345678901");
         assert_eq!(mailboxes.send(1, 2, eleven), Err(MessageError::TooLarge));
     }
@@ -381,7 +413,23 @@ mod tests {
         let _full = mailboxes.register(3);
         assert_eq!(mailboxes.send(2, 3, Bytes::from_static(b"x")), Ok(()));
         assert_eq!(mailboxes.broadcast(1, &Bytes::from_static(b"hello")), 1);
-        assert_eq!(other.recv().await.payload.as_ref(), b"hello");
+        let got = other.recv().await.map(|m| m.payload);
+        assert_eq!(got, Some(Bytes::from("hello")));
+    }
+
+    #[tokio::test]
+    async fn close_all_ends_every_mailbox_now_and_to_come() {
+        let mailboxes = registry(4, 64);
+        let mut before = mailboxes.register(1);
+        assert_eq!(mailboxes.send(2, 1, Bytes::from_static(b"last")), Ok(()));
+        mailboxes.close_all();
+        assert!(
+            before.recv().await.is_some(),
+            "what was queued is still delivered"
+        );
+        assert!(before.recv().await.is_none());
+        let mut after = mailboxes.register(3);
+        assert!(after.recv().await.is_none());
     }
 
     #[test]

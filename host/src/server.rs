@@ -143,10 +143,13 @@ impl<F: HandlerFactory> Server<F> {
         let supervisor = tokio::spawn(acceptor::supervise(Arc::clone(&pool)));
         // If this future is dropped before `shutdown` resolves, the detached acceptors and
         // connections still stop: dropping the guard cancels them as a shutdown would.
-        let _stop_on_drop = ctx.shutdown.clone().drop_guard();
+        let stop = Stop {
+            shutdown: ctx.shutdown.clone(),
+            mailboxes: ctx.mailboxes.clone(),
+        };
         shutdown.await;
         tracing::info!(%local, live = ctx.stats.live_connections(), "shutting down");
-        ctx.shutdown.cancel();
+        stop.now();
         if let Err(error) = supervisor.await {
             tracing::error!("acceptor supervisor failed: {error}");
         }
@@ -168,6 +171,26 @@ impl<F: HandlerFactory> Server<F> {
         }
         tracing::info!(%local, "stopped");
         Ok(())
+    }
+}
+
+/// Stops a server's acceptors and connections: at shutdown, or when the `serve` future is
+/// dropped early. Connections learn of it from their mailboxes, which close.
+struct Stop {
+    shutdown: CancellationToken,
+    mailboxes: Mailboxes,
+}
+
+impl Stop {
+    fn now(&self) {
+        self.shutdown.cancel();
+        self.mailboxes.close_all();
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.now();
     }
 }
 

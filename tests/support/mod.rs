@@ -217,3 +217,17 @@ impl std::io::Write for LineSink {
         Ok(())
     }
 }
+
+/// This process's resident memory in KiB: servers under test run in it.
+pub fn rss_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
