@@ -84,13 +84,12 @@ async fn serve<F: HandlerFactory>(
         Ok(guest) => guest,
         Err(error) => {
             tracing::warn!("closing the connection: {error}");
-            return;
+            return linger_close(&mut socket).await;
         }
     };
-    let peer: Arc<str> = Arc::from(peer);
     let info = ConnInfo {
         id,
-        peer: peer.to_string(),
+        peer,
         local: address(socket.local_addr()),
         listener: config.name().to_string(),
     };
@@ -107,9 +106,11 @@ async fn serve<F: HandlerFactory>(
             return linger_close(&mut socket).await;
         }
     };
-    let handle = ConnectionHandle::new(id, peer, ctx.mailboxes.clone());
-    if let Some(on_open) = &ctx.hooks.on_open {
-        on_open(&handle);
+    let hooks = &ctx.hooks;
+    let handle = (hooks.on_open.is_some() || hooks.on_close.is_some())
+        .then(|| ConnectionHandle::new(id, Arc::from(info.peer.as_str()), ctx.mailboxes.clone()));
+    if let (Some(on_open), Some(handle)) = (&hooks.on_open, &handle) {
+        on_open(handle);
     }
     let ended = event_loop(ctx, &mut guest, &mut socket, &mut mailbox, next).await;
     // Gone from the registry before `close`: messages sent to it from now on (the others'
@@ -123,8 +124,8 @@ async fn serve<F: HandlerFactory>(
         }
         Err(fault) => Err((fault, "handle")),
     };
-    if let Some(on_close) = &ctx.hooks.on_close {
-        on_close(&handle);
+    if let (Some(on_close), Some(handle)) = (&hooks.on_close, &handle) {
+        on_close(handle);
     }
     match closed {
         // The client may be gone already; there is nobody left to tell about a failed write.

@@ -25,12 +25,17 @@
 //!
 //! 1. `init(conn-info)` runs once when the connection is accepted; the socket is open.
 //!    `ok(continue)` keeps it, `ok(close)` flushes and closes, `err` refuses it (no `close`).
-//! 2. `handle(event)` runs for every chunk read from the socket, in order, never two at once.
+//! 2. `handle(event)` runs for every chunk read from the socket, in order, and for every
+//!    message from another connection of the listener ([`mailbox`]), never two at once.
 //! 3. `close(reason)` runs exactly once when a connection whose `init` succeeded ends, unless a
-//!    call faulted (trap, CPU budget, call timeout) or the shutdown deadline passed first; what
-//!    it sends is flushed while the client can still receive it.
+//!    call faulted (trap, CPU budget, call timeout, memory limit) or the shutdown deadline
+//!    passed first; what it sends is flushed while the client can still receive it.
 //!
-//! Bytes the guest `send`s are written after each call returns.
+//! Bytes the guest `send`s are written after each call returns. Native code can watch
+//! connections open and close and message them ([`Server::on_open`], [`Server::on_close`],
+//! [`Server::mailboxes`]; the [`hooks`] module has glisten's connection-manager example), and
+//! one process can serve several listeners, each with its own plugin, limits and
+//! [`Capabilities`] ([`config_file`]).
 //!
 //! # Layout
 //!

@@ -249,11 +249,14 @@ impl Mailboxes {
         } else {
             // Over the byte limit, over the message limit, or closed: to the sender all three
             // are a mailbox that takes nothing more. The receiver has now missed a message,
-            // so its mailbox closes and its connection ends rather than go on with a gap.
+            // so its mailbox closes and its connection ends rather than go on with a gap —
+            // unless the server is shutting down, which ends every connection anyway.
             entry.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            entry.queue = None;
-            entry.overflow.cancel();
-            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+            if !self.inner.closed.load(Ordering::Acquire) {
+                entry.queue = None;
+                entry.overflow.cancel();
+                self.inner.refused.fetch_add(1, Ordering::Relaxed);
+            }
             Err(MessageError::MailboxFull)
         }
     }
@@ -430,6 +433,11 @@ mod tests {
         assert!(before.recv().await.is_none());
         let mut after = mailboxes.register(3);
         assert!(after.recv().await.is_none());
+        // Messages sent during shutdown are refused, but nobody is marked overflowed.
+        let refused = mailboxes.send(2, 3, Bytes::from_static(b"bye"));
+        assert_eq!(refused, Err(MessageError::MailboxFull));
+        assert!(!after.overflow_signal().is_cancelled());
+        assert_eq!(mailboxes.refused(), 0);
     }
 
     #[test]
