@@ -4,8 +4,9 @@
 #               (make run PLUGIN=chat LISTEN=127.0.0.1:7000 serves target/plugins/chat.wasm)
 #   make test   build everything, lint, and run every test
 #
-# Plugins are built for wasm32-wasip2 by scripts/build-plugins.sh, which installs the target
-# through rustup (or falls back to Debian's toolchain) and leaves each plugin at
+# Plugins are built for wasm32-wasip2 (or wasm32-unknown-unknown, where they use no WASI) by
+# scripts/build-plugins.sh, which installs the targets through rustup (or falls back to
+# Debian's toolchain) and leaves each plugin at
 # target/plugins/<name>.wasm.
 
 CARGO ?= cargo

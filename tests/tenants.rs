@@ -66,7 +66,12 @@ async fn misbehaving_tenants_end_only_their_own_connections() -> anyhow::Result<
     .await?;
     let hog = TestServer::start_with(
         plugin("hog"),
-        listener("hog").memory_limit(8 << 20).build()?,
+        // A CPU budget that cannot run out first, even on a loaded machine: the hog must
+        // meet its memory limit.
+        listener("hog")
+            .memory_limit(8 << 20)
+            .cpu_budget_per_call(Duration::from_secs(3))
+            .build()?,
     )
     .await?;
     let flood = TestServer::start_with(

@@ -27,7 +27,9 @@
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm` file cargo writes
-//! is the component `shoal serve` loads.
+//! is the component `shoal serve` loads. A plugin that uses no WASI can instead be built for
+//! `wasm32-unknown-unknown` and made a component with `tools/componentize`: it then imports
+//! only `shoal:plugin` and instantiates faster.
 //!
 //! # Lifecycle
 //!
