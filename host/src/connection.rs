@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -322,9 +322,17 @@ async fn linger_close(socket: &mut TcpStream) {
     if socket.shutdown().await.is_err() {
         return;
     }
-    // On the heap, not in this future: an array here would grow every connection's task.
-    let mut discard = vec![0u8; 4 << 10];
-    let drain = async { while let Ok(1..) = socket.read(&mut discard).await {} };
+    // Into lent read buffers: nothing to allocate or zero per connection, and nothing in
+    // this future (an array here would grow every connection's task).
+    let drain = async {
+        while let Ok(discarded) = read_lent(socket, 4 << 10).await {
+            let ended = discarded.is_empty();
+            read_buffers::give_back(discarded);
+            if ended {
+                break;
+            }
+        }
+    };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
