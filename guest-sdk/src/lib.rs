@@ -51,6 +51,9 @@
 //! call past its CPU budget or call timeout) ends only this connection: the host logs it with
 //! the connection id and closes the socket without calling `close`.
 
+#[cfg(all(feature = "heap", target_arch = "wasm32", target_os = "unknown"))]
+mod heap;
+
 #[doc(hidden)]
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
