@@ -14,12 +14,12 @@
 //! in order, or is disconnected — the policy of a BEAM chat server that drops a client that
 //! cannot keep up, with a bound on memory instead of an unbounded process mailbox.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The `from` of a message sent by the host program (an embedder hook) rather than by a
@@ -96,13 +96,56 @@ struct Registry {
 }
 
 struct Entry {
-    /// `None` once the mailbox is closed (it overflowed, or the server is shutting down):
-    /// the receiver then handles what is queued and sees the end of its mailbox.
-    queue: Option<mpsc::Sender<Message>>,
-    queued_bytes: Arc<AtomicUsize>,
+    inbox: Arc<Inbox>,
+    name: Option<String>,
+}
+
+/// One connection's queue, shared by the registry (senders) and its [`Mailbox`] (receiver).
+///
+/// A `VecDeque` behind a mutex rather than a tokio channel: an idle connection's empty queue
+/// allocates nothing, where a bounded channel allocates its first block of 32 slots up front
+/// (~1.8 KiB per connection).
+struct Inbox {
+    queue: Mutex<Queue>,
+    /// Woken after every change a waiting receiver must see: a message, or the close.
+    changed: Notify,
     /// Cancelled when the mailbox overflows, to interrupt a receiver blocked on its client.
     overflow: CancellationToken,
-    name: Option<String>,
+}
+
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<Message>,
+    bytes: usize,
+    /// Set once the mailbox takes nothing more (it overflowed, or the server is shutting
+    /// down): the receiver handles what is queued, then sees the end of its mailbox.
+    closed: bool,
+}
+
+/// Queues grown past this many slots by a burst give their memory back once drained.
+const KEPT_QUEUE_SLOTS: usize = 64;
+
+impl Inbox {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Every critical section is a few field updates that cannot panic half-way.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close(&self) {
+        self.queue().closed = true;
+        self.changed.notify_one();
+    }
+}
+
+impl Queue {
+    fn pop(&mut self) -> Option<Message> {
+        let message = self.messages.pop_front()?;
+        self.bytes -= message.payload.len();
+        if self.messages.is_empty() && self.messages.capacity() > KEPT_QUEUE_SLOTS {
+            self.messages = VecDeque::new();
+        }
+        Some(message)
+    }
 }
 
 impl Mailboxes {
@@ -126,24 +169,25 @@ impl Mailboxes {
 
     /// Give connection `id` a mailbox. The returned receiver removes it when dropped.
     pub(crate) fn register(&self, id: u64) -> Mailbox {
-        let (queue, receiver) = mpsc::channel(self.inner.limits.messages);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mut entries = self.entries();
         // Checked under the lock `close_all` takes, so no mailbox is left open at shutdown.
-        let queue = (!self.inner.closed.load(Ordering::Acquire)).then_some(queue);
-        let overflow = CancellationToken::new();
+        let closed = self.inner.closed.load(Ordering::Acquire);
+        let inbox = Arc::new(Inbox {
+            queue: Mutex::new(Queue {
+                closed,
+                ..Queue::default()
+            }),
+            changed: Notify::new(),
+            overflow: CancellationToken::new(),
+        });
         let entry = Entry {
-            queue,
-            queued_bytes: Arc::clone(&queued_bytes),
-            overflow: overflow.clone(),
+            inbox: Arc::clone(&inbox),
             name: None,
         };
         entries.insert(id, entry);
         Mailbox {
             id,
-            receiver,
-            queued_bytes,
-            overflow,
+            inbox,
             registry: self.clone(),
         }
     }
@@ -151,10 +195,10 @@ impl Mailboxes {
     /// Close every mailbox, now and to come: each connection handles what its mailbox holds,
     /// then sees its end (the server is shutting down).
     pub(crate) fn close_all(&self) {
-        let mut entries = self.entries();
+        let entries = self.entries();
         self.inner.closed.store(true, Ordering::Release);
-        for entry in entries.values_mut() {
-            entry.queue = None;
+        for entry in entries.values() {
+            entry.inbox.close();
         }
     }
 
@@ -167,8 +211,8 @@ impl Mailboxes {
         if payload.len() > self.inner.limits.bytes {
             return Err(MessageError::TooLarge);
         }
-        let mut entries = self.entries();
-        let entry = entries.get_mut(&to).ok_or(MessageError::NoSuchConnection)?;
+        let entries = self.entries();
+        let entry = entries.get(&to).ok_or(MessageError::NoSuchConnection)?;
         self.deliver(entry, from, payload)
     }
 
@@ -178,9 +222,9 @@ impl Mailboxes {
         if payload.len() > self.inner.limits.bytes {
             return 0;
         }
-        let mut entries = self.entries();
+        let entries = self.entries();
         let mut delivered = 0;
-        for (id, entry) in entries.iter_mut() {
+        for (id, entry) in entries.iter() {
             if *id != from && self.deliver(entry, from, payload.clone()).is_ok() {
                 delivered += 1;
             }
@@ -235,30 +279,38 @@ impl Mailboxes {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
-    fn deliver(&self, entry: &mut Entry, from: u64, payload: Bytes) -> Result<(), MessageError> {
-        let size = payload.len();
-        let before = entry.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        let queued = before + size <= self.inner.limits.bytes
-            && entry
-                .queue
-                .as_ref()
-                .is_some_and(|queue| queue.try_send(Message { from, payload }).is_ok());
-        if queued {
-            self.inner.delivered.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        } else {
-            // Over the byte limit, over the message limit, or closed: to the sender all three
-            // are a mailbox that takes nothing more. The receiver has now missed a message,
-            // so its mailbox closes and its connection ends rather than go on with a gap —
-            // unless the server is shutting down, which ends every connection anyway.
-            entry.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            if !self.inner.closed.load(Ordering::Acquire) {
-                entry.queue = None;
-                entry.overflow.cancel();
-                self.inner.refused.fetch_add(1, Ordering::Relaxed);
+    fn deliver(&self, entry: &Entry, from: u64, payload: Bytes) -> Result<(), MessageError> {
+        let inbox = &entry.inbox;
+        let mut queue = inbox.queue();
+        let limits = &self.inner.limits;
+        let fits = !queue.closed
+            && queue.messages.len() < limits.messages
+            && queue.bytes + payload.len() <= limits.bytes;
+        if fits {
+            queue.bytes += payload.len();
+            // The receiver waits only after finding its queue empty (under this lock), so
+            // only the message that fills an empty queue needs to wake it.
+            let wake = queue.messages.is_empty();
+            queue.messages.push_back(Message { from, payload });
+            drop(queue);
+            if wake {
+                inbox.changed.notify_one();
             }
-            Err(MessageError::MailboxFull)
+            self.inner.delivered.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
+        // Over the byte limit, over the message limit, or closed: to the sender all three
+        // are a mailbox that takes nothing more. The receiver has now missed a message, so
+        // its mailbox closes and its connection ends rather than go on with a gap — unless
+        // the server is shutting down, which ends every connection anyway.
+        if !self.inner.closed.load(Ordering::Acquire) {
+            queue.closed = true;
+            drop(queue);
+            inbox.changed.notify_one();
+            inbox.overflow.cancel();
+            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(MessageError::MailboxFull)
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
@@ -283,34 +335,42 @@ impl std::fmt::Debug for Mailboxes {
 /// The receiving end of one connection's mailbox; leaving the registry when dropped.
 pub(crate) struct Mailbox {
     id: u64,
-    receiver: mpsc::Receiver<Message>,
-    queued_bytes: Arc<AtomicUsize>,
-    overflow: CancellationToken,
+    inbox: Arc<Inbox>,
     registry: Mailboxes,
 }
 
 impl Mailbox {
     /// The next message, waiting for one; `None` once the mailbox is closed (it overflowed,
     /// or the server is shutting down) and empty.
+    ///
+    /// Cancel-safe: a message is taken only by the poll that returns it.
     pub(crate) async fn recv(&mut self) -> Option<Message> {
-        let message = self.receiver.recv().await?;
-        self.queued_bytes
-            .fetch_sub(message.payload.len(), Ordering::AcqRel);
-        Some(message)
+        loop {
+            {
+                // One lock for both checks: messages queued before the close come first.
+                let mut queue = self.inbox.queue();
+                if let Some(message) = queue.pop() {
+                    return Some(message);
+                }
+                if queue.closed {
+                    return None;
+                }
+            }
+            // A change since the checks above left a permit (`notify_one`), so this cannot
+            // miss it; one receiver per inbox, so nobody else takes the permit.
+            self.inbox.changed.notified().await;
+        }
     }
 
     /// The next message if one is waiting.
     pub(crate) fn try_recv(&mut self) -> Option<Message> {
-        let message = self.receiver.try_recv().ok()?;
-        self.queued_bytes
-            .fetch_sub(message.payload.len(), Ordering::AcqRel);
-        Some(message)
+        self.inbox.queue().pop()
     }
 
     /// Cancelled once the mailbox overflowed: a receiver blocked writing to a client that does
     /// not read waits on it too, so that it ends at once rather than at its write timeout.
     pub(crate) fn overflow_signal(&self) -> CancellationToken {
-        self.overflow.clone()
+        self.inbox.overflow.clone()
     }
 
     /// Leave the registry now: later sends to this connection fail with `NoSuchConnection`.
@@ -438,6 +498,24 @@ mod tests {
         assert_eq!(refused, Err(MessageError::MailboxFull));
         assert!(!after.overflow_signal().is_cancelled());
         assert_eq!(mailboxes.refused(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_for_a_message_and_for_the_close() {
+        let mailboxes = registry(4, 64);
+        let mut inbox = mailboxes.register(1);
+        let waiting = tokio::spawn(async move { (inbox.recv().await, inbox) });
+        tokio::task::yield_now().await;
+        assert_eq!(mailboxes.send(2, 1, Bytes::from_static(b"hi")), Ok(()));
+        let (message, mut inbox) = waiting.await.expect("the receiver task");
+        assert_eq!(message.map(|m| m.payload), Some(Bytes::from("hi")));
+        let waiting = tokio::spawn(async move { inbox.recv().await.is_none() });
+        tokio::task::yield_now().await;
+        mailboxes.close_all();
+        assert!(
+            waiting.await.expect("the receiver task"),
+            "woken by the close"
+        );
     }
 
     #[test]
