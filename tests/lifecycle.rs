@@ -389,3 +389,36 @@ async fn an_instance_can_be_driven_by_hand_without_a_socket() -> anyhow::Result<
     assert!(matches!(fault, Err(GuestFault::Trap(_))), "{fault:?}");
     Ok(())
 }
+
+/// The guest SDK's heap starts in the initial memory (guest-sdk's `heap` module): serving a
+/// connection's first allocations must not grow the memory, which would cost an `mprotect`
+/// and a page fault per connection. A guest that needs more still grows.
+#[tokio::test]
+async fn a_small_guest_serves_its_heap_from_the_initial_memory() -> anyhow::Result<()> {
+    use shoal_host::{ConnInfo, Event, Instance, ServerConfig};
+
+    let config = ServerConfig::builder().name("heap").build()?;
+    let info = ConnInfo {
+        id: 1,
+        peer: "127.0.0.1:1".into(),
+        local: "127.0.0.1:2".into(),
+        listener: "heap".into(),
+    };
+    let mut echo = Instance::new(&plugin("echo"), &config).await?;
+    let initial = echo.memory_bytes();
+    assert!(initial > 0, "the limiter saw the memory made");
+    assert_eq!(echo.init(&info).await?, Ok(shoal_host::Next::Continue));
+    for _ in 0..100 {
+        echo.handle(&Event::Data(vec![7; 4096])).await?;
+        assert_eq!(echo.output().len(), 4096);
+        echo.clear_output();
+    }
+    assert_eq!(echo.memory_bytes(), initial, "echo never grew its memory");
+
+    // More than the initial memory's free end holds: the heap grows past it, and works.
+    let big = vec![9; 256 << 10];
+    echo.handle(&Event::Data(big.clone())).await?;
+    assert_eq!(echo.output(), &big[..]);
+    assert!(echo.memory_bytes() > initial, "a large heap still grows");
+    Ok(())
+}

@@ -31,6 +31,14 @@
 //! `wasm32-unknown-unknown` and made a component with `tools/componentize`: it then imports
 //! only `shoal:plugin` and instantiates faster.
 //!
+//! On `wasm32-unknown-unknown` the default `heap` feature gives the plugin Rust's usual
+//! allocator (dlmalloc) fed first from the unused end of the initial linear memory, so that
+//! serving a connection does not grow the memory (each growth costs the host a page fault and
+//! two `mprotect` calls per connection). Link with an initial memory that leaves 64 KiB free
+//! past the data segments, e.g. `-C link-arg=--initial-memory=196608` next to
+//! `-C link-arg=-zstack-size=65536` (shoal's `plugins/.cargo/config.toml` does); turn the
+//! feature off to use a `#[global_allocator]` of your own.
+//!
 //! # Lifecycle
 //!
 //! 1. [`Handler::init`] runs once, right after the connection is accepted; the socket is open.

@@ -255,6 +255,9 @@ impl log::Host for ConnState {
 pub(crate) struct MemoryCap {
     limit: usize,
     refused: bool,
+    /// The sizes of the instance's memories, added up: what instantiation and each allowed
+    /// `memory.grow` made them.
+    bytes: usize,
 }
 
 /// Most elements a table may grow to: far more than compiled guests use.
@@ -265,7 +268,13 @@ impl MemoryCap {
         Self {
             limit,
             refused: false,
+            bytes: 0,
         }
+    }
+
+    /// The sizes of the instance's linear memories, added up.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The cap, when a growth past it was refused.
@@ -277,12 +286,15 @@ impl MemoryCap {
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.limit;
         self.refused |= !allowed;
+        if allowed {
+            self.bytes += desired.saturating_sub(current);
+        }
         Ok(allowed)
     }
 
@@ -299,6 +311,10 @@ impl ResourceLimiter for MemoryCap {
 impl ConnState {
     pub(crate) fn memory_cap(&mut self) -> &mut MemoryCap {
         &mut self.memory
+    }
+
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.memory.bytes()
     }
 
     pub(crate) fn memory_refused(&self) -> Option<usize> {

@@ -207,6 +207,14 @@ impl Instance {
         self.store.data().output()
     }
 
+    /// The size of the instance's linear memory in bytes (all its memories added up): what
+    /// instantiation gave it plus every `memory.grow` since. Not what is resident — a page
+    /// the guest never touched costs nothing.
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().memory_bytes()
+    }
+
     /// Forget the queued output (once it has been written).
     pub fn clear_output(&mut self) {
         self.store.data_mut().clear_output();
