@@ -25,8 +25,9 @@ pub(crate) struct ConnState {
     mailboxes: Mailboxes,
     capabilities: Arc<Capabilities>,
     memory: MemoryCap,
-    /// Made on the first WASI call (see `WasiView::ctx`).
-    wasi: Option<WasiCtx>,
+    /// Made on the first WASI call (see `WasiView::ctx`); boxed, so that the stores of
+    /// guests that never make one do not carry its 272 bytes.
+    wasi: Option<Box<WasiCtx>>,
     table: ResourceTable,
     output: Vec<u8>,
     output_limit: usize,
@@ -172,7 +173,7 @@ impl WasiView for ConnState {
         WasiCtxView {
             ctx: self
                 .wasi
-                .get_or_insert_with(|| granted_wasi(stdio, grants, log)),
+                .get_or_insert_with(|| Box::new(granted_wasi(stdio, grants, log))),
             table: &mut self.table,
         }
     }
