@@ -1,5 +1,5 @@
-//! Time limits through a real server: a silent client, a client that never reads, a guest
-//! that waits inside a call.
+//! Time limits through a real server: a silent client, one that falls silent after talking,
+//! a client that never reads, a guest that waits inside a call.
 
 mod support;
 
@@ -23,6 +23,38 @@ async fn a_silent_client_is_closed_with_idle_timeout() -> anyhow::Result<()> {
     assert_eq!(read_line(&mut reader).await?, "bye (idle-timeout)");
     assert!(read_to_end(&mut reader).await?.is_empty());
     server.wait_idle().await?;
+    server.shutdown().await
+}
+
+/// The idle timer is moved only when it fires (not at every read): a client that keeps
+/// talking past the timeout stays, and once silent it is closed a whole timeout after its
+/// last bytes, never sooner.
+#[tokio::test]
+async fn the_idle_timeout_counts_from_the_last_bytes_the_client_sent() -> anyhow::Result<()> {
+    let idle = Duration::from_millis(400);
+    let config = ServerConfig::builder()
+        .name("greeter")
+        .idle_timeout(idle)
+        .build()?;
+    let server = TestServer::start_with(plugin("greeter"), config).await?;
+    let mut reader = BufReader::new(server.connect().await?);
+    assert!(read_line(&mut reader).await?.starts_with("hello "));
+    for n in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        reader
+            .get_mut()
+            .write_all(format!("line {n}\n").as_bytes())
+            .await?;
+        let answer = read_line(&mut reader).await?;
+        assert!(answer.ends_with(&format!("line {n}")), "{answer:?}");
+    }
+    let last_input = std::time::Instant::now();
+    assert_eq!(read_line(&mut reader).await?, "bye (idle-timeout)");
+    assert!(
+        last_input.elapsed() >= idle,
+        "closed {:?} after the last bytes, before the idle timeout",
+        last_input.elapsed()
+    );
     server.shutdown().await
 }
 

@@ -213,7 +213,11 @@ async fn event_loop<F: HandlerFactory>(
 ) -> Result<CloseReason, GuestFault> {
     let config = &ctx.config;
     // Idle means no byte from the client: messages from others do not keep a silent client.
-    let mut idle_deadline = Instant::now() + config.idle_timeout();
+    // One timer for the whole connection, moved only when it fires: re-arming it at every
+    // read would register and deregister a timer per round trip.
+    let mut last_input = Instant::now();
+    let idle = tokio::time::sleep_until(last_input + config.idle_timeout());
+    tokio::pin!(idle);
     let overflow = mailbox.overflow_signal();
     loop {
         // The overflow branch is polled only while the write is pending: a client that does
@@ -233,7 +237,15 @@ async fn event_loop<F: HandlerFactory>(
         }
         let input = tokio::select! {
             biased;
-            () = tokio::time::sleep_until(idle_deadline) => return Ok(CloseReason::IdleTimeout),
+            () = &mut idle => {
+                let deadline = last_input + config.idle_timeout();
+                if Instant::now() >= deadline {
+                    return Ok(CloseReason::IdleTimeout);
+                }
+                // The client spoke since the timer was set: wait for the rest of its time.
+                idle.as_mut().reset(deadline);
+                continue;
+            }
             input = next_input(socket, mailbox, config.read_buffer_size()) => input,
         };
         let event = match input {
@@ -242,7 +254,7 @@ async fn event_loop<F: HandlerFactory>(
                 return Ok(CloseReason::PeerClosed);
             }
             Ok(Input::Data(buffer)) => {
-                idle_deadline = Instant::now() + config.idle_timeout();
+                last_input = Instant::now();
                 Event::Data(buffer)
             }
             Ok(Input::Message(message)) => {
@@ -341,7 +353,21 @@ async fn flush(
     if guest.output().is_empty() {
         return Ok(());
     }
-    let written = tokio::time::timeout(timeout, socket.write_all(guest.output())).await;
+    // Most output fits the socket buffer at once: try that before arming the write timeout.
+    let sent = match socket.try_write(guest.output()) {
+        Ok(sent) => sent,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(error) => {
+            guest.mark_unwritable();
+            return Err(ended_by(&error, "write"));
+        }
+    };
+    if sent == guest.output().len() {
+        guest.clear_output();
+        return Ok(());
+    }
+    let rest = &guest.output()[sent..];
+    let written = tokio::time::timeout(timeout, socket.write_all(rest)).await;
     let failure = match written {
         Ok(Ok(())) => {
             guest.clear_output();

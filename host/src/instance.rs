@@ -26,6 +26,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
@@ -51,13 +52,24 @@ impl fmt::Display for CpuBudgetExceeded {
 
 impl std::error::Error for CpuBudgetExceeded {}
 
-/// Run a guest call within its wall-clock timeout. Dropping a call in progress leaves the
-/// instance unusable, which a fault means anyway.
+/// Run a guest call, started at `started`, within its wall-clock timeout. Dropping a call in
+/// progress leaves the instance unusable, which a fault means anyway.
+///
+/// Most calls finish in their first poll (a guest is suspended only at an epoch tick or when
+/// it waits), so the timer is armed only for a call that did not: creating it for every call
+/// cost ~200 instructions per round trip.
 async fn guarded<R>(
+    started: Instant,
     timeout: Duration,
     call: impl Future<Output = wasmtime::Result<R>>,
 ) -> Result<wasmtime::Result<R>, GuestFault> {
-    tokio::time::timeout(timeout, call)
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return Ok(result);
+    }
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    tokio::time::timeout_at(deadline, call)
         .await
         .map_err(|_| GuestFault::CallTimeout(timeout))
 }
@@ -151,9 +163,12 @@ impl Instance {
         }
     }
 
-    fn start_call(&mut self) {
-        self.store.data_mut().budget.start(Instant::now());
+    /// Start the CPU budget of a call; returns when it started.
+    fn start_call(&mut self) -> Instant {
+        let started = Instant::now();
+        self.store.data_mut().budget.start(started);
         self.store.set_epoch_deadline(1);
+        started
     }
 
     /// Step 1 of the lifecycle: `Ok(Ok(next))`, or `Ok(Err(text))` when the guest refuses the
@@ -163,9 +178,10 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
-        self.start_call();
+        let started = self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        let result = guarded(self.call_timeout, handler.call_init(&mut self.store, info)).await?;
+        let call = handler.call_init(&mut self.store, info);
+        let result = guarded(started, self.call_timeout, call).await?;
         result.map_err(|e| self.fault(&e))
     }
 
@@ -175,13 +191,10 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
-        self.start_call();
+        let started = self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        let result = guarded(
-            self.call_timeout,
-            handler.call_handle(&mut self.store, event),
-        )
-        .await?;
+        let call = handler.call_handle(&mut self.store, event);
+        let result = guarded(started, self.call_timeout, call).await?;
         result.map_err(|e| self.fault(&e))
     }
 
@@ -191,13 +204,10 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
-        self.start_call();
+        let started = self.start_call();
         let handler = self.exports.shoal_plugin_handler();
-        let result = guarded(
-            self.call_timeout,
-            handler.call_close(&mut self.store, reason),
-        )
-        .await?;
+        let call = handler.call_close(&mut self.store, reason);
+        let result = guarded(started, self.call_timeout, call).await?;
         result.map_err(|e| self.fault(&e))
     }
 
