@@ -19,6 +19,17 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
     percentile(values, 0.5)
 }
 
+/// `a[i] / b[i]` for each round both measured (`b[i]` above zero): ratios of two servers
+/// measured side by side, round by round, so that a round on a busy machine slows both.
+#[must_use]
+pub fn paired_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect()
+}
+
 /// Microseconds, for tables.
 #[must_use]
 pub fn micros(duration: Duration) -> f64 {
@@ -37,6 +48,12 @@ mod tests {
         assert_eq!(percentile(&samples, 1.0), Some(100));
         assert_eq!(percentile(&samples, 0.0), Some(1));
         assert_eq!(percentile::<u32>(&[], 0.5), None);
+    }
+
+    #[test]
+    fn ratios_pair_rounds_in_order() {
+        let ratios = paired_ratios(&[10.0, 30.0, 5.0], &[20.0, 30.0, 0.0, 7.0]);
+        assert_eq!(ratios, vec![0.5, 1.0]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use shoal_bench::{median, micros, percentile};
+use shoal_bench::{median, micros, paired_ratios, percentile};
 use shoal_host::mailbox::{MailboxLimits, Mailboxes};
 use shoal_host::{
     CloseReason, ConnInfo, ConnectionHandler, HandlerFactory, NewConnection, Next, Plugin, Runtime,
@@ -22,7 +22,7 @@ use shoal_host::{
 #[derive(Parser)]
 struct Args {
     /// Rounds of every scenario (servers alternate within a round).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Measured seconds per load scenario (after a one-second warm-up).
     #[arg(long, default_value_t = 5.0)]
@@ -665,7 +665,8 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
     };
     let mut out = String::new();
     out.push_str(&format!(
-        "Medians of {} rounds; load scenarios {} s each after a 1 s warm-up; {} idle connections; \
+        "Medians of {} rounds; Wasm / native is the median of the per-round ratios (their \
+         range in brackets); load scenarios {} s each after a 1 s warm-up; {} idle connections; \
          {}.\n\n",
         args.rounds,
         args.seconds,
@@ -679,6 +680,13 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
     out.push_str("| metric | shoal Wasm echo | shoal native echo | raw tokio echo | Wasm / native | Wasm echo + 64 KiB state |\n");
     out.push_str("|---|---|---|---|---|---|\n");
     for metric in metrics {
+        // Before the medians below sort the values out of round order. The native lifecycle
+        // is a struct on the heap: a ratio against it would mean nothing.
+        let ratio = if metric.starts_with("lifecycle") {
+            "–".to_string()
+        } else {
+            ratio_cell(results, metric)
+        };
         let wasm = value(results, Kind::Wasm, metric);
         let native = value(results, Kind::Native, metric);
         let raw = value(results, Kind::Raw, metric);
@@ -687,10 +695,6 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
             None => "–".to_string(),
             Some(v) if v < 10.0 => format!("{v:.2}"),
             Some(v) => format!("{v:.1}"),
-        };
-        let ratio = match (wasm, native) {
-            (Some(w), Some(n)) if n > 0.0 => format!("{:.2}×", w / n),
-            _ => "–".to_string(),
         };
         out.push_str(&format!(
             "| {metric} | {} | {} | {} | {ratio} | {} |\n",
@@ -701,6 +705,28 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
         ));
     }
     out
+}
+
+/// Wasm / native for `metric`: the median of the per-round ratios (each round measures both
+/// servers back to back), with their range when there are several rounds.
+fn ratio_cell(results: &Results, metric: &str) -> String {
+    let values = |kind: Kind| {
+        results
+            .iter()
+            .find(|((k, m), _)| *k == kind && *m == metric)
+            .map(|(_, values)| values.clone())
+            .unwrap_or_default()
+    };
+    let mut ratios = paired_ratios(&values(Kind::Wasm), &values(Kind::Native));
+    let Some(middle) = median(&mut ratios) else {
+        return "–".to_string();
+    };
+    match (ratios.first(), ratios.last()) {
+        (Some(low), Some(high)) if ratios.len() > 1 => {
+            format!("{middle:.2}× ({low:.2}–{high:.2})")
+        }
+        _ => format!("{middle:.2}×"),
+    }
 }
 
 #[cfg(test)]
