@@ -39,8 +39,11 @@ async fn the_idle_timeout_counts_from_the_last_bytes_the_client_sent() -> anyhow
     let server = TestServer::start_with(plugin("greeter"), config).await?;
     let mut reader = BufReader::new(server.connect().await?);
     assert!(read_line(&mut reader).await?.starts_with("hello "));
+    let mut last_input = std::time::Instant::now();
     for n in 0..8 {
         tokio::time::sleep(Duration::from_millis(150)).await;
+        // Taken before the bytes leave: the server's own clock starts later, never sooner.
+        last_input = std::time::Instant::now();
         reader
             .get_mut()
             .write_all(format!("line {n}\n").as_bytes())
@@ -48,7 +51,6 @@ async fn the_idle_timeout_counts_from_the_last_bytes_the_client_sent() -> anyhow
         let answer = read_line(&mut reader).await?;
         assert!(answer.ends_with(&format!("line {n}")), "{answer:?}");
     }
-    let last_input = std::time::Instant::now();
     assert_eq!(read_line(&mut reader).await?, "bye (idle-timeout)");
     assert!(
         last_input.elapsed() >= idle,

@@ -21,6 +21,7 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
 
 /// `a[i] / b[i]` for each round both measured (`b[i]` above zero): ratios of two servers
 /// measured side by side, round by round, so that a round on a busy machine slows both.
+/// Rounds pair by index: both slices must hold one value per round, in round order.
 #[must_use]
 pub fn paired_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter()

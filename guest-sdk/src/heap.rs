@@ -14,9 +14,11 @@
 //! past the data segments (`plugins/.cargo/config.toml` does) or the first request still grows
 //! the memory — by the part that does not fit, contiguously, so the heap stays one segment.
 //!
-//! Switched on by the default `heap` feature, on `wasm32-unknown-unknown` only (`wasm32-wasip2`
-//! builds use wasi-libc's allocator, which already starts at `__heap_base`). A plugin with its
-//! own `#[global_allocator]` turns the feature off.
+//! Switched on by the default `heap` feature, on `wasm32-unknown-unknown` without the atomics
+//! feature only (`wasm32-wasip2` builds use wasi-libc's allocator, which already starts at
+//! `__heap_base`). A plugin with its own `#[global_allocator]` turns the feature off. The
+//! link flag makes the initial memory exactly three pages: a plugin whose stack and data need
+//! more fails to link ("initial memory too small") and should raise it.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::arch::wasm32;
@@ -46,6 +48,8 @@ impl InitialMemoryFirst {
     }
 
     /// The first request: `[__heap_base, end of memory)`, grown contiguously if it is short.
+    /// Nothing grows the memory before the first allocation (this allocator is the only
+    /// caller of `memory.grow` in a Rust plugin), so the end of memory is the initial end.
     fn tail(size: usize) -> Option<(usize, usize)> {
         let start = (&raw const __heap_base).addr().next_multiple_of(16);
         let end = wasm32::memory_size(0) * PAGE;
@@ -102,9 +106,8 @@ unsafe impl Allocator for InitialMemoryFirst {
 /// The global allocator: one dlmalloc per instance.
 struct Heap(UnsafeCell<Dlmalloc<InitialMemoryFirst>>);
 
-// SAFETY: a `wasm32-unknown-unknown` instance without the atomics feature has one thread, so
-// the allocator is never entered concurrently.
-#[cfg(not(target_feature = "atomics"))]
+// SAFETY: the module is built only without the atomics feature: an instance has one thread,
+// so the allocator is never entered concurrently.
 unsafe impl Sync for Heap {}
 
 #[global_allocator]

@@ -59,7 +59,13 @@
 //! call past its CPU budget or call timeout) ends only this connection: the host logs it with
 //! the connection id and closes the socket without calling `close`.
 
-#[cfg(all(feature = "heap", target_arch = "wasm32", target_os = "unknown"))]
+// Single-threaded instances only: with the atomics feature std's own allocator stays.
+#[cfg(all(
+    feature = "heap",
+    target_arch = "wasm32",
+    target_os = "unknown",
+    not(target_feature = "atomics")
+))]
 mod heap;
 
 #[doc(hidden)]

@@ -73,7 +73,7 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
             accepted = pool.listener.accept() => accepted,
         };
         match accepted {
-            Ok((socket, _peer)) => {
+            Ok((socket, peer)) => {
                 backoff = BACKOFF_MIN;
                 pool.ctx.stats.count_accepted();
                 if let Err(error) = socket.set_nodelay(true) {
@@ -88,7 +88,7 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                         () = hard_stop.cancelled() => {
                             tracing::warn!("connection dropped at the shutdown deadline");
                         }
-                        () = connection::run(&ctx, socket) => {}
+                        () = connection::run(&ctx, socket, Ok(peer)) => {}
                     }
                 });
             }

@@ -2,6 +2,7 @@
 //! `handle`, write what the guest sent after each call, and `close` exactly once.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,12 +51,30 @@ pub(crate) struct ConnectionContext<F> {
     /// the server closes at the same time (one wake-up source per connection, not two), and
     /// then give their guest `close(shutdown)`.
     pub(crate) shutdown: CancellationToken,
+    /// The listener's address as text when it is bound to one address: then every
+    /// connection's local address, formatted once. `None` for a wildcard listener, whose
+    /// connections' local addresses differ (read per connection).
+    pub(crate) local: Option<String>,
 }
 
-/// Serve one accepted socket until it ends.
-pub(crate) async fn run<F: HandlerFactory>(ctx: &ConnectionContext<F>, socket: TcpStream) {
+/// What a [`ConnectionContext`] keeps of its listener's address `bound`: the text every
+/// connection's local address will be, unless the listener is bound to a wildcard address.
+pub(crate) fn fixed_local_address(bound: io::Result<SocketAddr>) -> Option<String> {
+    bound
+        .ok()
+        .filter(|addr| !addr.ip().is_unspecified())
+        .map(|addr| addr.to_string())
+}
+
+/// Serve one accepted socket, from the client at `peer` (as `accept` reported it), until it
+/// ends.
+pub(crate) async fn run<F: HandlerFactory>(
+    ctx: &ConnectionContext<F>,
+    socket: TcpStream,
+    peer: io::Result<SocketAddr>,
+) {
     let id = next_conn_id();
-    let peer = address(socket.peer_addr());
+    let peer = address(peer);
     // At `debug` only: a span's fields are formatted when it is created (~8,000 instructions
     // per connection with the fmt subscriber), for lines that are rarely written. The lines
     // logged at `info` and above carry the connection's fields themselves (`log_conn!`).
@@ -84,7 +103,7 @@ macro_rules! log_conn {
     };
 }
 
-fn address(addr: io::Result<std::net::SocketAddr>) -> String {
+fn address(addr: io::Result<SocketAddr>) -> String {
     addr.map_or_else(|_| "unknown".to_string(), |a| a.to_string())
 }
 
@@ -98,7 +117,10 @@ async fn serve<F: HandlerFactory>(
     let info = ConnInfo {
         id,
         peer,
-        local: address(socket.local_addr()),
+        local: ctx
+            .local
+            .clone()
+            .unwrap_or_else(|| address(socket.local_addr())),
         listener: config.name().to_string(),
     };
     let who = Who {
@@ -416,6 +438,18 @@ fn ended_by(error: &io::Error, operation: &str) -> CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_bound_to_one_address_gives_every_connection_its_text() {
+        let bound = |text: &str| text.parse::<SocketAddr>().map_err(io::Error::other);
+        assert_eq!(
+            fixed_local_address(bound("127.0.0.1:8080")).as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(fixed_local_address(bound("0.0.0.0:8080")), None);
+        assert_eq!(fixed_local_address(bound("[::]:8080")), None);
+        assert_eq!(fixed_local_address(Err(io::Error::other("gone"))), None);
+    }
 
     #[test]
     fn a_reset_is_the_peer_closing() {

@@ -256,9 +256,12 @@ impl log::Host for ConnState {
 pub(crate) struct MemoryCap {
     limit: usize,
     refused: bool,
-    /// The sizes of the instance's memories, added up: what instantiation and each allowed
+    /// The sizes of the instance's memories, added up: what instantiation and each
     /// `memory.grow` made them.
     bytes: usize,
+    /// The growth last allowed, taken back if wasmtime then fails it anyway (a module's own
+    /// maximum, the pool's slot size).
+    allowed: usize,
 }
 
 /// Most elements a table may grow to: far more than compiled guests use.
@@ -270,6 +273,7 @@ impl MemoryCap {
             limit,
             refused: false,
             bytes: 0,
+            allowed: 0,
         }
     }
 
@@ -294,9 +298,16 @@ impl ResourceLimiter for MemoryCap {
         let allowed = desired <= self.limit;
         self.refused |= !allowed;
         if allowed {
-            self.bytes += desired.saturating_sub(current);
+            self.allowed = desired.saturating_sub(current);
+            self.bytes += self.allowed;
         }
         Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        tracing::debug!("a memory growth failed after the limiter allowed it: {error:#}");
+        self.bytes -= std::mem::take(&mut self.allowed);
+        Ok(())
     }
 
     fn table_growing(

@@ -400,6 +400,8 @@ fn truncate(text: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn registry(messages: usize, bytes: usize) -> Mailboxes {
@@ -505,18 +507,20 @@ mod tests {
     async fn a_waiting_receiver_wakes_for_a_message_and_for_the_close() {
         let mailboxes = registry(4, 64);
         let mut inbox = mailboxes.register(1);
+        // A receive given up before anything came (as when the socket wins a select).
+        let given_up = tokio::time::timeout(Duration::from_millis(10), inbox.recv()).await;
+        assert!(given_up.is_err());
         let waiting = tokio::spawn(async move { (inbox.recv().await, inbox) });
         tokio::task::yield_now().await;
         assert_eq!(mailboxes.send(2, 1, Bytes::from_static(b"hi")), Ok(()));
-        let (message, mut inbox) = waiting.await.expect("the receiver task");
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        let (message, mut inbox) = woken.expect("woken by the message").expect("the task");
         assert_eq!(message.map(|m| m.payload), Some(Bytes::from("hi")));
         let waiting = tokio::spawn(async move { inbox.recv().await.is_none() });
         tokio::task::yield_now().await;
         mailboxes.close_all();
-        assert!(
-            waiting.await.expect("the receiver task"),
-            "woken by the close"
-        );
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(woken.expect("woken by the close").expect("the task"));
     }
 
     #[test]

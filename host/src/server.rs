@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::acceptor::{self, AcceptorPool};
 use crate::config::ServerConfig;
-use crate::connection::ConnectionContext;
+use crate::connection::{self, ConnectionContext};
 use crate::error::ServeError;
 use crate::handler::HandlerFactory;
 use crate::hooks::{ConnectionHandle, Hooks};
@@ -128,6 +128,7 @@ impl<F: HandlerFactory> Server<F> {
             mailboxes: self.mailboxes,
             hooks: self.hooks,
             shutdown: CancellationToken::new(),
+            local: connection::fixed_local_address(Ok(local)),
         });
         let connections = TaskTracker::new();
         let hard_stop = CancellationToken::new();

@@ -133,8 +133,10 @@ impl Socket {
             mailboxes: Mailboxes::new(MailboxLimits::from(config)),
             hooks: Hooks::default(),
             shutdown: CancellationToken::new(),
+            local: connection::fixed_local_address(self.stream.local_addr()),
         };
-        connection::run(&ctx, self.stream).await;
+        let peer = self.stream.peer_addr();
+        connection::run(&ctx, self.stream, peer).await;
     }
 
     /// The tokio stream.
