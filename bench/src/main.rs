@@ -657,11 +657,10 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
             metrics.push(metric);
         }
     }
-    let value = |results: &mut Results, kind: Kind, metric: &str| -> Option<f64> {
+    let value = |results: &mut Results, kind: Kind, metric: &'static str| -> Option<f64> {
         results
-            .iter_mut()
-            .find(|((k, m), _)| *k == kind && *m == metric)
-            .and_then(|(_, values)| median(values))
+            .get_mut(&(kind, metric))
+            .and_then(|values| median(values))
     };
     let mut out = String::new();
     out.push_str(&format!(
@@ -682,7 +681,7 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
     for metric in metrics {
         // Before the medians below sort the values out of round order. The native lifecycle
         // is a struct on the heap: a ratio against it would mean nothing.
-        let ratio = if metric.starts_with("lifecycle") {
+        let ratio = if metric == LIFECYCLE.0 || metric == LIFECYCLE.1 {
             "–".to_string()
         } else {
             ratio_cell(results, metric)
@@ -709,15 +708,9 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
 
 /// Wasm / native for `metric`: the median of the per-round ratios (each round measures both
 /// servers back to back), with their range when there are several rounds.
-fn ratio_cell(results: &Results, metric: &str) -> String {
-    let values = |kind: Kind| {
-        results
-            .iter()
-            .find(|((k, m), _)| *k == kind && *m == metric)
-            .map(|(_, values)| values.clone())
-            .unwrap_or_default()
-    };
-    let mut ratios = paired_ratios(&values(Kind::Wasm), &values(Kind::Native));
+fn ratio_cell(results: &Results, metric: &'static str) -> String {
+    let values = |kind: Kind| results.get(&(kind, metric)).map_or(&[][..], Vec::as_slice);
+    let mut ratios = paired_ratios(values(Kind::Wasm), values(Kind::Native));
     let Some(middle) = median(&mut ratios) else {
         return "–".to_string();
     };

@@ -256,12 +256,11 @@ impl log::Host for ConnState {
 pub(crate) struct MemoryCap {
     limit: usize,
     refused: bool,
-    /// The sizes of the instance's memories, added up: what instantiation and each
-    /// `memory.grow` made them.
+    /// The sizes of the instance's memories, added up: what instantiation and each allowed
+    /// `memory.grow` made them. (wasmtime reports a growth that fails after the limiter
+    /// allowed it — the OS refusing memory — without saying which growth it was, so such a
+    /// growth still counts.)
     bytes: usize,
-    /// The growth last allowed, taken back if wasmtime then fails it anyway (a module's own
-    /// maximum, the pool's slot size).
-    allowed: usize,
 }
 
 /// Most elements a table may grow to: far more than compiled guests use.
@@ -273,7 +272,6 @@ impl MemoryCap {
             limit,
             refused: false,
             bytes: 0,
-            allowed: 0,
         }
     }
 
@@ -298,16 +296,9 @@ impl ResourceLimiter for MemoryCap {
         let allowed = desired <= self.limit;
         self.refused |= !allowed;
         if allowed {
-            self.allowed = desired.saturating_sub(current);
-            self.bytes += self.allowed;
+            self.bytes += desired.saturating_sub(current);
         }
         Ok(allowed)
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        tracing::debug!("a memory growth failed after the limiter allowed it: {error:#}");
-        self.bytes -= std::mem::take(&mut self.allowed);
-        Ok(())
     }
 
     fn table_growing(

@@ -10,9 +10,10 @@
 //! filled by one sender call at a time), and a connection never goes on with a gap: when a
 //! message does not fit in a mailbox (its [`MailboxLimits`]), the message is refused
 //! ([`MessageError::MailboxFull`]), the mailbox is closed to new messages, and its connection
-//! ends with `close(limit("mailbox full"))` once it has handled what the mailbox holds. A receiver either gets every message sent to it,
-//! in order, or is disconnected — the policy of a BEAM chat server that drops a client that
-//! cannot keep up, with a bound on memory instead of an unbounded process mailbox.
+//! ends with `close(limit("mailbox full"))` once it has handled what the mailbox holds. A
+//! receiver either gets every message sent to it, in order, or is disconnected — the policy
+//! of a BEAM chat server that drops a client that cannot keep up, with a bound on memory
+//! instead of an unbounded process mailbox.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -226,13 +227,11 @@ impl Mailboxes {
             return 0;
         }
         let entries = self.entries();
-        let mut delivered = 0;
-        for (id, entry) in entries.iter() {
-            if *id != from && self.deliver(entry, from, payload.clone()).is_ok() {
-                delivered += 1;
-            }
-        }
-        delivered
+        entries
+            .iter()
+            .filter(|(id, _)| **id != from)
+            .filter(|(_, entry)| self.deliver(entry, from, payload.clone()).is_ok())
+            .count()
     }
 
     /// The open connections of the listener, in id order.
