@@ -38,6 +38,7 @@ lint: plugins
 	cd plugins && $(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/build-plugins.sh --clippy
+	python3 scripts/check-module-cycles.py host/src
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 test: deps build lint

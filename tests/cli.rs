@@ -14,20 +14,30 @@ use tokio::process::{Child, Command};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
+/// The `shoal` command, with a compile cache folder of this test process's own (through
+/// `XDG_CACHE_HOME`, the default's root), so no test sees what an earlier run cached.
+fn shoal_command() -> Command {
+    let cache_root = std::env::temp_dir().join(format!("shoal-cli-cache-{}", std::process::id()));
+    let mut command = Command::new(SHOAL);
+    command
+        .env("XDG_CACHE_HOME", cache_root)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 async fn shoal(args: &[&str]) -> anyhow::Result<Output> {
-    let run = Command::new(SHOAL).args(args).stdin(Stdio::null()).output();
+    let run = shoal_command().args(args).output();
     Ok(tokio::time::timeout(Duration::from_secs(60), run).await??)
 }
 
 /// Start `shoal serve` on port 0 and read the address it prints when ready.
 async fn serve(args: &[&str]) -> anyhow::Result<(Child, std::net::SocketAddr)> {
-    let mut child = Command::new(SHOAL)
+    let mut child = shoal_command()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut line = String::new();
@@ -194,12 +204,10 @@ async fn serve_config_runs_every_listener_of_the_file() -> anyhow::Result<()> {
             "#
         ),
     )?;
-    let mut child = Command::new(SHOAL)
+    let mut child = shoal_command()
         .args(["serve", "--config", path.to_str().context("utf-8 path")?])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()?;
     let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
     let mut addresses = std::collections::HashMap::new();
@@ -263,5 +271,90 @@ async fn serve_config_names_the_listener_and_field_at_fault() -> anyhow::Result<
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{name}: {stderr}");
     }
+    Ok(())
+}
+
+/// Run `shoal serve ARGS` until it is ready, stop it with SIGTERM and return its log.
+async fn serve_log(args: &[&str]) -> anyhow::Result<String> {
+    let mut child = shoal_command()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .context("shoal serve did not print its address")??;
+    anyhow::ensure!(line.starts_with("listening on "), "{line:?}");
+    assert!(terminate(&mut child).await?.success());
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).await?;
+    Ok(log)
+}
+
+#[tokio::test]
+async fn serve_logs_how_each_plugin_was_loaded_and_reuses_the_cache() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("shoal-cli-cache-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_text = dir.to_str().context("utf-8 path")?;
+    let chat = plugin_path("chat");
+    let chat = chat.to_str().context("utf-8 path")?;
+
+    let first = serve_log(&["--cache-dir", dir_text, chat]).await?;
+    assert!(first.contains("compiled chat.wasm ("), "{first}");
+    let second = serve_log(&["--cache-dir", dir_text, chat]).await?;
+    assert!(second.contains("loaded chat.wasm ("), "{second}");
+    assert!(second.contains(" from cache in "), "{second}");
+    let entries = std::fs::read_dir(&dir)?.count();
+
+    let uncached = serve_log(&["--no-cache", chat]).await?;
+    assert!(uncached.contains("compiled chat.wasm ("), "{uncached}");
+    let bundled = serve_log(&["--cache-dir", dir_text]).await?;
+    assert!(bundled.contains("compiled echo (bundled) ("), "{bundled}");
+    assert_eq!(std::fs::read_dir(&dir)?.count(), entries + 1);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn max_connections_past_the_pool_are_capped_with_a_warning() -> anyhow::Result<()> {
+    let log = serve_log(&["--no-cache", "--max-connections", "20000"]).await?;
+    assert!(
+        log.contains(
+            "max_connections of `default` (20000) add up to 20000, but the instance pool holds \
+             16384"
+        ),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn serve_config_names_the_listener_whose_address_is_taken() -> anyhow::Result<()> {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let taken = taken.local_addr()?;
+    let echo = plugin_path("echo");
+    let echo = echo.display();
+    let path = config_file(
+        "taken",
+        &format!(
+            "[[listener]]\nname = \"free\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\n\n\
+             [[listener]]\nname = \"busy\"\naddress = \"{taken}\"\nplugin = \"{echo}\"\n"
+        ),
+    )?;
+    let output = shoal(&["serve", "--config", path.to_str().context("utf-8 path")?]).await?;
+    std::fs::remove_file(&path)?;
+    assert!(!output.status.success(), "must fail: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("listener `busy`: cannot listen on {taken}")),
+        "{stderr}"
+    );
     Ok(())
 }

@@ -93,7 +93,7 @@ async fn two_thousand_connections_in_sequence_leak_no_instance() -> anyhow::Resu
     server.wait_idle().await?;
     assert_eq!(server.stats.accepted(), 2_000);
     assert_eq!(server.stats.live_instances(), 0);
-    assert_eq!(server.stats.traps(), 0);
+    assert_eq!(server.stats.faults(), 0);
     server.shutdown().await
 }
 

@@ -86,7 +86,7 @@ async fn a_trap_closes_only_its_own_connection() -> anyhow::Result<()> {
         rest.as_ref().map_or(true, Vec::is_empty),
         "the trapping connection gets nothing back: {rest:?}"
     );
-    wait_for("the trap to be counted", || server.stats.traps() == 1).await?;
+    wait_for("the trap to be counted", || server.stats.faults() == 1).await?;
 
     bystander.write_all(b"after").await?;
     let mut reply = [0u8; 5];
@@ -116,7 +116,7 @@ async fn a_trap_closes_only_its_own_connection() -> anyhow::Result<()> {
         !panic_logs.is_empty(),
         "the guest's panic message reaches the log through stderr"
     );
-    assert_eq!(server.stats.traps(), 1);
+    assert_eq!(server.stats.faults(), 1);
     server.shutdown().await
 }
 
@@ -217,7 +217,7 @@ async fn an_init_error_refuses_the_connection_without_output_or_close() -> anyho
         log_lines_with(&["close called", &needle]).is_empty(),
         "close must not run"
     );
-    assert_eq!(server.stats.traps(), 0);
+    assert_eq!(server.stats.faults(), 0);
     server.shutdown().await
 }
 
@@ -278,6 +278,10 @@ async fn a_full_instance_pool_closes_only_the_newcomer() -> anyhow::Result<()> {
         read_to_end(&mut third).await?.is_empty(),
         "no instance, no greeting"
     );
+    wait_for("the newcomer to be counted", || {
+        server.stats.ended(shoal_host::EndKind::NoInstance) == 1
+    })
+    .await?;
     second.get_mut().write_all(b"still here\n").await?;
     assert_eq!(
         read_line(&mut second).await?,
@@ -339,7 +343,7 @@ async fn a_looping_guest_neither_stalls_the_thread_nor_outlives_its_budget() -> 
     let started = tokio::time::Instant::now();
 
     let mut round_trips = 0;
-    while server.stats.traps() == 0 && started.elapsed() < Duration::from_secs(10) {
+    while server.stats.faults() == 0 && started.elapsed() < Duration::from_secs(10) {
         bystander.write_all(b"ping").await?;
         let mut reply = [0u8; 4];
         bystander.read_exact(&mut reply).await?;
@@ -350,7 +354,7 @@ async fn a_looping_guest_neither_stalls_the_thread_nor_outlives_its_budget() -> 
         round_trips > 10,
         "only {round_trips} round trips while the guest looped"
     );
-    assert_eq!(server.stats.traps(), 1, "the loop was stopped");
+    assert_eq!(server.stats.faults(), 1, "the loop was stopped");
     assert!(
         started.elapsed() >= budget,
         "not stopped before its budget was used"

@@ -144,7 +144,7 @@ async fn misbehaving_tenants_end_only_their_own_connections() -> anyhow::Result<
     limit_hit(&flood.stats, Limit::Write).await?;
     limit_hit(&idle.stats, Limit::Idle).await?;
     let trapped = Arc::clone(&trap_init.stats);
-    wait_for("trap-init's traps", move || trapped.traps() >= 8).await?;
+    wait_for("trap-init's traps", move || trapped.faults() >= 8).await?;
     assert_eq!(spin.stats.limit_hits(Limit::CpuBudget), 8);
     assert_eq!(hog.stats.limit_hits(Limit::Memory), 8);
     assert_eq!(idle.stats.limit_hits(Limit::Idle), 8);
@@ -153,7 +153,7 @@ async fn misbehaving_tenants_end_only_their_own_connections() -> anyhow::Result<
     }
     // The echo tenant saw none of it: no fault, every byte back, and a latency within a
     // generous bound of its quiet latency (the real figures are in BENCHMARKS.md).
-    assert_eq!(echo.stats.traps(), 0);
+    assert_eq!(echo.stats.faults(), 0);
     assert!(
         attacked <= quiet * 20 + Duration::from_millis(20),
         "echo slowed from {quiet:?} to {attacked:?}"

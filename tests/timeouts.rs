@@ -80,7 +80,7 @@ async fn a_client_that_never_reads_is_closed_at_the_write_timeout() -> anyhow::R
     })
     .await?;
     server.wait_idle().await?;
-    assert_eq!(server.stats.traps(), 0);
+    assert_eq!(server.stats.faults(), 0);
     drop(client);
     server.shutdown().await
 }
@@ -101,7 +101,7 @@ async fn a_guest_waiting_inside_a_call_is_stopped_at_the_call_timeout() -> anyho
     tokio::io::AsyncReadExt::read_exact(&mut bystander, &mut reply).await?;
     assert_eq!(&reply, b"ping");
     assert!(read_to_end(&mut sleeper).await?.is_empty());
-    wait_for("the timeout to be counted", || server.stats.traps() == 1).await?;
+    wait_for("the timeout to be counted", || server.stats.faults() == 1).await?;
     let logged = log_lines_with(&["`handle` failed", "ran past its call timeout"]);
     assert_eq!(logged.len(), 1, "{logged:#?}");
     server.shutdown().await

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_bench::{median, micros, paired_ratios, percentile};
-use shoal_host::mailbox::{MailboxLimits, Mailboxes};
 use shoal_host::{
-    CloseReason, ConnInfo, ConnectionHandler, HandlerFactory, NewConnection, Next, Plugin, Runtime,
-    RuntimeConfig, ServerConfig, Stats,
+    CloseReason, ConnInfo, ConnectionHandler, HandlerFactory, MailboxLimits, Mailboxes,
+    NewConnection, Next, Plugin, Runtime, RuntimeConfig, ServerConfig, Stats,
 };
 
 #[derive(Parser)]

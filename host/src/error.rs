@@ -1,8 +1,11 @@
 //! Errors of the library API, typed so callers can match on what went wrong.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::observe::stats::Limit;
 
 /// A setting that cannot work, with the name of the field and what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +46,9 @@ pub enum RuntimeError {
     /// The epoch ticker thread could not be started.
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(#[source] io::Error),
+    /// The host's imports could not be added to the linker.
+    #[error("cannot link the host's imports: {0}")]
+    Linker(String),
 }
 
 /// Why a plugin could not be loaded.
@@ -150,12 +156,12 @@ pub enum GuestFault {
 impl GuestFault {
     /// The listener limit behind this fault, if a limit (not a bug in the guest) ended it.
     #[must_use]
-    pub fn limit(&self) -> Option<crate::Limit> {
+    pub fn limit(&self) -> Option<Limit> {
         match self {
             GuestFault::Trap(_) => None,
-            GuestFault::CpuBudget(_) => Some(crate::Limit::CpuBudget),
-            GuestFault::CallTimeout(_) => Some(crate::Limit::CallTimeout),
-            GuestFault::MemoryLimit(_) => Some(crate::Limit::Memory),
+            GuestFault::CpuBudget(_) => Some(Limit::CpuBudget),
+            GuestFault::CallTimeout(_) => Some(Limit::CallTimeout),
+            GuestFault::MemoryLimit(_) => Some(Limit::Memory),
         }
     }
 }
@@ -166,4 +172,49 @@ impl GuestFault {
 pub struct InstantiateError {
     pub(crate) plugin: String,
     pub(crate) message: String,
+}
+
+/// Why a [`Node`](crate::Node) could not be built or could not serve. Each names the
+/// listener at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The Wasm engine could not start.
+    #[error("cannot start the Wasm engine: {0}")]
+    Runtime(RuntimeError),
+    /// The engine settings derived from the listeners cannot work.
+    #[error("cannot configure the Wasm engine: {0}")]
+    RuntimeConfig(ConfigError),
+    /// A listener's plugin could not be loaded.
+    #[error("listener `{listener}`: {error}")]
+    Plugin {
+        /// The listener's name.
+        listener: String,
+        /// What is wrong with the plugin.
+        error: PluginError,
+    },
+    /// Two listeners have the same name.
+    #[error("two listeners are named `{0}`: names must be unique")]
+    DuplicateName(String),
+    /// No listener has that name.
+    #[error("no listener is named `{0}`")]
+    NoSuchListener(String),
+    /// A listener's address could not be bound; no listener of the node is left listening.
+    #[error("listener `{listener}`: cannot listen on {address}: {error}")]
+    Bind {
+        /// The listener's name.
+        listener: String,
+        /// The address asked for.
+        address: SocketAddr,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// A listener stopped with an error.
+    #[error("listener `{listener}`: {error}")]
+    Serve {
+        /// The listener's name.
+        listener: String,
+        /// What went wrong.
+        error: ServeError,
+    },
 }

@@ -1,23 +1,21 @@
 //! What serves a connection. The connection task drives any [`ConnectionHandler`]: a Wasm
-//! plugin [`Instance`] (made by a [`Plugin`]) is one implementation, native Rust code is
-//! another ([`crate::native`]). The benchmarks run both behind the same acceptor pool and
-//! connection task, so their ratio is the cost of the sandbox alone.
+//! plugin [`Instance`](crate::Instance) (made by a [`Plugin`](crate::Plugin)) is one
+//! implementation, native Rust code is another ([`crate::native`]). The benchmarks run both
+//! behind the same acceptor pool and connection task, so their ratio is the cost of the
+//! sandbox alone.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
-use crate::config::ServerConfig;
+use crate::config::listener::ServerConfig;
 use crate::error::{GuestFault, InstantiateError};
-use crate::guest::ConnSettings;
-use crate::instance::Instance;
-use crate::mailbox::Mailboxes;
-use crate::plugin::Plugin;
-use crate::stats::Stats;
+use crate::messages::local::Mailboxes;
+use crate::observe::stats::Stats;
+use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
 
-/// Serves one connection, following the plugin lifecycle: `init` once, `handle` per event,
-/// `close` once (see the crate docs). Output is queued by the handler and written by the
-/// connection task after each call.
+/// Serves one connection, following the plugin lifecycle that `wit/plugin.wit` specifies:
+/// `init` once, `handle` per event, `close` once. Output is queued by the handler and
+/// written by the connection task after each call.
 pub trait ConnectionHandler: Send + 'static {
     /// Step 1: `Ok(Ok(next))`, or `Ok(Err(text))` to refuse the connection.
     ///
@@ -91,53 +89,4 @@ pub trait HandlerFactory: Send + Sync + 'static {
         &self,
         conn: NewConnection<'_>,
     ) -> impl Future<Output = Result<Self::Handler, InstantiateError>> + Send;
-}
-
-impl HandlerFactory for Plugin {
-    type Handler = Instance;
-
-    fn name(&self) -> &str {
-        Plugin::name(self)
-    }
-
-    fn capacity(&self) -> Option<usize> {
-        usize::try_from(self.runtime().config().max_instances()).ok()
-    }
-
-    async fn create(&self, conn: NewConnection<'_>) -> Result<Instance, InstantiateError> {
-        let settings = ConnSettings::new(
-            conn.config,
-            conn.conn_id,
-            conn.mailboxes.clone(),
-            self,
-            Arc::clone(conn.stats),
-        );
-        Instance::with_settings(self, &settings).await
-    }
-}
-
-impl ConnectionHandler for Instance {
-    async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
-        Instance::init(self, info).await
-    }
-
-    async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
-        Instance::handle(self, event).await
-    }
-
-    async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
-        Instance::close(self, reason).await
-    }
-
-    fn output(&self) -> &[u8] {
-        Instance::output(self)
-    }
-
-    fn clear_output(&mut self) {
-        Instance::clear_output(self);
-    }
-
-    fn mark_unwritable(&mut self) {
-        Instance::mark_unwritable(self);
-    }
 }

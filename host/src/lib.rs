@@ -1,96 +1,127 @@
 //! shoal: a TCP server that runs every connection in its own sandboxed WebAssembly component.
 //!
-//! A [`Server`] accepts connections on a listener with a supervised pool of acceptor tasks and
-//! hands each one to a fresh instance of a [`Plugin`]: a component implementing the
-//! `shoal:plugin` world (`wit/plugin.wit`). The plugin's exports `init`, `handle` and `close`
-//! run the connection; per-connection state lives in the instance, so a trap, a loop or a
-//! memory bomb costs only that connection.
+//! A [`Node`] holds the Wasm engine and every listener of a process. Each listener is a
+//! [`Server`]: a supervised pool of acceptor tasks that hands every accepted connection to a
+//! fresh instance of a [`Plugin`], a component implementing the `shoal:plugin` world. The
+//! plugin's exports `init`, `handle` and `close` run the connection — the lifecycle, and every
+//! guarantee about it, is specified once, in `wit/plugin.wit` — and per-connection state
+//! lives in the instance, so a trap, a loop or a memory bomb costs only that connection.
 //!
 //! ```no_run
-//! use shoal_host::{Plugin, Runtime, RuntimeConfig};
+//! use shoal_host::{ListenerSpec, Node, NodeSpec, PluginSource, ServerConfig};
 //!
 //! # async fn run() -> anyhow::Result<()> {
-//! let runtime = Runtime::new(RuntimeConfig::default())?;
-//! let plugin = Plugin::from_file(&runtime, "target/plugins/echo.wasm")?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! shoal_host::serve(listener, plugin, async {
-//!     let _ = tokio::signal::ctrl_c().await;
-//! })
-//! .await?;
+//! let spec = NodeSpec {
+//!     listeners: vec![ListenerSpec {
+//!         address: "127.0.0.1:8080".parse()?,
+//!         plugin: PluginSource::File("target/plugins/echo.wasm".into()),
+//!         config: ServerConfig::builder().name("echo").build()?,
+//!     }],
+//!     cache_dir: shoal_host::default_cache_dir(),
+//! };
+//! Node::from_spec(spec)?
+//!     .serve(async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await?;
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! # Lifecycle of a connection
-//!
-//! 1. `init(conn-info)` runs once when the connection is accepted; the socket is open.
-//!    `ok(continue)` keeps it, `ok(close)` flushes and closes, `err` refuses it (no `close`).
-//! 2. `handle(event)` runs for every chunk read from the socket, in order, and for every
-//!    message from another connection of the listener ([`mailbox`]), never two at once.
-//! 3. `close(reason)` runs exactly once when a connection whose `init` succeeded ends, unless a
-//!    call faulted (trap, CPU budget, call timeout, memory limit) or the shutdown deadline
-//!    passed first; what it sends is flushed while the client can still receive it.
-//!
-//! Bytes the guest `send`s are written after each call returns. Native code can watch
-//! connections open and close and message them ([`Server::on_open`], [`Server::on_close`],
-//! [`Server::mailboxes`]; the [`hooks`] module has glisten's connection-manager example), and
-//! one process can serve several listeners, each with its own plugin, limits and
-//! [`Capabilities`] ([`config_file`]).
+//! One listener can also be served on its own ([`Server::serve`], [`serve`]); native code can
+//! watch connections open and close and message them ([`Server::on_open`],
+//! [`Server::on_close`], [`Mailboxes`]); a plugin can be driven without a socket
+//! ([`Instance`]); and [`tcp`] is the low-level listen/accept/receive API.
 //!
 //! # Layout
 //!
-//! * [`runtime`]: the shared wasmtime engine, pooling allocator and epoch ticker.
-//! * [`plugin`]: loading, checking and pre-linking a component.
-//! * [`config`]: per-listener settings and their defaults.
-//! * [`server`]: the entry point — serve a bound listener until a shutdown future resolves.
-//! * `acceptor`: the supervised acceptor pool and accept-error classification.
-//! * `connection`: one connection's task, from `init` to `close`, generic over its handler.
-//! * [`capabilities`]: what a listener's guests are granted (environment, config values, a
-//!   read-only directory); nothing by default.
-//! * [`config_file`]: `shoal.toml`, several listeners with their plugins, limits and grants.
-//! * [`handler`]: the handler abstraction — a Wasm plugin instance or native code.
-//! * [`native`]: native handlers (the echo baseline the benchmarks compare against).
-//! * [`instance`]: one plugin instance, its store and the per-call CPU budget; drivable by
-//!   hand without a socket.
-//! * `guest`: the store's state and the host side of the plugin's imports.
-//! * `guest_log`: guest log lines and stdio, rate-limited, into `tracing`.
-//! * [`mailbox`]: messages between the connections of one listener: registry and mailboxes.
-//! * [`hooks`]: embedder callbacks on connection open and close, with a handle to message it.
-//! * `read_buffers`: read buffers lent per read, so an idle connection holds none.
-//! * [`stats`]: live counters.
-//! * [`tcp`]: the low-level listen/accept/receive API.
-//! * [`error`]: typed errors.
+//! Every module is private; each public type is public once, at the crate root (or in
+//! [`tcp`] and [`native`]).
+//!
+//! * `node`: [`Node`], the engine and every listener of a process; sizing the instance pool.
+//! * `conn_id`: connection ids, one counter per process.
+//! * `handler`: [`HandlerFactory`] and [`ConnectionHandler`], what serves a connection — a
+//!   Wasm instance or native code.
+//! * `native`: native handlers (the echo baseline of the benchmarks).
+//! * `error`: typed errors.
+//! * `server/` — the server side:
+//!   * `listener`: [`Server`], one listener served until shutdown and drained;
+//!   * `acceptor`: the supervised acceptor pool and accept-error classification;
+//!   * `connection`: one connection's task, from `init` to `close`, over any transport;
+//!   * `ending`: why a connection ended, counted, logged, and turned into the WIT
+//!     `close-reason` at the guest edge;
+//!   * `io`: reads into lent buffers, writes with a deadline, the lingering close;
+//!   * `read_buffers`: read buffers lent per read, so an idle connection holds none;
+//!   * `transport`: [`Transport`], what the connection task needs of a stream (TCP now);
+//!   * `hooks`: embedder callbacks on open and close, and [`ConnectionHandle`];
+//!   * `tcp`: the low-level API.
+//! * `wasm/` — the Wasm side:
+//!   * `runtime`: [`Runtime`], the engine, its instance pool, epoch ticker and linker;
+//!   * `plugin`: [`Plugin`], loaded in steps (read, compile or cache, check, link);
+//!   * `cache`: the compile cache on disk, and why its entries are trusted;
+//!   * `digest`: [`ContentHash`], a plugin file's SHA-256;
+//!   * `instance`: [`Instance`], one store and the three exports, as a handler;
+//!   * `store`: what a store carries (output queue, WASI context, budget, log);
+//!   * `imports/`: the host side of each imported interface (`connection`, `mailbox`,
+//!     `config`, `log`) and the linker that holds them;
+//!   * `limits`: the memory cap, the CPU budget per call and the call timeout;
+//!   * `guest_log`: guest log lines and stdio into `tracing`, rate-limited;
+//!   * `capabilities`: [`Capabilities`], what a listener's guests are granted;
+//!   * `bindings`: the Rust side of `wit/plugin.wit`, generated.
+//! * `messages/` — messages between connections:
+//!   * `types`: the API every backend speaks ([`Message`], [`MessageError`], …);
+//!   * `local`: [`Mailboxes`], the in-process registry and bounded mailboxes.
+//! * `config/` — settings:
+//!   * `listener`: [`ServerConfig`] and its builder, with the defaults;
+//!   * `spec`: [`NodeSpec`], what a node is built from;
+//!   * `file`: `shoal.toml`, read into a [`NodeSpec`];
+//!   * `units`: durations and sizes as a person writes them.
+//! * `observe/` — what an operator sees:
+//!   * `stats`: [`Stats`], live counters and every connection by how it ended.
 
-mod acceptor;
-mod bindings;
-pub mod capabilities;
-pub mod config;
-pub mod config_file;
-mod connection;
-pub mod error;
-mod guest;
-mod guest_log;
-pub mod handler;
-pub mod hooks;
-pub mod instance;
-pub mod mailbox;
+mod config;
+mod conn_id;
+mod error;
+mod handler;
+mod messages;
 pub mod native;
-pub mod plugin;
-mod read_buffers;
-pub mod runtime;
-pub mod server;
-pub mod stats;
-pub mod tcp;
+mod node;
+mod observe;
+mod server;
+mod wasm;
 
-pub use bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
-pub use capabilities::Capabilities;
-pub use config::{ServerConfig, ServerConfigBuilder};
-pub use error::{ConfigError, GuestFault, InstantiateError, PluginError, RuntimeError, ServeError};
+/// The low-level API, for embedders who manage connections themselves: listen, accept and
+/// receive on one socket without the acceptor pool, and run a plugin on a socket of their own.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let listener = shoal_host::tcp::listen("127.0.0.1:8000").await?;
+/// let mut socket = listener.accept().await?;
+/// let message = socket.receive(0).await?;
+/// println!("got a message: {message:?}");
+/// # Ok(())
+/// # }
+/// ```
+pub mod tcp {
+    pub use crate::server::tcp::{Listener, Socket, listen};
+}
+
+pub use config::file::ConfigFileError;
+pub use config::listener::{ServerConfig, ServerConfigBuilder};
+pub use config::spec::{ListenerSpec, NodeSpec, PluginSource};
+pub use error::{
+    ConfigError, GuestFault, InstantiateError, NodeError, PluginError, RuntimeError, ServeError,
+};
 pub use handler::{ConnectionHandler, HandlerFactory, NewConnection};
-pub use hooks::ConnectionHandle;
-pub use instance::Instance;
-pub use mailbox::{Mailboxes, MessageError};
-pub use plugin::{HANDLER_EXPORT, Plugin};
-pub use runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};
-pub use server::{Server, serve};
-pub use stats::{Limit, Stats};
+pub use messages::local::Mailboxes;
+pub use messages::types::{FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, Peer};
+pub use node::{Node, NodeListener};
+pub use observe::stats::{EndKind, Limit, Stats};
+pub use server::hooks::ConnectionHandle;
+pub use server::listener::{Server, serve};
+pub use server::transport::Transport;
+pub use wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
+pub use wasm::cache::default_cache_dir;
+pub use wasm::capabilities::{Capabilities, ReadOnlyDir};
+pub use wasm::digest::ContentHash;
+pub use wasm::instance::Instance;
+pub use wasm::plugin::{Compilation, HANDLER_EXPORT, LoadReport, Plugin};
+pub use wasm::runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};

@@ -1,4 +1,5 @@
-//! The `shoal` command: serve a plugin on a TCP port, or check that a file is a valid plugin.
+//! The `shoal` command: serve plugins on TCP ports, or check that a file is a valid plugin.
+//! It only reads the command line, builds a [`Node`] and runs it.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use shoal_host::{HandlerFactory, Plugin, Runtime, RuntimeConfig, Server, ServerConfig};
-use tokio_util::sync::CancellationToken;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use shoal_host::{
+    HANDLER_EXPORT, ListenerSpec, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime,
+    RuntimeConfig, Server, ServerConfig,
+};
 
 /// The echo plugin, served when `shoal serve` is given no plugin.
 const BUNDLED_ECHO: &[u8] = include_bytes!(env!("SHOAL_ECHO_WASM"));
@@ -40,7 +44,7 @@ enum Command {
         #[arg(long, default_value_t = ServerConfig::default().pool_size())]
         pool_size: usize,
         /// Most connections served at once; more wait in the listen backlog. The Wasm
-        /// instance pool is sized to match.
+        /// instance pool is sized to match, up to 16,384.
         #[arg(long, default_value_t = ServerConfig::default().max_connections())]
         max_connections: usize,
         /// The plugin component (.wasm); without one, the bundled echo plugin.
@@ -50,12 +54,38 @@ enum Command {
         /// connection task without the sandbox (the benchmarks' baseline).
         #[arg(long)]
         native_echo: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Check that a component implements the shoal:plugin world, and say what is missing.
     Check {
         /// The plugin component (.wasm).
         plugin: PathBuf,
     },
+}
+
+/// Where compiled plugins are kept between starts.
+#[derive(Args)]
+struct CacheArgs {
+    /// Keep compiled plugins in DIR [default: the config file's `cache_dir`, else
+    /// $XDG_CACHE_HOME/shoal or ~/.cache/shoal].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every plugin at start; use no compile cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The folder to use, given the config file's choice (if any).
+    fn dir(self, from_file: Option<PathBuf>) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir
+            .or(from_file)
+            .or_else(shoal_host::default_cache_dir)
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,8 +100,10 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Serve {
-            config: Some(path), ..
-        } => serve_config(&path),
+            config: Some(path),
+            cache,
+            ..
+        } => serve_config(&path, cache),
         Command::Serve {
             config: None,
             listen,
@@ -79,7 +111,17 @@ fn main() -> ExitCode {
             max_connections,
             plugin,
             native_echo,
-        } => serve(listen, pool_size, max_connections, plugin, native_echo),
+            cache,
+        } => {
+            let one = OneListener {
+                listen,
+                pool_size,
+                max_connections,
+                plugin,
+                native_echo,
+            };
+            serve_one(one, cache)
+        }
         Command::Check { plugin } => check(&plugin),
     };
     match result {
@@ -91,101 +133,89 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(
+/// `shoal serve [PLUGIN.wasm | --native-echo]`: a node of one listener.
+struct OneListener {
     listen: SocketAddr,
     pool_size: usize,
     max_connections: usize,
     plugin: Option<PathBuf>,
     native_echo: bool,
-) -> anyhow::Result<()> {
+}
+
+fn serve_one(one: OneListener, cache: CacheArgs) -> anyhow::Result<()> {
     let config = ServerConfig::builder()
-        .pool_size(pool_size)
-        .max_connections(max_connections)
+        .pool_size(one.pool_size)
+        .max_connections(one.max_connections)
         .build()?;
-    if native_echo {
-        return serve_with(listen, Server::new(shoal_host::native::Echo, config));
-    }
-    let instances = u32::try_from(max_connections).context("--max-connections is too large")?;
-    let runtime_config = RuntimeConfig::builder().max_instances(instances).build()?;
-    let runtime = Runtime::new(runtime_config).context("cannot start the Wasm engine")?;
-    let plugin = match plugin {
-        Some(path) => Plugin::from_file(&runtime, &path)?,
-        None => Plugin::from_bytes(&runtime, "echo", BUNDLED_ECHO)?,
+    let node = if one.native_echo {
+        let mut node = Node::new(RuntimeConfig::default());
+        node.add(one.listen, Server::new(shoal_host::native::Echo, config))?;
+        node
+    } else {
+        let plugin = match one.plugin {
+            Some(path) => PluginSource::File(path),
+            None => PluginSource::Bytes {
+                name: "echo".into(),
+                bytes: Bytes::from_static(BUNDLED_ECHO),
+            },
+        };
+        let spec = NodeSpec {
+            listeners: vec![ListenerSpec {
+                address: one.listen,
+                plugin,
+                config,
+            }],
+            cache_dir: cache.dir(None),
+        };
+        Node::from_spec(spec)?
     };
-    serve_with(listen, Server::new(plugin, config))
+    run(node, Announce::AddressOnly)
 }
 
-fn serve_with<F: HandlerFactory>(listen: SocketAddr, server: Server<F>) -> anyhow::Result<()> {
-    let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
-    tokio.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
-            format!("cannot listen on {listen}; is another server using it? Pick another with --listen (port 0 picks a free one)")
-        })?;
-        let bound = listener.local_addr()?;
-        let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
-        // Tests and scripts wait for this line to know the server is ready.
-        println!("listening on {bound}");
-        std::io::stdout().flush()?;
-        server.serve(listener, shutdown).await?;
-        Ok(())
-    })
+/// `shoal serve --config FILE`: every listener of the file in one node.
+fn serve_config(path: &Path, cache: CacheArgs) -> anyhow::Result<()> {
+    let mut spec = NodeSpec::load(path)?;
+    spec.cache_dir = cache.dir(spec.cache_dir.take());
+    run(Node::from_spec(spec)?, Announce::WithName)
 }
 
-/// Serve every listener of a config file from one process, until SIGINT or SIGTERM.
-fn serve_config(path: &Path) -> anyhow::Result<()> {
-    let specs = shoal_host::config_file::load(path)?;
-    // One engine for every listener: its instance pool holds their connections (up to the
-    // default pool size: each slot costs kernel memory mappings, and vm.max_map_count bounds
-    // them), and its memory slots the largest listener limit (each listener enforces its own).
-    let wanted: usize = specs.iter().map(|s| s.config.max_connections()).sum();
-    let pool = RuntimeConfig::default().max_instances();
-    let instances = u32::try_from(wanted).unwrap_or(u32::MAX).min(pool);
-    let memory = specs.iter().map(|s| s.config.memory_limit()).max();
-    let runtime_config = RuntimeConfig::builder()
-        .max_instances(instances)
-        .max_memory_bytes(memory.unwrap_or(RuntimeConfig::default().max_memory_bytes()))
-        .build()?;
-    let runtime = Runtime::new(runtime_config).context("cannot start the Wasm engine")?;
-    let mut servers = Vec::new();
-    for spec in specs {
-        let name = spec.config.name().to_string();
-        let plugin = Plugin::from_file(&runtime, &spec.plugin)
-            .with_context(|| format!("listener `{name}`"))?;
-        servers.push((spec.address, Server::new(plugin, spec.config)));
-    }
+/// How the ready lines name each listener.
+#[derive(Clone, Copy)]
+enum Announce {
+    /// `listening on ADDR`: the one-listener form.
+    AddressOnly,
+    /// `listening on ADDR (NAME)`: one line per listener of a config file.
+    WithName,
+}
+
+/// Bind every listener, say where each listens, serve until SIGINT or SIGTERM.
+fn run(mut node: Node, announce: Announce) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     tokio.block_on(async {
-        let mut bound = Vec::new();
-        for (address, server) in servers {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| {
-                    format!(
-                        "listener `{}`: cannot listen on {address}",
-                        server.config().name()
-                    )
-                })?;
-            bound.push((listener, server));
+        if let Err(error) = node.bind().await {
+            let hint = match (&error, announce) {
+                (NodeError::Bind { .. }, Announce::AddressOnly) => {
+                    "; is another server using it? Pick another with --listen (port 0 picks a \
+                     free one)"
+                }
+                (NodeError::Bind { .. }, Announce::WithName) => "; is another server using it?",
+                _ => "",
+            };
+            anyhow::bail!("{error}{hint}");
         }
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
-        let stop = CancellationToken::new();
-        let mut running = tokio::task::JoinSet::new();
-        for (listener, server) in bound {
-            println!(
-                "listening on {} ({})",
-                listener.local_addr()?,
-                server.config().name()
-            );
-            running.spawn(server.serve(listener, stop.clone().cancelled_owned()));
-        }
-        std::io::stdout().flush()?;
-        shutdown.await;
-        stop.cancel();
-        while let Some(ended) = running.join_next().await {
-            if let Ok(Err(error)) = ended {
-                eprintln!("shoal: error: {error:#}");
+        // Tests and scripts wait for these lines to know the server is ready.
+        for listener in node.listeners() {
+            let Some(local) = listener.local_addr() else {
+                continue;
+            };
+            match announce {
+                Announce::AddressOnly => println!("listening on {local}"),
+                Announce::WithName => println!("listening on {local} ({})", listener.name()),
             }
         }
+        std::io::stdout().flush()?;
+        node.serve(shutdown).await?;
         Ok(())
     })
 }
@@ -212,14 +242,13 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-fn check(path: &PathBuf) -> anyhow::Result<()> {
+fn check(path: &Path) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig::builder().max_instances(1).build()?)
         .context("cannot start the Wasm engine")?;
     let plugin = Plugin::from_file(&runtime, path)?;
     println!(
-        "ok: {} implements the shoal:plugin world (exports {})",
-        plugin.name(),
-        shoal_host::HANDLER_EXPORT
+        "ok: {} implements the shoal:plugin world (exports {HANDLER_EXPORT})",
+        plugin.name()
     );
     Ok(())
 }

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::error::{GuestFault, InstantiateError};
 use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
-use crate::stats::{Live, LiveKind};
+use crate::observe::stats::{Live, LiveKind};
+use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
 
 /// Makes a native echo handler per connection.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,15 +1,5 @@
-//! The low-level API, for embedders who manage connections themselves: listen, accept and
-//! receive on one socket without the acceptor pool, and run a plugin on a socket of their own.
-//!
-//! ```no_run
-//! # async fn run() -> std::io::Result<()> {
-//! let listener = shoal_host::tcp::listen("127.0.0.1:8000").await?;
-//! let mut socket = listener.accept().await?;
-//! let message = socket.receive(0).await?;
-//! println!("got a message: {message:?}");
-//! # Ok(())
-//! # }
-//! ```
+//! The low-level API (public as `shoal_host::tcp`, where its example is): a listening socket,
+//! accepted sockets, and serving one socket with a plugin without the acceptor pool.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,13 +10,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
-use crate::connection::{self, ConnectionContext};
+use crate::config::listener::ServerConfig;
 use crate::handler::HandlerFactory;
-use crate::hooks::Hooks;
-use crate::mailbox::{MailboxLimits, Mailboxes};
-use crate::plugin::Plugin;
-use crate::stats::Stats;
+use crate::messages::local::Mailboxes;
+use crate::messages::types::MailboxLimits;
+use crate::observe::stats::Stats;
+use crate::server::connection::{self, ConnectionContext};
+use crate::server::hooks::Hooks;
+use crate::wasm::plugin::Plugin;
 
 /// Most bytes `receive(0)` returns at once.
 const RECEIVE_ANY_MAX: usize = 64 << 10;

@@ -24,55 +24,23 @@
 //! # }
 //! ```
 
-use std::fmt;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
 
-use crate::bindings::Plugin as PluginWorld;
-use crate::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
-use crate::config::ServerConfig;
+use crate::config::listener::ServerConfig;
+use crate::conn_id;
 use crate::error::{GuestFault, InstantiateError};
-use crate::guest::{ConnSettings, ConnState};
-use crate::mailbox::{MailboxLimits, Mailboxes};
-use crate::plugin::Plugin;
-use crate::stats::Stats;
-
-/// The error the epoch callback raises to stop a call that spent its budget.
-#[derive(Debug)]
-struct CpuBudgetExceeded(Duration);
-
-impl fmt::Display for CpuBudgetExceeded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CPU budget of {:?} per call exceeded", self.0)
-    }
-}
-
-impl std::error::Error for CpuBudgetExceeded {}
-
-/// Run a guest call, started at `started`, within its wall-clock timeout. Dropping a call in
-/// progress leaves the instance unusable, which a fault means anyway.
-///
-/// Most calls finish in their first poll (a guest is suspended only at an epoch tick or when
-/// it waits), so the timer is armed only for a call that did not: creating it for every call
-/// cost ~200 instructions per round trip.
-async fn guarded<R>(
-    started: Instant,
-    timeout: Duration,
-    call: impl Future<Output = wasmtime::Result<R>>,
-) -> Result<wasmtime::Result<R>, GuestFault> {
-    let mut call = std::pin::pin!(call);
-    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-    if let Poll::Ready(result) = first {
-        return Ok(result);
-    }
-    let deadline = tokio::time::Instant::from_std(started + timeout);
-    tokio::time::timeout_at(deadline, call)
-        .await
-        .map_err(|_| GuestFault::CallTimeout(timeout))
-}
+use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
+use crate::messages::local::Mailboxes;
+use crate::messages::types::MailboxLimits;
+use crate::observe::stats::Stats;
+use crate::wasm::bindings::Plugin as PluginWorld;
+use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::wasm::limits::{CpuBudgetExceeded, within_call_timeout};
+use crate::wasm::plugin::Plugin;
+use crate::wasm::store::{ConnSettings, ConnState};
 
 /// A live instance of a plugin with its store: one connection's worth of guest, driven by
 /// hand. Call [`Instance::init`] once, then [`Instance::handle`] per event, then
@@ -98,9 +66,9 @@ impl Instance {
     pub async fn new(plugin: &Plugin, config: &ServerConfig) -> Result<Self, InstantiateError> {
         let settings = ConnSettings::new(
             config,
-            crate::connection::next_conn_id(),
+            conn_id::next(),
             Mailboxes::new(MailboxLimits::from(config)),
-            plugin,
+            plugin.shared_name(),
             Arc::new(Stats::default()),
         );
         Self::with_settings(plugin, &settings).await
@@ -113,7 +81,7 @@ impl Instance {
         let mut store = Store::new(plugin.runtime().engine(), ConnState::new(settings));
         store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
-            let budget = &mut store.data_mut().budget;
+            let budget = store.data_mut().budget();
             if budget.charge(Instant::now()) {
                 return Err(CpuBudgetExceeded(budget.limit()).into());
             }
@@ -157,7 +125,7 @@ impl Instance {
         if let Some(exceeded) = error.downcast_ref::<CpuBudgetExceeded>() {
             return GuestFault::CpuBudget(exceeded.0);
         }
-        match self.store.data().memory_refused() {
+        match self.store.data().memory.refused() {
             Some(limit) => GuestFault::MemoryLimit(limit),
             None => GuestFault::Trap(format!("{error:#}")),
         }
@@ -166,7 +134,7 @@ impl Instance {
     /// Start the CPU budget of a call; returns when it started.
     fn start_call(&mut self) -> Instant {
         let started = Instant::now();
-        self.store.data_mut().budget.start(started);
+        self.store.data_mut().budget().start(started);
         self.store.set_epoch_deadline(1);
         started
     }
@@ -181,7 +149,7 @@ impl Instance {
         let started = self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_init(&mut self.store, info);
-        let result = guarded(started, self.call_timeout, call).await?;
+        let result = within_call_timeout(started, self.call_timeout, call).await?;
         result.map_err(|e| self.fault(&e))
     }
 
@@ -194,7 +162,7 @@ impl Instance {
         let started = self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_handle(&mut self.store, event);
-        let result = guarded(started, self.call_timeout, call).await?;
+        let result = within_call_timeout(started, self.call_timeout, call).await?;
         result.map_err(|e| self.fault(&e))
     }
 
@@ -207,7 +175,7 @@ impl Instance {
         let started = self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_close(&mut self.store, reason);
-        let result = guarded(started, self.call_timeout, call).await?;
+        let result = within_call_timeout(started, self.call_timeout, call).await?;
         result.map_err(|e| self.fault(&e))
     }
 
@@ -222,7 +190,7 @@ impl Instance {
     /// the guest never touched costs nothing.
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
-        self.store.data().memory_bytes()
+        self.store.data().memory.bytes()
     }
 
     /// Forget the queued output (once it has been written).
@@ -232,5 +200,55 @@ impl Instance {
 
     pub(crate) fn mark_unwritable(&mut self) {
         self.store.data_mut().mark_unwritable();
+    }
+}
+
+/// A plugin makes an [`Instance`] per connection.
+impl HandlerFactory for Plugin {
+    type Handler = Instance;
+
+    fn name(&self) -> &str {
+        Plugin::name(self)
+    }
+
+    fn capacity(&self) -> Option<usize> {
+        usize::try_from(self.runtime().config().max_instances()).ok()
+    }
+
+    async fn create(&self, conn: NewConnection<'_>) -> Result<Instance, InstantiateError> {
+        let settings = ConnSettings::new(
+            conn.config,
+            conn.conn_id,
+            conn.mailboxes.clone(),
+            self.shared_name(),
+            Arc::clone(conn.stats),
+        );
+        Instance::with_settings(self, &settings).await
+    }
+}
+
+impl ConnectionHandler for Instance {
+    async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
+        Instance::init(self, info).await
+    }
+
+    async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
+        Instance::handle(self, event).await
+    }
+
+    async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
+        Instance::close(self, reason).await
+    }
+
+    fn output(&self) -> &[u8] {
+        Instance::output(self)
+    }
+
+    fn clear_output(&mut self) {
+        Instance::clear_output(self);
+    }
+
+    fn mark_unwritable(&mut self) {
+        Instance::mark_unwritable(self);
     }
 }

@@ -1,14 +1,20 @@
 //! The Wasm engine every plugin of a process shares: compilation settings, the pooling
-//! instance allocator and the epoch ticker that keeps guests from holding a thread.
+//! instance allocator, the epoch ticker that keeps guests from holding a thread, the one
+//! linker every plugin is linked with, and the compile cache.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{ConfigError, RuntimeError};
+use crate::wasm::cache::CompileCache;
+use crate::wasm::imports;
+use crate::wasm::store::ConnState;
 
 /// Settings of a [`Runtime`], shared by every listener and plugin of a process.
 ///
@@ -21,9 +27,16 @@ pub struct RuntimeConfig {
     epoch_tick: Duration,
     copy_on_write: bool,
     keep_resident_bytes: usize,
+    cache_dir: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
+    /// The default size of the instance pool, and the most a [`Node`](crate::Node) sizes it
+    /// to: each slot costs kernel memory mappings (a fiber stack with its guard page, memory
+    /// and table slots), and `vm.max_map_count` (65,530 by default on Linux) bounds them per
+    /// process — a pool of 32,768 failed at start here.
+    pub const DEFAULT_MAX_INSTANCES: u32 = 16_384;
+
     /// A builder with every default set.
     #[must_use]
     pub fn builder() -> RuntimeConfigBuilder {
@@ -56,6 +69,12 @@ impl RuntimeConfig {
     pub fn keep_resident_bytes(&self) -> usize {
         self.keep_resident_bytes
     }
+
+    /// The compile cache folder asked for, if any.
+    #[must_use]
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -67,15 +86,18 @@ impl Default for RuntimeConfig {
     /// * `epoch_tick`: 1 ms;
     /// * `copy_on_write`: off (small Rust guests instantiate faster without it);
     /// * `keep_resident_bytes`: 64 KiB (the pages a small guest touches are zeroed in place
-    ///   when its connection ends, so the next instance in the slot takes no page faults).
+    ///   when its connection ends, so the next instance in the slot takes no page faults);
+    /// * `cache_dir`: none — every plugin is compiled when it is loaded (the `shoal` command
+    ///   uses [`default_cache_dir`](crate::default_cache_dir)).
     fn default() -> Self {
         Self {
-            max_instances: 16_384,
+            max_instances: Self::DEFAULT_MAX_INSTANCES,
             max_memory_bytes: 64 << 20,
             core_instances_per_component: 4,
             epoch_tick: Duration::from_millis(1),
             copy_on_write: false,
             keep_resident_bytes: 64 << 10,
+            cache_dir: None,
         }
     }
 }
@@ -136,6 +158,16 @@ impl RuntimeConfigBuilder {
         self
     }
 
+    /// Keep compiled plugins in `dir` (created with mode 0700 if missing), so that loading
+    /// the same plugin file again skips compilation; `None` (the default) compiles every time.
+    /// A folder that cannot be used is reported with a warning and the runtime runs without
+    /// a cache.
+    #[must_use]
+    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.config.cache_dir = dir;
+        self
+    }
+
     /// Check the settings.
     ///
     /// # Errors
@@ -174,12 +206,16 @@ pub struct Runtime {
 
 struct RuntimeInner {
     engine: Engine,
+    /// Every plugin's imports, linked once for the engine.
+    linker: Linker<ConnState>,
+    cache: Option<CompileCache>,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Runtime {
-    /// Create the engine and start its epoch ticker.
+    /// Create the engine, link the host's imports, open the compile cache and start the
+    /// epoch ticker.
     ///
     /// # Errors
     ///
@@ -188,6 +224,12 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let engine = Engine::new(&engine_config(&config))
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker =
+            imports::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let cache = config
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| open_cache(dir, &engine));
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&ticker_stop);
         let ticking = engine.clone();
@@ -204,6 +246,8 @@ impl Runtime {
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
+                linker,
+                cache,
                 config,
                 ticker_stop,
             }),
@@ -220,6 +264,43 @@ impl Runtime {
     #[must_use]
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// The compile cache folder in use: `None` without a cache, or when the folder asked for
+    /// could not be used.
+    #[must_use]
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.inner.cache.as_ref().map(CompileCache::dir)
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<ConnState> {
+        &self.inner.linker
+    }
+
+    pub(crate) fn cache(&self) -> Option<&CompileCache> {
+        self.inner.cache.as_ref()
+    }
+}
+
+/// The compile cache in `dir`, or `None` (with a warning saying why) when it cannot be used.
+fn open_cache(dir: &Path, engine: &Engine) -> Option<CompileCache> {
+    let shown = dir.display();
+    match CompileCache::open(dir, engine) {
+        Ok(cache) if cache.is_writable() => Some(cache),
+        Ok(cache) => {
+            tracing::warn!(
+                "compile cache {shown} is read-only: plugins compiled before are loaded from \
+                 it, others are compiled at every start"
+            );
+            Some(cache)
+        }
+        Err(problem) => {
+            tracing::warn!(
+                "compile cache {shown} cannot be used ({problem}): plugins are compiled at \
+                 every start"
+            );
+            None
+        }
     }
 }
 

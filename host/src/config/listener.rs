@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::capabilities::Capabilities;
 use crate::error::ConfigError;
+use crate::wasm::capabilities::Capabilities;
 
 /// Most connections one listener may allow (tokio's semaphore holds at most `usize::MAX >> 3`
 /// permits; a million connections is far past what one process can hold anyway).

@@ -11,9 +11,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, ConnectionContext};
 use crate::handler::HandlerFactory;
-use crate::stats::{Live, LiveKind};
+use crate::observe::stats::{EndKind, Live, LiveKind};
+use crate::server::connection::{self, ConnectionContext};
 
 /// Shortest and longest pause after an accept error caused by exhausted resources.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -86,6 +86,7 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                     let _live = Live::new(Arc::clone(&ctx.stats), LiveKind::Connection);
                     tokio::select! {
                         () = hard_stop.cancelled() => {
+                            ctx.stats.count_ended(EndKind::ShutdownDeadline);
                             tracing::warn!("connection dropped at the shutdown deadline");
                         }
                         () = connection::run(&ctx, socket, Ok(peer)) => {}

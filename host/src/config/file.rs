@@ -1,48 +1,16 @@
-//! The config file: one or more listeners in one process, each with its own plugin, limits
-//! and capabilities (`shoal serve --config shoal.toml`).
-//!
-//! ```toml
-//! [[listener]]
-//! name = "chat"
-//! address = "127.0.0.1:7000"
-//! plugin = "target/plugins/chat.wasm"   # relative paths start at the file's folder
-//! max_connections = 1000
-//! idle_timeout = "5m"
-//! cpu_budget_per_call = "50ms"
-//! memory_limit = "16MiB"
-//!
-//! [listener.capabilities]
-//! env = { GREETING = "hello" }
-//! config = { motd = "be nice" }
-//! read_only_dir = { host = "public", guest = "/public" }
-//! ```
-//!
-//! Every field, with its default, is in `shoal.example.toml` at the root of the repository.
-//! Durations are a number and a unit (`ms`, `s`, `m`, `h`); sizes a number of bytes or a
-//! number and a unit (`KiB`, `MiB`, `GiB`). Unknown fields are errors, so a typo cannot
-//! silently leave a limit at its default.
+//! `shoal.toml`: every listener of a process with its plugin, limits and capabilities, read
+//! into a [`NodeSpec`] (the format is documented on [`NodeSpec::load`]).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::capabilities::Capabilities;
-use crate::config::{ServerConfig, ServerConfigBuilder};
-
-/// One listener of the file, ready to bind and serve.
-#[derive(Debug, Clone)]
-pub struct ListenerSpec {
-    /// Where to listen.
-    pub address: SocketAddr,
-    /// The plugin component to serve (made absolute against the file's folder).
-    pub plugin: PathBuf,
-    /// Its settings, validated.
-    pub config: ServerConfig,
-}
+use crate::config::listener::{ServerConfig, ServerConfigBuilder};
+use crate::config::spec::{ListenerSpec, NodeSpec, PluginSource};
+use crate::config::units::{ByteSize, DurationText};
+use crate::wasm::capabilities::Capabilities;
 
 /// Why a config file cannot be used. Each message names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +51,8 @@ pub enum ConfigFileError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// Where compiled plugins are kept between starts (relative to the file's folder).
+    cache_dir: Option<PathBuf>,
     #[serde(rename = "listener", default)]
     listeners: Vec<ListenerEntry>,
 }
@@ -126,91 +96,120 @@ struct DirEntry {
     guest: String,
 }
 
-/// Read and check a config file.
-///
-/// # Errors
-///
-/// A [`ConfigFileError`] naming the file, the listener and the field at fault.
-pub fn load(path: impl AsRef<Path>) -> Result<Vec<ListenerSpec>, ConfigFileError> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, path, base)
-}
-
-/// Check the text of a config file; relative paths in it start at `base`. `path` names the
-/// file in errors.
-///
-/// # Errors
-///
-/// See [`load`].
-pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Vec<ListenerSpec>, ConfigFileError> {
-    let file: File = toml::from_str(text).map_err(|error| ConfigFileError::Parse {
-        path: path.to_path_buf(),
-        message: error.to_string().trim_end().to_string(),
-    })?;
-    let invalid = |listener: &str, field: &str, reason: String| ConfigFileError::Invalid {
-        path: path.to_path_buf(),
-        listener: listener.to_string(),
-        field: field.to_string(),
-        reason,
-    };
-    if file.listeners.is_empty() {
-        return Err(ConfigFileError::Parse {
+impl NodeSpec {
+    /// Read and check a config file (`shoal serve --config shoal.toml`): one or more listeners,
+    /// each with its own plugin, limits and capabilities, and where compiled plugins are kept.
+    ///
+    /// ```toml
+    /// cache_dir = "/var/cache/shoal"        # optional; relative paths start at the file's folder
+    ///
+    /// [[listener]]
+    /// name = "chat"
+    /// address = "127.0.0.1:7000"
+    /// plugin = "target/plugins/chat.wasm"   # relative paths start at the file's folder
+    /// max_connections = 1000
+    /// idle_timeout = "5m"
+    /// cpu_budget_per_call = "50ms"
+    /// memory_limit = "16MiB"
+    ///
+    /// [listener.capabilities]
+    /// env = { GREETING = "hello" }
+    /// config = { motd = "be nice" }
+    /// read_only_dir = { host = "public", guest = "/public" }
+    /// ```
+    ///
+    /// Every field, with its default, is in `shoal.example.toml` at the root of the repository.
+    /// Durations are a number and a unit (`ms`, `s`, `m`, `h`); sizes a number of bytes or a
+    /// number and a unit (`KiB`, `MiB`, `GiB`). Unknown fields are errors, so a typo cannot
+    /// silently leave a limit at its default.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigFileError`] naming the file, the listener and the field at fault.
+    pub fn load(path: impl AsRef<Path>) -> Result<NodeSpec, ConfigFileError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
             path: path.to_path_buf(),
-            message: "no listener: add at least one [[listener]] table".to_string(),
-        });
-    }
-    let mut specs: Vec<ListenerSpec> = Vec::new();
-    for entry in file.listeners {
-        let name = entry.name.clone();
-        if specs.iter().any(|spec| spec.config.name() == name) {
-            return Err(invalid(
-                &name,
-                "name",
-                "two listeners have this name".into(),
-            ));
-        }
-        let address: SocketAddr = entry.address.parse().map_err(|_| {
-            invalid(
-                &name,
-                "address",
-                format!(
-                    "{:?} is not an IP address and port, such as \"127.0.0.1:7000\"",
-                    entry.address
-                ),
-            )
+            source,
         })?;
-        // Port 0 asks the OS for a free port, so two listeners may both ask.
-        let taken = specs
-            .iter()
-            .find(|spec| spec.address == address && address.port() != 0);
-        if let Some(other) = taken {
-            let reason = format!(
-                "listener `{}` already listens on {address}",
-                other.config.name()
-            );
-            return Err(invalid(&name, "address", reason));
-        }
-        let plugin = base.join(&entry.plugin);
-        if !plugin.is_file() {
-            let reason = format!("{} is not a file", plugin.display());
-            return Err(invalid(&name, "plugin", reason));
-        }
-        let config = entry
-            .into_builder(base)
-            .build()
-            .map_err(|error| invalid(&name, error.field(), error.reason().to_string()))?;
-        specs.push(ListenerSpec {
-            address,
-            plugin,
-            config,
-        });
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
     }
-    Ok(specs)
+
+    /// Check the text of a config file; relative paths in it start at `base`. `path` names the
+    /// file in errors.
+    ///
+    /// # Errors
+    ///
+    /// See [`NodeSpec::load`].
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<NodeSpec, ConfigFileError> {
+        let file: File = toml::from_str(text).map_err(|error| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |listener: &str, field: &str, reason: String| ConfigFileError::Invalid {
+            path: path.to_path_buf(),
+            listener: listener.to_string(),
+            field: field.to_string(),
+            reason,
+        };
+        if file.listeners.is_empty() {
+            return Err(ConfigFileError::Parse {
+                path: path.to_path_buf(),
+                message: "no listener: add at least one [[listener]] table".to_string(),
+            });
+        }
+        let mut specs: Vec<ListenerSpec> = Vec::new();
+        for entry in file.listeners {
+            let name = entry.name.clone();
+            if specs.iter().any(|spec| spec.config.name() == name) {
+                return Err(invalid(
+                    &name,
+                    "name",
+                    "two listeners have this name".into(),
+                ));
+            }
+            let address: SocketAddr = entry.address.parse().map_err(|_| {
+                invalid(
+                    &name,
+                    "address",
+                    format!(
+                        "{:?} is not an IP address and port, such as \"127.0.0.1:7000\"",
+                        entry.address
+                    ),
+                )
+            })?;
+            // Port 0 asks the OS for a free port, so two listeners may both ask.
+            let taken = specs
+                .iter()
+                .find(|spec| spec.address == address && address.port() != 0);
+            if let Some(other) = taken {
+                let reason = format!(
+                    "listener `{}` already listens on {address}",
+                    other.config.name()
+                );
+                return Err(invalid(&name, "address", reason));
+            }
+            let plugin = base.join(&entry.plugin);
+            if !plugin.is_file() {
+                let reason = format!("{} is not a file", plugin.display());
+                return Err(invalid(&name, "plugin", reason));
+            }
+            let config = entry
+                .into_builder(base)
+                .build()
+                .map_err(|error| invalid(&name, error.field(), error.reason().to_string()))?;
+            specs.push(ListenerSpec {
+                address,
+                plugin: PluginSource::File(plugin),
+                config,
+            });
+        }
+        Ok(NodeSpec {
+            listeners: specs,
+            cache_dir: file.cache_dir.map(|dir| base.join(dir)),
+        })
+    }
 }
 
 impl ListenerEntry {
@@ -267,89 +266,10 @@ impl ListenerEntry {
     }
 }
 
-/// A duration written as a number and a unit: `250ms`, `5s`, `2m`, `1h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-struct DurationText(Duration);
-
-impl TryFrom<String> for DurationText {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "{text:?} is not a duration: write a number and a unit (ms, s, m, h), such as \"250ms\" or \"5s\""
-            )
-        };
-        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number.parse().map_err(|_| bad())?;
-        let duration = match unit.trim() {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.saturating_mul(60)),
-            "h" => Duration::from_secs(number.saturating_mul(3600)),
-            _ => return Err(bad()),
-        };
-        Ok(Self(duration))
-    }
-}
-
-/// A size in bytes: a number, or a number and a unit (`KiB`, `MiB`, `GiB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ByteSize(usize);
-
-impl ByteSize {
-    fn parse(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "{text:?} is not a size: write bytes, or a number and a unit (KiB, MiB, GiB), such as \"16MiB\""
-            )
-        };
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: usize = number.parse().map_err(|_| bad())?;
-        let scale: usize = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            _ => return Err(bad()),
-        };
-        number.checked_mul(scale).map(Self).ok_or_else(bad)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteSize;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size: bytes, or a number and a unit such as \"16MiB\"")
-            }
-
-            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<ByteSize, E> {
-                usize::try_from(value)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("{value} is not a size")))
-            }
-
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
-                ByteSize::parse(text).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// A folder holding an empty file standing in for a plugin.
@@ -361,7 +281,7 @@ mod tests {
     }
 
     fn check(text: &str) -> Result<Vec<ListenerSpec>, ConfigFileError> {
-        parse(text, Path::new("shoal.toml"), &base())
+        NodeSpec::parse(text, Path::new("shoal.toml"), &base()).map(|spec| spec.listeners)
     }
 
     fn error(text: &str) -> String {
@@ -470,7 +390,7 @@ mod tests {
     #[test]
     fn the_example_file_is_valid_and_states_the_defaults() -> Result<(), ConfigFileError> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let specs = load(root.join("shoal.example.toml"))?;
+        let specs = NodeSpec::load(root.join("shoal.example.toml"))?.listeners;
         let defaults = ServerConfig::default();
         let echo = &specs[0].config;
         assert_eq!(echo.pool_size(), defaults.pool_size());
@@ -490,19 +410,18 @@ mod tests {
     }
 
     #[test]
-    fn a_file_without_listeners_is_refused() {
-        assert!(error("").contains("no listener"));
+    fn the_cache_folder_is_relative_to_the_file() -> Result<(), ConfigFileError> {
+        let text = format!("cache_dir = \"cache\"\n{TWO}");
+        let spec = NodeSpec::parse(&text, Path::new("shoal.toml"), &base())?;
+        assert_eq!(spec.cache_dir, Some(base().join("cache")));
+        assert_eq!(check(TWO).map(|l| l.len()).ok(), Some(2));
+        let spec = NodeSpec::parse(TWO, Path::new("shoal.toml"), &base())?;
+        assert_eq!(spec.cache_dir, None);
+        Ok(())
     }
 
     #[test]
-    fn durations_and_sizes() {
-        let ms = DurationText::try_from("250ms".to_string()).map(|d| d.0);
-        assert_eq!(ms, Ok(Duration::from_millis(250)));
-        let hours = DurationText::try_from("2h".to_string()).map(|d| d.0);
-        assert_eq!(hours, Ok(Duration::from_secs(7200)));
-        assert!(DurationText::try_from("5".to_string()).is_err());
-        assert_eq!(ByteSize::parse("64KiB"), Ok(ByteSize(64 << 10)));
-        assert_eq!(ByteSize::parse("100"), Ok(ByteSize(100)));
-        assert!(ByteSize::parse("1TB").is_err());
+    fn a_file_without_listeners_is_refused() {
+        assert!(error("").contains("no listener"));
     }
 }

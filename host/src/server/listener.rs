@@ -1,5 +1,5 @@
-//! The server: a bound listener, a plugin and a config, run until a shutdown future resolves,
-//! then drained with a deadline.
+//! One listener: a bound socket, a handler factory (a plugin, usually) and a config, served
+//! until a shutdown future resolves, then drained with a deadline.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,15 +9,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::acceptor::{self, AcceptorPool};
-use crate::config::ServerConfig;
-use crate::connection::{self, ConnectionContext};
+use crate::config::listener::ServerConfig;
 use crate::error::ServeError;
 use crate::handler::HandlerFactory;
-use crate::hooks::{ConnectionHandle, Hooks};
-use crate::mailbox::{MailboxLimits, Mailboxes};
-use crate::plugin::Plugin;
-use crate::stats::Stats;
+use crate::messages::local::Mailboxes;
+use crate::messages::types::MailboxLimits;
+use crate::observe::stats::Stats;
+use crate::server::acceptor::{self, AcceptorPool};
+use crate::server::connection::{self, ConnectionContext};
+use crate::server::hooks::{ConnectionHandle, Hooks};
+use crate::wasm::plugin::Plugin;
 
 /// A shoal server for one listener: every accepted connection runs in its own instance of
 /// the plugin.
@@ -91,6 +92,11 @@ impl<F: HandlerFactory> Server<F> {
         &self.config
     }
 
+    /// Most handlers its factory can have alive at once, if bounded (a plugin's instance pool).
+    pub(crate) fn capacity(&self) -> Option<usize> {
+        self.factory.capacity()
+    }
+
     /// Live counters, readable while the server runs and after it stopped.
     #[must_use]
     pub fn stats(&self) -> Arc<Stats> {
@@ -113,13 +119,11 @@ impl<F: HandlerFactory> Server<F> {
         let local = listener.local_addr().map_err(ServeError::LocalAddr)?;
         let shutdown_timeout = self.config.shutdown_timeout();
         let max_connections = self.config.max_connections();
-        if let Some(max_instances) = self.factory.capacity()
-            && max_connections > max_instances
+        if let Some(capacity) = self.factory.capacity()
+            && let Some(warning) =
+                pool_shortfall(&[(self.config.name(), max_connections)], capacity)
         {
-            tracing::warn!(
-                "max_connections ({max_connections}) is above the runtime's max_instances \
-                 ({max_instances}): connections past the instance pool will be closed at once"
-            );
+            tracing::warn!("{warning}");
         }
         let ctx = Arc::new(ConnectionContext {
             config: self.config,
@@ -195,6 +199,25 @@ impl Drop for Stop {
     }
 }
 
+/// What to tell the operator when `listeners` (name, `max_connections`) may hold more
+/// connections at once than an instance pool of `capacity`, or `None` when the pool is large
+/// enough.
+pub(crate) fn pool_shortfall(listeners: &[(&str, usize)], capacity: usize) -> Option<String> {
+    let wanted: usize = listeners.iter().map(|(_, max)| max).sum();
+    if wanted <= capacity {
+        return None;
+    }
+    let names: Vec<String> = listeners
+        .iter()
+        .map(|(name, max)| format!("`{name}` ({max})"))
+        .collect();
+    Some(format!(
+        "max_connections of {} add up to {wanted}, but the instance pool holds {capacity}: \
+         when it is full, a new connection is closed at once",
+        names.join(" + ")
+    ))
+}
+
 /// Run `plugin` on `listener` with the default [`ServerConfig`] until `shutdown` resolves.
 /// See [`Server::serve`].
 ///
@@ -209,4 +232,26 @@ pub async fn serve(
     Server::new(plugin, ServerConfig::default())
         .serve(listener, shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_large_enough_says_nothing() {
+        assert_eq!(pool_shortfall(&[("echo", 100), ("chat", 50)], 150), None);
+    }
+
+    #[test]
+    fn a_pool_too_small_names_every_listener_and_the_sum() {
+        let warning = pool_shortfall(&[("echo", 16_384), ("chat", 1000)], 16_384);
+        assert_eq!(
+            warning.as_deref(),
+            Some(
+                "max_connections of `echo` (16384) + `chat` (1000) add up to 17384, but the \
+                 instance pool holds 16384: when it is full, a new connection is closed at once"
+            )
+        );
+    }
 }

@@ -1,19 +1,5 @@
-//! Messages between the connections of one listener: a registry of live connections and a
-//! bounded mailbox per connection.
-//!
-//! Every [`Server`](crate::Server) owns one [`Mailboxes`] registry, so messages never cross
-//! listeners. A connection registers when it is accepted and its mailbox is removed when it
-//! ends. Sending copies nothing but a reference-counted payload into the receiver's queue
-//! and never waits, so a slow or stuck receiver costs its senders nothing.
-//!
-//! Messages from one sender to one receiver keep their order (one FIFO queue per receiver,
-//! filled by one sender call at a time), and a connection never goes on with a gap: when a
-//! message does not fit in a mailbox (its [`MailboxLimits`]), the message is refused
-//! ([`MessageError::MailboxFull`]), the mailbox is closed to new messages, and its connection
-//! ends with `close(limit("mailbox full"))` once it has handled what the mailbox holds. A
-//! receiver either gets every message sent to it, in order, or is disconnected — the policy
-//! of a BEAM chat server that drops a client that cannot keep up, with a bound on memory
-//! instead of an unbounded process mailbox.
+//! The in-process message backend: a registry of one listener's live connections and a
+//! bounded mailbox per connection ([`Mailboxes`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,65 +10,24 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
-/// The `from` of a message sent by the host program (an embedder hook) rather than by a
-/// connection. Connection ids start at 1.
-pub const FROM_HOST: u64 = 0;
-
-/// Longest name a connection may give itself (longer names are cut at a character boundary).
-pub const MAX_NAME_BYTES: usize = 256;
-
-/// One message waiting in a mailbox.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// The sending connection's id, or [`FROM_HOST`].
-    pub from: u64,
-    /// What it sent.
-    pub payload: Bytes,
-}
-
-/// Why a message was not delivered. Nothing was queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum MessageError {
-    /// No connection of this listener has that id.
-    #[error("no connection of this listener has that id")]
-    NoSuchConnection,
-    /// The receiver's mailbox is at its message or byte limit.
-    #[error("the receiver's mailbox is full")]
-    MailboxFull,
-    /// The payload is larger than a whole mailbox may hold.
-    #[error("the message is larger than a mailbox may hold")]
-    TooLarge,
-}
-
-/// How much one connection's mailbox may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MailboxLimits {
-    /// Most messages queued (at least 1).
-    pub messages: usize,
-    /// Most payload bytes queued; also the largest message accepted.
-    pub bytes: usize,
-}
-
-impl From<&crate::ServerConfig> for MailboxLimits {
-    fn from(config: &crate::ServerConfig) -> Self {
-        Self {
-            messages: config.mailbox_messages(),
-            bytes: config.mailbox_bytes(),
-        }
-    }
-}
-
-/// A connection of the listener, as [`Mailboxes::peers`] lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// The connection's id.
-    pub id: u64,
-    /// The name it gave itself, if any.
-    pub name: Option<String>,
-}
+use crate::messages::types::{MAX_NAME_BYTES, MailboxLimits, Message, MessageError, Peer};
 
 /// The registry of one listener's live connections and their mailboxes. Cloning it is cheap;
 /// every clone is the same registry.
+///
+/// Every [`Server`](crate::Server) owns one [`Mailboxes`] registry, so messages never cross
+/// listeners. A connection registers when it is accepted and its mailbox is removed when it
+/// ends. Sending copies nothing but a reference-counted payload into the receiver's queue
+/// and never waits, so a slow or stuck receiver costs its senders nothing.
+///
+/// Messages from one sender to one receiver keep their order (one FIFO queue per receiver,
+/// filled by one sender call at a time), and a connection never goes on with a gap: when a
+/// message does not fit in a mailbox (its [`MailboxLimits`]), the message is refused
+/// ([`MessageError::MailboxFull`]), the mailbox is closed to new messages, and its connection
+/// ends with `close(limit("mailbox full"))` once it has handled what the mailbox holds. A
+/// receiver either gets every message sent to it, in order, or is disconnected — the policy
+/// of a BEAM chat server that drops a client that cannot keep up, with a bound on memory
+/// instead of an unbounded process mailbox.
 #[derive(Clone)]
 pub struct Mailboxes {
     inner: Arc<Registry>,

@@ -1,0 +1,61 @@
+//! What a [`Node`](crate::Node) is built from: its listeners, each an address, a plugin and
+//! settings, and where compiled plugins are cached. A config file is read into one
+//! ([`NodeSpec::load`]); `shoal serve PLUGIN.wasm` makes a one-listener one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::config::listener::ServerConfig;
+
+/// Every listener of one process, and the compile cache folder they share.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSpec {
+    /// The listeners, in the order they are bound.
+    pub listeners: Vec<ListenerSpec>,
+    /// Where compiled plugins are kept between starts; `None` compiles every plugin at
+    /// every start.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One listener: where it listens, what it serves, with which settings.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Where to listen (port 0 picks a free port).
+    pub address: SocketAddr,
+    /// The plugin component to serve.
+    pub plugin: PluginSource,
+    /// Its settings, validated (the name is in there).
+    pub config: ServerConfig,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone)]
+pub enum PluginSource {
+    /// A component file (relative paths in a config file were made absolute against its
+    /// folder).
+    File(PathBuf),
+    /// A component in memory (such as the echo plugin bundled into the `shoal` binary),
+    /// with the name its logs use.
+    Bytes {
+        /// The plugin's name.
+        name: String,
+        /// The component.
+        bytes: Bytes,
+    },
+}
+
+impl PluginSource {
+    /// How the log names it: the file name, or the name given to the bytes.
+    #[must_use]
+    pub fn display_name(&self) -> String {
+        match self {
+            PluginSource::File(path) => path.file_name().map_or_else(
+                || path.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            ),
+            PluginSource::Bytes { name, .. } => format!("{name} (bundled)"),
+        }
+    }
+}

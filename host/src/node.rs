@@ -1,0 +1,399 @@
+//! The node: the Wasm engine and every listener of one process ([`Node`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::listener::ServerConfig;
+use crate::config::spec::{NodeSpec, PluginSource};
+use crate::error::{NodeError, PluginError, ServeError};
+use crate::handler::HandlerFactory;
+use crate::messages::local::Mailboxes;
+use crate::observe::stats::Stats;
+use crate::server::listener::{Server, pool_shortfall};
+use crate::wasm::plugin::Plugin;
+use crate::wasm::runtime::{Runtime, RuntimeConfig};
+
+/// The Wasm engine and every listener of one process. It sizes the instance pool,
+/// loads each plugin (through the compile cache), binds every address, serves, and stops
+/// every listener on one shutdown future.
+///
+/// ```no_run
+/// use shoal_host::{Node, NodeSpec};
+///
+/// # async fn run() -> anyhow::Result<()> {
+/// let spec = NodeSpec::load("shoal.toml")?;
+/// let mut node = Node::from_spec(spec)?;
+/// node.bind().await?;
+/// for listener in node.listeners() {
+///     println!("{} listens on {:?}", listener.name(), listener.local_addr());
+/// }
+/// node.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Sizing the instance pool
+///
+/// Every open connection of a Wasm listener holds one instance of the pool, so a node built
+/// from a spec sizes the pool to the sum of its listeners' `max_connections`, capped at
+/// [`RuntimeConfig::DEFAULT_MAX_INSTANCES`] (16,384: past it the kernel's limit on memory
+/// mappings, `vm.max_map_count`, is reached). The rule is the same whether the listeners come
+/// from a config file or from `shoal serve --max-connections N`. When the listeners allow
+/// more connections than the pool holds, the node says so at start, naming them; a
+/// connection that finds the pool full is then closed at once (counted as
+/// [`EndKind::NoInstance`](crate::EndKind::NoInstance)).
+pub struct Node {
+    runtime_config: RuntimeConfig,
+    /// Started when the first plugin is loaded: a node of native listeners runs no engine.
+    runtime: Option<Runtime>,
+    listeners: Vec<NodeListener>,
+}
+
+/// One listener of a [`Node`]: its name, settings and counters.
+pub struct NodeListener {
+    address: SocketAddr,
+    config: ServerConfig,
+    stats: Arc<Stats>,
+    mailboxes: Mailboxes,
+    /// How many instances its factory can have alive at once, if bounded (a Wasm plugin).
+    capacity: Option<usize>,
+    server: Box<dyn ServeErased>,
+    bound: Option<TcpListener>,
+}
+
+impl NodeListener {
+    /// The listener's name (unique in its node).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.config.name()
+    }
+
+    /// The address it was asked to listen on.
+    #[must_use]
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The address it listens on, once [`Node::bind`] has bound it (port 0 resolved).
+    #[must_use]
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.bound
+            .as_ref()
+            .and_then(|bound| bound.local_addr().ok())
+    }
+
+    /// Its settings.
+    #[must_use]
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Its live counters, readable while the node serves and after it stopped.
+    #[must_use]
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The registry of its connections, to message them from native code.
+    #[must_use]
+    pub fn mailboxes(&self) -> Mailboxes {
+        self.mailboxes.clone()
+    }
+}
+
+impl Node {
+    /// An empty node whose Wasm engine (started when the first plugin is loaded) has
+    /// `runtime_config`. Listeners are added with [`Node::add`].
+    #[must_use]
+    pub fn new(runtime_config: RuntimeConfig) -> Self {
+        Self {
+            runtime_config,
+            runtime: None,
+            listeners: Vec::new(),
+        }
+    }
+
+    /// A node with every listener of `spec`: the instance pool sized by the rule in the
+    /// [type docs](Node#sizing-the-instance-pool), every plugin loaded (from the compile cache when it has it; each
+    /// load is logged), every listener added. Nothing is bound yet.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError`] naming the listener whose plugin cannot be loaded, or whose name is
+    /// taken; or the engine cannot start.
+    pub fn from_spec(spec: NodeSpec) -> Result<Self, NodeError> {
+        let instances = Self::pool_size(spec.listeners.iter().map(|l| l.config.max_connections()));
+        let memory = spec
+            .listeners
+            .iter()
+            .map(|l| l.config.memory_limit())
+            .max()
+            .unwrap_or(RuntimeConfig::default().max_memory_bytes());
+        let runtime_config = RuntimeConfig::builder()
+            .max_instances(instances)
+            .max_memory_bytes(memory)
+            .cache_dir(spec.cache_dir)
+            .build()
+            .map_err(NodeError::RuntimeConfig)?;
+        let mut node = Self::new(runtime_config);
+        for listener in spec.listeners {
+            let name = listener.config.name().to_string();
+            let plugin = node
+                .load_plugin(&listener.plugin)
+                .map_err(|error| match error {
+                    NodeError::Plugin { error, .. } => NodeError::Plugin {
+                        listener: name.clone(),
+                        error,
+                    },
+                    other => other,
+                })?;
+            node.add(listener.address, Server::new(plugin, listener.config))?;
+        }
+        Ok(node)
+    }
+
+    /// The node's Wasm engine, started now if no plugin has been loaded yet.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Runtime`] when the engine cannot start.
+    pub fn runtime(&mut self) -> Result<&Runtime, NodeError> {
+        let runtime = match self.runtime.take() {
+            Some(runtime) => runtime,
+            None => Runtime::new(self.runtime_config.clone()).map_err(NodeError::Runtime)?,
+        };
+        Ok(self.runtime.insert(runtime))
+    }
+
+    /// Load a plugin on the node's engine (through its compile cache), and log how: `compiled
+    /// echo.wasm (24 KiB) in 38 ms` or `loaded echo.wasm (24 KiB) from cache in 2 ms`.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Plugin`] (its `listener` empty) when the plugin cannot be loaded;
+    /// [`NodeError::Runtime`] when the engine cannot start.
+    pub fn load_plugin(&mut self, source: &PluginSource) -> Result<Plugin, NodeError> {
+        let runtime = self.runtime()?;
+        let plugin = match source {
+            PluginSource::File(path) => Plugin::from_file(runtime, path),
+            PluginSource::Bytes { name, bytes } => Plugin::from_bytes(runtime, name, bytes),
+        };
+        let plugin = plugin.map_err(|error: PluginError| NodeError::Plugin {
+            listener: String::new(),
+            error,
+        })?;
+        tracing::info!(
+            plugin = plugin.name(),
+            hash = %plugin.content_hash(),
+            "{}",
+            plugin.load_report().describe(&source.display_name())
+        );
+        Ok(plugin)
+    }
+
+    /// Add a listener that will serve `server` on `address`.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::DuplicateName`] when a listener of this node has the same name.
+    pub fn add<F: HandlerFactory>(
+        &mut self,
+        address: SocketAddr,
+        server: Server<F>,
+    ) -> Result<(), NodeError> {
+        let name = server.config().name();
+        if self.listener(name).is_some() {
+            return Err(NodeError::DuplicateName(name.to_string()));
+        }
+        self.listeners.push(NodeListener {
+            address,
+            config: server.config().clone(),
+            stats: server.stats(),
+            mailboxes: server.mailboxes(),
+            capacity: server.capacity(),
+            server: Box::new(server),
+            bound: None,
+        });
+        Ok(())
+    }
+
+    /// The listener named `name`.
+    #[must_use]
+    pub fn listener(&self, name: &str) -> Option<&NodeListener> {
+        self.listeners.iter().find(|l| l.name() == name)
+    }
+
+    /// Every listener, in the order they were added.
+    #[must_use]
+    pub fn listeners(&self) -> &[NodeListener] {
+        &self.listeners
+    }
+
+    /// Bind every listener's address, in order. If one cannot be bound, the ones bound before
+    /// are closed again: nothing is left listening.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Bind`] naming the listener and its address.
+    pub async fn bind(&mut self) -> Result<(), NodeError> {
+        for index in 0..self.listeners.len() {
+            let listener = &mut self.listeners[index];
+            if listener.bound.is_some() {
+                continue;
+            }
+            match TcpListener::bind(listener.address).await {
+                Ok(bound) => listener.bound = Some(bound),
+                Err(error) => {
+                    let failed = NodeError::Bind {
+                        listener: listener.name().to_string(),
+                        address: listener.address,
+                        error,
+                    };
+                    for listener in &mut self.listeners {
+                        listener.bound = None;
+                    }
+                    return Err(failed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Serve every listener (binding those not bound yet) until `shutdown` resolves; then
+    /// every listener stops accepting, gives its guests `close(shutdown)` and drains within
+    /// its own `shutdown_timeout`. Returns once all have stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Bind`] as [`Node::bind`]; [`NodeError::Serve`] for the first listener
+    /// that stopped with an error (the others are logged).
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        self.bind().await?;
+        self.warn_if_pool_too_small();
+        let stop = CancellationToken::new();
+        let mut running = JoinSet::new();
+        for listener in self.listeners {
+            let Some(bound) = listener.bound else {
+                continue;
+            };
+            let name = listener.config.name().to_string();
+            let serving = listener.server.serve(bound, stop.clone());
+            running.spawn(async move { (name, serving.await) });
+        }
+        shutdown.await;
+        stop.cancel();
+        let mut first_error = None;
+        while let Some(ended) = running.join_next().await {
+            match ended {
+                Ok((_, Ok(()))) => {}
+                Ok((listener, Err(error))) => {
+                    tracing::error!(listener, "listener stopped: {error}");
+                    first_error.get_or_insert(NodeError::Serve { listener, error });
+                }
+                Err(join) => tracing::error!("a listener's task failed: {join}"),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The instance pool for listeners that allow `max_connections` each: their sum, capped at
+    /// [`RuntimeConfig::DEFAULT_MAX_INSTANCES`], at least 1.
+    #[must_use]
+    pub fn pool_size(max_connections: impl IntoIterator<Item = usize>) -> u32 {
+        let wanted: usize = max_connections.into_iter().fold(0, usize::saturating_add);
+        let cap = RuntimeConfig::DEFAULT_MAX_INSTANCES;
+        u32::try_from(wanted).map_or(cap, |wanted| wanted.clamp(1, cap))
+    }
+
+    fn warn_if_pool_too_small(&self) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let wasm: Vec<(&str, usize)> = self
+            .listeners
+            .iter()
+            .filter(|l| l.capacity.is_some())
+            .map(|l| (l.name(), l.config.max_connections()))
+            .collect();
+        let capacity = usize::try_from(runtime.config().max_instances()).unwrap_or(usize::MAX);
+        if let Some(warning) = pool_shortfall(&wasm, capacity) {
+            tracing::warn!("{warning}");
+        }
+    }
+}
+
+/// A [`Server`] of any handler factory, served through a trait object so that one node holds
+/// listeners of different factories (plugins and native code).
+trait ServeErased: Send {
+    fn serve(
+        self: Box<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>;
+}
+
+impl<F: HandlerFactory> ServeErased for Server<F> {
+    fn serve(
+        self: Box<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>> {
+        Box::pin(Server::serve(*self, listener, stop.cancelled_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_holds_every_listener_up_to_the_cap() {
+        assert_eq!(Node::pool_size([100, 50]), 150);
+        assert_eq!(Node::pool_size([16_384, 1_000]), 16_384);
+        assert_eq!(Node::pool_size([usize::MAX, usize::MAX]), 16_384);
+        assert_eq!(Node::pool_size([]), 1);
+    }
+
+    #[tokio::test]
+    async fn a_native_node_starts_no_engine_and_names_a_taken_address() -> anyhow::Result<()> {
+        let taken = TcpListener::bind("127.0.0.1:0").await?;
+        let taken_addr = taken.local_addr()?;
+        let mut node = Node::new(RuntimeConfig::default());
+        let first = ServerConfig::builder().name("first").build()?;
+        let second = ServerConfig::builder().name("second").build()?;
+        node.add(
+            "127.0.0.1:0".parse()?,
+            Server::new(crate::native::Echo, first),
+        )?;
+        node.add(taken_addr, Server::new(crate::native::Echo, second))?;
+        let Err(NodeError::Bind { listener, .. }) = node.bind().await else {
+            panic!("the taken address must fail");
+        };
+        assert_eq!(listener, "second");
+        assert!(node.listeners().iter().all(|l| l.local_addr().is_none()));
+        assert!(node.runtime.is_none(), "no plugin, no engine");
+        Ok(())
+    }
+
+    #[test]
+    fn names_are_unique_in_a_node() -> anyhow::Result<()> {
+        let mut node = Node::new(RuntimeConfig::default());
+        let config = ServerConfig::builder().name("echo").build()?;
+        node.add(
+            "127.0.0.1:0".parse()?,
+            Server::new(crate::native::Echo, config.clone()),
+        )?;
+        let again = node.add(
+            "127.0.0.1:0".parse()?,
+            Server::new(crate::native::Echo, config),
+        );
+        assert!(matches!(again, Err(NodeError::DuplicateName(name)) if name == "echo"));
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! What a running node lets an operator see: counters per listener.
+
+pub(crate) mod stats;

@@ -1,0 +1,272 @@
+//! Counters a listener exposes while it runs: live instances and connections, connections
+//! accepted, guest calls that faulted, and every connection by how it ended.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Live counters of one listener, readable while it runs and after it stopped (see
+/// [`crate::Server::stats`] and [`crate::Node::listener`]).
+#[derive(Debug, Default)]
+pub struct Stats {
+    live_instances: AtomicUsize,
+    live_connections: AtomicUsize,
+    accepted: AtomicU64,
+    faults: AtomicU64,
+    ended: [AtomicU64; EndKind::ALL.len()],
+}
+
+/// A limit of a listener that ended a connection (see [`Stats::limit_hits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limit {
+    /// A call ran past its CPU budget.
+    CpuBudget,
+    /// A call ran past its wall-clock call timeout.
+    CallTimeout,
+    /// The guest's linear memory would have grown past `memory_limit`.
+    Memory,
+    /// The client sent nothing for `idle_timeout`.
+    Idle,
+    /// The client did not take the output for `write_timeout`.
+    Write,
+    /// The connection's mailbox overflowed.
+    Mailbox,
+}
+
+impl Limit {
+    /// Every limit, in a fixed order.
+    pub const ALL: [Limit; 6] = [
+        Limit::CpuBudget,
+        Limit::CallTimeout,
+        Limit::Memory,
+        Limit::Idle,
+        Limit::Write,
+        Limit::Mailbox,
+    ];
+
+    /// The limit's setting, as `shoal.toml` and [`crate::ServerConfigBuilder`] name it.
+    #[must_use]
+    pub fn setting(self) -> &'static str {
+        match self {
+            Limit::CpuBudget => "cpu_budget_per_call",
+            Limit::CallTimeout => "call_timeout",
+            Limit::Memory => "memory_limit",
+            Limit::Idle => "idle_timeout",
+            Limit::Write => "write_timeout",
+            Limit::Mailbox => "mailbox_messages / mailbox_bytes",
+        }
+    }
+}
+
+/// How a connection ended, as [`Stats::ended`] counts it: every accepted connection is
+/// counted once, under exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndKind {
+    /// The client closed its side (end of stream) or reset the connection.
+    ClientClosed,
+    /// The guest returned `next.close`.
+    GuestClosed,
+    /// The guest's `init` refused the connection.
+    Refused,
+    /// The server shut down while the connection was open.
+    Shutdown,
+    /// The connection was still open at the shutdown deadline and was dropped.
+    ShutdownDeadline,
+    /// A limit of the listener was reached.
+    Limit(Limit),
+    /// A guest call trapped (a panic, `unreachable`, an out-of-bounds access).
+    Trap,
+    /// Reading from or writing to the socket failed.
+    IoError,
+    /// No handler could be made for it (the Wasm instance pool was full, say).
+    NoInstance,
+}
+
+impl EndKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [EndKind; 14] = [
+        EndKind::ClientClosed,
+        EndKind::GuestClosed,
+        EndKind::Refused,
+        EndKind::Shutdown,
+        EndKind::ShutdownDeadline,
+        EndKind::Trap,
+        EndKind::IoError,
+        EndKind::NoInstance,
+        EndKind::Limit(Limit::CpuBudget),
+        EndKind::Limit(Limit::CallTimeout),
+        EndKind::Limit(Limit::Memory),
+        EndKind::Limit(Limit::Idle),
+        EndKind::Limit(Limit::Write),
+        EndKind::Limit(Limit::Mailbox),
+    ];
+
+    /// A short name for logs and metrics: `client-closed`, `limit:write_timeout`, ….
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            EndKind::ClientClosed => "client-closed",
+            EndKind::GuestClosed => "guest-closed",
+            EndKind::Refused => "refused",
+            EndKind::Shutdown => "shutdown",
+            EndKind::ShutdownDeadline => "shutdown-deadline",
+            EndKind::Trap => "trap",
+            EndKind::IoError => "io-error",
+            EndKind::NoInstance => "no-instance",
+            EndKind::Limit(Limit::CpuBudget) => "limit:cpu_budget_per_call",
+            EndKind::Limit(Limit::CallTimeout) => "limit:call_timeout",
+            EndKind::Limit(Limit::Memory) => "limit:memory_limit",
+            EndKind::Limit(Limit::Idle) => "limit:idle_timeout",
+            EndKind::Limit(Limit::Write) => "limit:write_timeout",
+            EndKind::Limit(Limit::Mailbox) => "limit:mailbox",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            EndKind::ClientClosed => 0,
+            EndKind::GuestClosed => 1,
+            EndKind::Refused => 2,
+            EndKind::Shutdown => 3,
+            EndKind::ShutdownDeadline => 4,
+            EndKind::Trap => 5,
+            EndKind::IoError => 6,
+            EndKind::NoInstance => 7,
+            EndKind::Limit(limit) => 8 + limit as usize,
+        }
+    }
+}
+
+impl Stats {
+    /// Plugin instances alive now (each connection's `Store`, until it is dropped).
+    #[must_use]
+    pub fn live_instances(&self) -> usize {
+        self.live_instances.load(Ordering::Acquire)
+    }
+
+    /// Connections being served now.
+    #[must_use]
+    pub fn live_connections(&self) -> usize {
+        self.live_connections.load(Ordering::Acquire)
+    }
+
+    /// Connections accepted since the server started.
+    #[must_use]
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Guest calls that faulted since the start, in any export: traps, and calls stopped by
+    /// a limit (CPU budget, call timeout, memory). A fault in `close` is counted here, while
+    /// the connection counts under what ended it before.
+    #[must_use]
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
+
+    /// Connections that ended as `kind` since the start.
+    #[must_use]
+    pub fn ended(&self, kind: EndKind) -> u64 {
+        self.ended[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// Connections ended by `limit` since the start: `ended(EndKind::Limit(limit))`.
+    #[must_use]
+    pub fn limit_hits(&self, limit: Limit) -> u64 {
+        self.ended(EndKind::Limit(limit))
+    }
+
+    pub(crate) fn count_ended(&self, kind: EndKind) {
+        self.ended[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_fault(&self) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a [`Live`] guard counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LiveKind {
+    Instance,
+    Connection,
+}
+
+/// Counts one live instance or connection for as long as the guard lives.
+#[derive(Debug)]
+pub(crate) struct Live {
+    stats: Arc<Stats>,
+    kind: LiveKind,
+}
+
+impl Live {
+    pub(crate) fn new(stats: Arc<Stats>, kind: LiveKind) -> Self {
+        let live = Self { stats, kind };
+        live.counter().fetch_add(1, Ordering::AcqRel);
+        live
+    }
+
+    fn counter(&self) -> &AtomicUsize {
+        match self.kind {
+            LiveKind::Instance => &self.stats.live_instances,
+            LiveKind::Connection => &self.stats.live_connections,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_counter_and_name() {
+        let stats = Stats::default();
+        for (n, kind) in EndKind::ALL.iter().enumerate() {
+            for _ in 0..=n {
+                stats.count_ended(*kind);
+            }
+        }
+        for (n, kind) in EndKind::ALL.iter().enumerate() {
+            assert_eq!(stats.ended(*kind), n as u64 + 1, "{kind:?}");
+        }
+        let names: HashSet<_> = EndKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), EndKind::ALL.len());
+        let indexes: HashSet<_> = EndKind::ALL.iter().map(|k| k.index()).collect();
+        assert_eq!(indexes.len(), EndKind::ALL.len());
+    }
+
+    #[test]
+    fn limit_hits_are_the_endings_by_that_limit() {
+        let stats = Stats::default();
+        stats.count_ended(EndKind::Limit(Limit::Write));
+        assert_eq!(stats.limit_hits(Limit::Write), 1);
+        assert_eq!(stats.limit_hits(Limit::Idle), 0);
+        for limit in Limit::ALL {
+            assert!(EndKind::ALL.contains(&EndKind::Limit(limit)), "{limit:?}");
+        }
+    }
+
+    #[test]
+    fn live_guards_count_while_they_live() {
+        let stats = Arc::new(Stats::default());
+        let connection = Live::new(Arc::clone(&stats), LiveKind::Connection);
+        let instance = Live::new(Arc::clone(&stats), LiveKind::Instance);
+        assert_eq!((stats.live_connections(), stats.live_instances()), (1, 1));
+        drop(instance);
+        drop(connection);
+        assert_eq!((stats.live_connections(), stats.live_instances()), (0, 0));
+    }
+}

@@ -1,0 +1,441 @@
+//! One connection, start to end, over any [`Transport`]: make its handler, `init`, hand
+//! every chunk read and every message to `handle`, write what the guest sent after each
+//! call, and `close` exactly once (the lifecycle is specified in `wit/plugin.wit`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::listener::ServerConfig;
+use crate::conn_id;
+use crate::error::GuestFault;
+use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
+use crate::messages::local::{Mailbox, Mailboxes};
+use crate::messages::types::Message;
+use crate::observe::stats::Stats;
+use crate::server::ending::{Ending, Export, Operation};
+use crate::server::hooks::{ConnectionHandle, Hooks};
+use crate::server::io::{flush, linger_close, read_lent};
+use crate::server::read_buffers;
+use crate::server::transport::Transport;
+use crate::wasm::bindings::shoal::plugin::types::{ConnInfo, Envelope, Event, Next};
+
+/// What every connection of one listener shares.
+pub(crate) struct ConnectionContext<F> {
+    pub(crate) config: ServerConfig,
+    pub(crate) factory: F,
+    pub(crate) stats: Arc<Stats>,
+    /// The listener's registry of connections: messages never leave it.
+    pub(crate) mailboxes: Mailboxes,
+    pub(crate) hooks: Hooks,
+    /// Cancelled when the server shuts down. Connections learn it from their mailbox, which
+    /// the server closes at the same time (one wake-up source per connection, not two), and
+    /// then give their guest `close(shutdown)`.
+    pub(crate) shutdown: CancellationToken,
+    /// The listener's address as text when it is bound to one address: then every
+    /// connection's local address, formatted once. `None` for a wildcard listener, whose
+    /// connections' local addresses differ (read per connection).
+    pub(crate) local: Option<String>,
+}
+
+/// What a [`ConnectionContext`] keeps of its listener's address `bound`: the text every
+/// connection's local address will be, unless the listener is bound to a wildcard address.
+pub(crate) fn fixed_local_address(bound: io::Result<SocketAddr>) -> Option<String> {
+    bound
+        .ok()
+        .filter(|addr| !addr.ip().is_unspecified())
+        .map(|addr| addr.to_string())
+}
+
+/// Serve one accepted stream, from the client at `peer` (as `accept` reported it), until it
+/// ends.
+pub(crate) async fn run<F: HandlerFactory, T: Transport>(
+    ctx: &ConnectionContext<F>,
+    stream: T,
+    peer: io::Result<SocketAddr>,
+) {
+    let id = conn_id::next();
+    let peer = address(peer);
+    // At `debug` only: a span's fields are formatted when it is created (~8,000 instructions
+    // per connection with the fmt subscriber), for lines that are rarely written. The lines
+    // logged at `info` and above carry the connection's fields themselves (`log_conn!`).
+    let span = tracing::debug_span!("conn", id, %peer, plugin = ctx.factory.name());
+    serve(ctx, stream, id, peer).instrument(span).await;
+}
+
+/// Which connection a log line is about: its id, its client's address and the plugin.
+#[derive(Clone, Copy)]
+struct Who<'a> {
+    conn: u64,
+    peer: &'a str,
+    plugin: &'a str,
+}
+
+/// Log an event about a connection, with its `conn`, `peer` and `plugin` fields.
+macro_rules! log_conn {
+    ($level:ident, $who:expr, $($rest:tt)+) => {
+        tracing::event!(
+            tracing::Level::$level,
+            conn = $who.conn,
+            peer = $who.peer,
+            plugin = $who.plugin,
+            $($rest)+
+        )
+    };
+}
+
+fn address(addr: io::Result<SocketAddr>) -> String {
+    addr.map_or_else(|_| "unknown".to_string(), |a| a.to_string())
+}
+
+async fn serve<F: HandlerFactory, T: Transport>(
+    ctx: &ConnectionContext<F>,
+    mut stream: T,
+    id: u64,
+    peer: String,
+) {
+    let config = &ctx.config;
+    let info = ConnInfo {
+        id,
+        peer,
+        local: ctx
+            .local
+            .clone()
+            .unwrap_or_else(|| address(stream.local_addr())),
+        listener: config.name().to_string(),
+    };
+    let who = Who {
+        conn: id,
+        peer: &info.peer,
+        plugin: ctx.factory.name(),
+    };
+    // Registered before `init`, so that `init` can already message the others (a chat's
+    // join notice) and list itself among the peers.
+    let mut mailbox = ctx.mailboxes.register(id);
+    let new = NewConnection {
+        conn_id: id,
+        config,
+        stats: &ctx.stats,
+        mailboxes: &ctx.mailboxes,
+    };
+    // Instantiation, `init` and `close` are the largest futures of a connection (wasmtime's
+    // call machinery: ~1.4 KiB, 0.8, 0.8); awaited in place they would size every
+    // connection's task for its whole life, idle or not. Boxed, they cost a short-lived
+    // allocation each instead.
+    let mut guest = match Box::pin(ctx.factory.create(new)).await {
+        Ok(guest) => guest,
+        Err(error) => {
+            record(ctx, who, &Ending::NoInstance(error));
+            return linger_close(&mut stream).await;
+        }
+    };
+    let hooks = &ctx.hooks;
+    let mut handle = None;
+    let ending = match Box::pin(guest.init(&info)).await {
+        Ok(Ok(next)) => {
+            handle = (hooks.on_open.is_some() || hooks.on_close.is_some()).then(|| {
+                ConnectionHandle::new(id, Arc::from(info.peer.as_str()), ctx.mailboxes.clone())
+            });
+            if let (Some(on_open), Some(handle)) = (&hooks.on_open, &handle) {
+                on_open(handle);
+            }
+            event_loop(ctx, &mut guest, &mut stream, &mut mailbox, next).await
+        }
+        Ok(Err(refusal)) => Ending::Refused(refusal),
+        Err(fault) => Ending::Fault {
+            export: Export::Init,
+            fault,
+        },
+    };
+    // Gone from the registry before `close`: messages sent to it from now on (the others'
+    // replies to its leave notice, say) get `no-such-connection` instead of being lost.
+    drop(mailbox);
+    record(ctx, who, &ending);
+    let closed = match ending.close_reason() {
+        Some(reason) => Some(Box::pin(guest.close(&reason)).await),
+        None => None,
+    };
+    if let (Some(on_close), Some(handle)) = (&hooks.on_close, &handle) {
+        on_close(handle);
+    }
+    match closed {
+        // The client may be gone already; there is nobody left to tell about a failed write.
+        Some(Ok(())) => {
+            let _ = flush(&mut guest, &mut stream, config.write_timeout()).await;
+        }
+        // After a fault the guest's output is dropped; the socket still closes politely.
+        Some(Err(fault)) => {
+            ctx.stats.count_fault();
+            log_conn!(WARN, who, %fault, "`{}` failed", Export::Close.name());
+        }
+        None => {}
+    }
+    drop(guest);
+    linger_close(&mut stream).await;
+}
+
+/// Count a connection's ending and log it, as loudly as it deserves.
+fn record<F>(ctx: &ConnectionContext<F>, who: Who<'_>, ending: &Ending) {
+    let kind = ending.kind();
+    ctx.stats.count_ended(kind);
+    let kind = kind.name();
+    if let Some(fault) = ending.fault() {
+        ctx.stats.count_fault();
+        // The fault last: its text may run over several lines (a Wasm backtrace).
+        log_conn!(WARN, who, ending = kind, %fault, "closing the connection: {ending}");
+        return;
+    }
+    match ending.level() {
+        tracing::Level::WARN => {
+            log_conn!(WARN, who, ending = kind, "closing the connection: {ending}")
+        }
+        tracing::Level::INFO => {
+            log_conn!(INFO, who, ending = kind, "closing the connection: {ending}")
+        }
+        _ => log_conn!(
+            DEBUG,
+            who,
+            ending = kind,
+            "closing the connection: {ending}"
+        ),
+    }
+}
+
+/// What the connection waits for between calls.
+enum Input {
+    Data(Vec<u8>),
+    Message(Message),
+    MailboxClosed,
+}
+
+/// Read, `handle`, write, until the guest, the client or the server ends the connection.
+/// Stream data and mailbox messages are taken in turn, one call at a time.
+async fn event_loop<F: HandlerFactory, T: Transport>(
+    ctx: &ConnectionContext<F>,
+    guest: &mut F::Handler,
+    stream: &mut T,
+    mailbox: &mut Mailbox,
+    mut next: Next,
+) -> Ending {
+    let config = &ctx.config;
+    let handle_fault = |fault| Ending::Fault {
+        export: Export::Handle,
+        fault,
+    };
+    // Idle means no byte from the client: messages from others do not keep a silent client.
+    // One timer for the whole connection, moved only when it fires: re-arming it at every
+    // read would register and deregister a timer per round trip.
+    let mut last_input = Instant::now();
+    let idle = tokio::time::sleep_until(last_input + config.idle_timeout());
+    tokio::pin!(idle);
+    let overflow = mailbox.overflow_signal();
+    loop {
+        // The overflow branch is polled only while the write is pending: a client that does
+        // not read cannot keep an overflowed connection alive until its write timeout.
+        let flushed = tokio::select! {
+            biased;
+            flushed = flush(guest, stream, config.write_timeout()) => flushed,
+            () = overflow.cancelled() => Err(Ending::MailboxFull),
+        };
+        if let Err(ending) = flushed {
+            // A write cut short leaves the stream mid-output: `close` may not add to it.
+            guest.mark_unwritable();
+            return ending;
+        }
+        if next == Next::Close {
+            return Ending::GuestClosed;
+        }
+        let input = tokio::select! {
+            biased;
+            () = &mut idle => {
+                let deadline = last_input + config.idle_timeout();
+                if Instant::now() >= deadline {
+                    return Ending::Idle;
+                }
+                // The client spoke since the timer was set: wait for the rest of its time.
+                idle.as_mut().reset(deadline);
+                continue;
+            }
+            input = next_input(stream, mailbox, config.read_buffer_size()) => input,
+        };
+        let event = match input {
+            Ok(Input::Data(buffer)) if buffer.is_empty() => {
+                read_buffers::give_back(buffer);
+                return Ending::ClientClosed;
+            }
+            Ok(Input::Data(buffer)) => {
+                last_input = Instant::now();
+                Event::Data(buffer)
+            }
+            Ok(Input::Message(message)) => {
+                next = match handle_messages(guest, mailbox, message).await {
+                    Ok(next) => next,
+                    Err(fault) => return handle_fault(fault),
+                };
+                continue;
+            }
+            // The mailbox closed: the server is shutting down, or it overflowed.
+            Ok(Input::MailboxClosed) if ctx.shutdown.is_cancelled() => return Ending::Shutdown,
+            Ok(Input::MailboxClosed) => return Ending::MailboxFull,
+            Err(error) => return Ending::io(Operation::Read, error),
+        };
+        next = match guest.handle(&event).await {
+            Ok(next) => next,
+            Err(fault) => return handle_fault(fault),
+        };
+        if let Event::Data(buffer) = event {
+            read_buffers::give_back(buffer);
+        }
+    }
+}
+
+/// Most messages handled in a row before the output is written and the socket looked at.
+const MESSAGE_BATCH: usize = 64;
+/// Output past which a batch of messages stops early, to be written.
+const MESSAGE_BATCH_OUTPUT: usize = 64 << 10;
+
+/// Handle `first` and then, while the guest keeps the connection, the messages already
+/// waiting (up to a batch), so that a busy mailbox costs one write per batch rather than
+/// one per message.
+async fn handle_messages(
+    guest: &mut impl ConnectionHandler,
+    mailbox: &mut Mailbox,
+    first: Message,
+) -> Result<Next, GuestFault> {
+    let mut message = first;
+    let mut handled = 0;
+    loop {
+        let event = Event::Message(Envelope {
+            from: message.from,
+            payload: message.payload.to_vec(),
+        });
+        let next = guest.handle(&event).await?;
+        handled += 1;
+        if next == Next::Close
+            || handled == MESSAGE_BATCH
+            || guest.output().len() >= MESSAGE_BATCH_OUTPUT
+        {
+            return Ok(next);
+        }
+        match mailbox.try_recv() {
+            Some(waiting) => message = waiting,
+            None => return Ok(next),
+        }
+    }
+}
+
+/// The next chunk from the stream or message from the mailbox, whichever comes first (in
+/// random order when both are ready, so neither can starve the other).
+async fn next_input<T: Transport>(
+    stream: &mut T,
+    mailbox: &mut Mailbox,
+    read_size: usize,
+) -> io::Result<Input> {
+    tokio::select! {
+        read = read_lent(stream, read_size) => read.map(Input::Data),
+        message = mailbox.recv() => Ok(message.map_or(Input::MailboxClosed, Input::Message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
+    use super::*;
+    use crate::messages::types::MailboxLimits;
+    use crate::observe::stats::EndKind;
+
+    /// An in-memory stream with made-up addresses: a transport that is not TCP.
+    struct Duplex(DuplexStream);
+
+    impl AsyncRead for Duplex {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Duplex {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Transport for Duplex {
+        fn peer_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([192, 0, 2, 1], 4321)))
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([192, 0, 2, 2], 80)))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_event_loop_serves_any_transport() -> anyhow::Result<()> {
+        let config = ServerConfig::builder().name("duplex").build()?;
+        let ctx = Arc::new(ConnectionContext {
+            mailboxes: Mailboxes::new(MailboxLimits::from(&config)),
+            config,
+            factory: crate::native::Echo,
+            stats: Arc::default(),
+            hooks: Hooks::default(),
+            shutdown: CancellationToken::new(),
+            local: None,
+        });
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        let serving = Arc::clone(&ctx);
+        let task = tokio::spawn(async move {
+            let stream = Duplex(server);
+            let peer = stream.peer_addr();
+            run(&serving, stream, peer).await;
+        });
+        client.write_all(b"over any stream").await?;
+        let mut echoed = [0u8; 15];
+        client.read_exact(&mut echoed).await?;
+        assert_eq!(&echoed, b"over any stream");
+        // A half-close from the client ends the connection; the server closes its side too.
+        client.shutdown().await?;
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await?;
+        assert!(rest.is_empty());
+        task.await?;
+        assert_eq!(ctx.stats.ended(EndKind::ClientClosed), 1);
+        assert_eq!(ctx.stats.live_instances(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_listener_bound_to_one_address_gives_every_connection_its_text() {
+        let bound = |text: &str| text.parse::<SocketAddr>().map_err(io::Error::other);
+        assert_eq!(
+            fixed_local_address(bound("127.0.0.1:8080")).as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(fixed_local_address(bound("0.0.0.0:8080")), None);
+        assert_eq!(fixed_local_address(bound("[::]:8080")), None);
+        assert_eq!(fixed_local_address(Err(io::Error::other("gone"))), None);
+    }
+}

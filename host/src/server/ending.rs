@@ -1,0 +1,300 @@
+//! Why a connection ended: one typed value that the connection task produces, the stats
+//! count ([`EndKind`]), the log names, and that becomes the WIT `close-reason` only at the
+//! guest edge ([`Ending::close_reason`]).
+
+use std::fmt;
+use std::io;
+
+use crate::error::{GuestFault, InstantiateError};
+use crate::observe::stats::{EndKind, Limit};
+use crate::wasm::bindings::shoal::plugin::types::CloseReason;
+
+/// Why one connection ended, with what the log needs to say about it.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// End of stream from the client, or a reset: it went away.
+    ClientClosed,
+    /// The guest returned `next.close`.
+    GuestClosed,
+    /// The client sent nothing for the listener's idle timeout.
+    Idle,
+    /// The server is shutting down.
+    Shutdown,
+    /// The client did not take a call's output within the write timeout.
+    WriteTimeout,
+    /// The connection's mailbox overflowed: it missed a message.
+    MailboxFull,
+    /// Reading or writing the socket failed for another reason than the client leaving.
+    Io {
+        operation: Operation,
+        error: io::Error,
+    },
+    /// A guest call faulted (a trap, or a limit that stops a call); `close` is not called.
+    Fault { export: Export, fault: GuestFault },
+    /// `init` refused the connection with this text; `close` is not called.
+    Refused(String),
+    /// No handler could be made (the instance pool is full, say).
+    NoInstance(InstantiateError),
+}
+
+/// What the connection was doing with its socket when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Read,
+    Write,
+}
+
+/// The guest export a fault happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Export {
+    Init,
+    Handle,
+    Close,
+}
+
+impl Export {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Export::Init => "init",
+            Export::Handle => "handle",
+            Export::Close => "close",
+        }
+    }
+}
+
+/// The texts of the WIT `limit(string)` reasons: what a guest sees in `close`.
+const WRITE_TIMEOUT: &str = "write timeout";
+const MAILBOX_FULL: &str = "mailbox full";
+
+impl Ending {
+    /// The ending a socket error means: a client that vanished (reset, broken pipe, early
+    /// end of stream) closed the connection; anything else is an I/O error.
+    pub(crate) fn io(operation: Operation, error: io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => Ending::ClientClosed,
+            _ => Ending::Io { operation, error },
+        }
+    }
+
+    /// The counter this ending goes under.
+    pub(crate) fn kind(&self) -> EndKind {
+        match self {
+            Ending::ClientClosed => EndKind::ClientClosed,
+            Ending::GuestClosed => EndKind::GuestClosed,
+            Ending::Idle => EndKind::Limit(Limit::Idle),
+            Ending::Shutdown => EndKind::Shutdown,
+            Ending::WriteTimeout => EndKind::Limit(Limit::Write),
+            Ending::MailboxFull => EndKind::Limit(Limit::Mailbox),
+            Ending::Io { .. } => EndKind::IoError,
+            Ending::Fault { fault, .. } => fault.limit().map_or(EndKind::Trap, EndKind::Limit),
+            Ending::Refused(_) => EndKind::Refused,
+            Ending::NoInstance(_) => EndKind::NoInstance,
+        }
+    }
+
+    /// What the guest's `close` is told, or `None` when `close` is not called: the guest
+    /// faulted (its instance cannot be entered again), refused the connection, or never
+    /// started.
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        Some(match self {
+            Ending::ClientClosed => CloseReason::PeerClosed,
+            Ending::GuestClosed => CloseReason::GuestClosed,
+            Ending::Idle => CloseReason::IdleTimeout,
+            Ending::Shutdown => CloseReason::Shutdown,
+            Ending::WriteTimeout => CloseReason::Limit(WRITE_TIMEOUT.to_string()),
+            Ending::MailboxFull => CloseReason::Limit(MAILBOX_FULL.to_string()),
+            Ending::Io { .. } => CloseReason::Error(self.to_string()),
+            Ending::Fault { .. } | Ending::Refused(_) | Ending::NoInstance(_) => return None,
+        })
+    }
+
+    /// The guest fault behind this ending, if a fault ended it.
+    pub(crate) fn fault(&self) -> Option<&GuestFault> {
+        match self {
+            Ending::Fault { fault, .. } => Some(fault),
+            _ => None,
+        }
+    }
+
+    /// How loudly the log reports it: faults and failures to serve are warnings, limits and
+    /// refusals information, the ordinary endings debug detail.
+    pub(crate) fn level(&self) -> tracing::Level {
+        match self {
+            Ending::Fault { .. } | Ending::NoInstance(_) => tracing::Level::WARN,
+            Ending::Idle | Ending::WriteTimeout | Ending::MailboxFull | Ending::Refused(_) => {
+                tracing::Level::INFO
+            }
+            Ending::ClientClosed | Ending::GuestClosed | Ending::Shutdown | Ending::Io { .. } => {
+                tracing::Level::DEBUG
+            }
+        }
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ending::ClientClosed => f.write_str("the client closed the connection"),
+            Ending::GuestClosed => f.write_str("the plugin closed the connection"),
+            Ending::Idle => f.write_str("limit reached: idle_timeout (the client sent nothing)"),
+            Ending::Shutdown => f.write_str("the server is shutting down"),
+            Ending::WriteTimeout => {
+                f.write_str("limit reached: write_timeout (the client did not take its output)")
+            }
+            Ending::MailboxFull => {
+                f.write_str("limit reached: mailbox full (the connection missed a message)")
+            }
+            Ending::Io { operation, error } => {
+                let operation = match operation {
+                    Operation::Read => "read",
+                    Operation::Write => "write",
+                };
+                write!(f, "{operation} failed: {error}")
+            }
+            // The fault itself is logged as the line's last field (`Ending::fault`): its text
+            // may run over several lines (a Wasm backtrace).
+            Ending::Fault { export, .. } => write!(f, "`{}` failed", export.name()),
+            Ending::Refused(text) => write!(f, "plugin refused the connection: {text}"),
+            Ending::NoInstance(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn instantiate_error() -> InstantiateError {
+        InstantiateError {
+            plugin: "echo".into(),
+            message: "pool full".into(),
+        }
+    }
+
+    /// Every ending, with the WIT reason its `close` hears and the counter it goes under.
+    fn table() -> Vec<(Ending, Option<CloseReason>, EndKind)> {
+        let fault = |fault| Ending::Fault {
+            export: Export::Handle,
+            fault,
+        };
+        vec![
+            (
+                Ending::ClientClosed,
+                Some(CloseReason::PeerClosed),
+                EndKind::ClientClosed,
+            ),
+            (
+                Ending::GuestClosed,
+                Some(CloseReason::GuestClosed),
+                EndKind::GuestClosed,
+            ),
+            (
+                Ending::Idle,
+                Some(CloseReason::IdleTimeout),
+                EndKind::Limit(Limit::Idle),
+            ),
+            (
+                Ending::Shutdown,
+                Some(CloseReason::Shutdown),
+                EndKind::Shutdown,
+            ),
+            (
+                Ending::WriteTimeout,
+                Some(CloseReason::Limit("write timeout".into())),
+                EndKind::Limit(Limit::Write),
+            ),
+            (
+                Ending::MailboxFull,
+                Some(CloseReason::Limit("mailbox full".into())),
+                EndKind::Limit(Limit::Mailbox),
+            ),
+            (
+                Ending::io(Operation::Read, io::Error::other("disk on fire")),
+                Some(CloseReason::Error("read failed: disk on fire".into())),
+                EndKind::IoError,
+            ),
+            (
+                fault(GuestFault::Trap("unreachable".into())),
+                None,
+                EndKind::Trap,
+            ),
+            (
+                fault(GuestFault::CpuBudget(Duration::from_millis(100))),
+                None,
+                EndKind::Limit(Limit::CpuBudget),
+            ),
+            (
+                fault(GuestFault::CallTimeout(Duration::from_secs(5))),
+                None,
+                EndKind::Limit(Limit::CallTimeout),
+            ),
+            (
+                fault(GuestFault::MemoryLimit(1 << 20)),
+                None,
+                EndKind::Limit(Limit::Memory),
+            ),
+            (Ending::Refused("no".into()), None, EndKind::Refused),
+            (
+                Ending::NoInstance(instantiate_error()),
+                None,
+                EndKind::NoInstance,
+            ),
+        ]
+    }
+
+    #[test]
+    fn each_ending_has_its_wit_reason_and_its_counter() {
+        let stats = crate::observe::stats::Stats::default();
+        for (ending, reason, kind) in table() {
+            // The generated WIT types do not implement `PartialEq`; their `Debug` shows all.
+            let (got, want) = (ending.close_reason(), reason);
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{ending:?}");
+            assert_eq!(ending.kind(), kind, "{ending:?}");
+            stats.count_ended(ending.kind());
+            assert_eq!(stats.ended(kind), 1, "{ending:?} counted once, alone");
+        }
+    }
+
+    #[test]
+    fn every_counter_but_the_deadline_has_an_ending() {
+        // The shutdown deadline drops a connection's task: it is counted where the task is
+        // dropped, not through an `Ending`.
+        let kinds: Vec<EndKind> = table().iter().map(|(ending, ..)| ending.kind()).collect();
+        for kind in EndKind::ALL {
+            assert_eq!(
+                kinds.contains(&kind),
+                kind != EndKind::ShutdownDeadline,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_vanished_client_is_a_close_not_an_error() {
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+        ] {
+            let ending = Ending::io(Operation::Write, io::Error::from(kind));
+            assert!(matches!(ending, Ending::ClientClosed), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_log_names_the_export_that_failed() {
+        let ending = Ending::Fault {
+            export: Export::Init,
+            fault: GuestFault::Trap("boom".into()),
+        };
+        assert_eq!(ending.to_string(), "`init` failed");
+        assert_eq!(ending.fault(), Some(&GuestFault::Trap("boom".into())));
+        assert_eq!(ending.level(), tracing::Level::WARN);
+    }
+}

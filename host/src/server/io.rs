@@ -1,0 +1,132 @@
+//! Reading, writing and closing a connection's stream, for any [`Transport`]: reads into
+//! lent buffers, output written with a deadline only when it does not fit at once, and a
+//! lingering close.
+
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::handler::ConnectionHandler;
+use crate::server::ending::{Ending, Operation};
+use crate::server::read_buffers;
+use crate::server::transport::Transport;
+
+/// Longest wait for a client to close its side after the server closed its own.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Read what the stream holds into a lent buffer (empty at end of stream). The buffer is
+/// taken only when the read can complete, so a connection waiting for input holds none.
+pub(crate) async fn read_lent<T: Transport>(
+    stream: &mut T,
+    capacity: usize,
+) -> io::Result<Vec<u8>> {
+    std::future::poll_fn(|cx| {
+        let mut buffer = read_buffers::take(capacity);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut buffer) {
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(buffer)),
+            Poll::Ready(Err(error)) => {
+                read_buffers::give_back(buffer);
+                Poll::Ready(Err(error))
+            }
+            Poll::Pending => {
+                read_buffers::give_back(buffer);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// Write what the guest queued, waiting at most `timeout` for the client to take it. After a
+/// failed write the guest's later sends fail with `closed`; the error is why the connection
+/// ends.
+pub(crate) async fn flush<T: Transport>(
+    guest: &mut impl ConnectionHandler,
+    stream: &mut T,
+    timeout: Duration,
+) -> Result<(), Ending> {
+    if guest.output().is_empty() {
+        return Ok(());
+    }
+    // Most output fits the socket buffer at once: try that before arming the write timeout.
+    let sent = match write_now(stream, guest.output()).await {
+        Ok(Written::All) => {
+            guest.clear_output();
+            return Ok(());
+        }
+        Ok(Written::Part(sent)) => sent,
+        Err(error) => {
+            guest.mark_unwritable();
+            return Err(Ending::io(Operation::Write, error));
+        }
+    };
+    let rest = &guest.output()[sent..];
+    let written = tokio::time::timeout(timeout, async {
+        stream.write_all(rest).await?;
+        stream.flush().await
+    })
+    .await;
+    let failure = match written {
+        Ok(Ok(())) => {
+            guest.clear_output();
+            return Ok(());
+        }
+        Ok(Err(error)) => Ending::io(Operation::Write, error),
+        Err(_) => Ending::WriteTimeout,
+    };
+    guest.mark_unwritable();
+    Err(failure)
+}
+
+/// How much of the output one attempt wrote.
+enum Written {
+    /// Everything, flushed.
+    All,
+    /// This many bytes; the stream took no more for now.
+    Part(usize),
+}
+
+/// Write and flush as much of `output` as the stream takes without waiting.
+async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, output: &[u8]) -> io::Result<Written> {
+    let mut sent = 0;
+    std::future::poll_fn(|cx| {
+        while sent < output.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &output[sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(written)) => sent += written,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Ready(Ok(Written::Part(sent))),
+            }
+        }
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(Written::All)),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Ready(Ok(Written::Part(sent))),
+        }
+    })
+    .await
+}
+
+/// Close politely: end our side of the stream, then read and discard what the client still
+/// sends until it closes too (at most [`LINGER`]). Closing a socket with unread input makes
+/// the kernel answer with a reset, which can destroy output the client has not read yet.
+pub(crate) async fn linger_close<T: Transport>(stream: &mut T) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    // Into lent read buffers: nothing to allocate or zero per connection, and nothing in
+    // this future (an array here would grow every connection's task).
+    let drain = async {
+        while let Ok(discarded) = read_lent(stream, 4 << 10).await {
+            let ended = discarded.is_empty();
+            read_buffers::give_back(discarded);
+            if ended {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}

@@ -1,0 +1,43 @@
+//! `shoal:plugin/mailbox`: messages to the other connections of the listener, through its
+//! registry.
+
+use bytes::Bytes;
+
+use crate::messages::types::MessageError as Refusal;
+use crate::wasm::bindings::shoal::plugin::mailbox;
+use crate::wasm::bindings::shoal::plugin::types::{MessageError, Peer};
+use crate::wasm::store::ConnState;
+
+impl mailbox::Host for ConnState {
+    fn send(&mut self, to: u64, payload: Vec<u8>) -> Result<(), MessageError> {
+        self.mailboxes
+            .send(self.conn_id, to, Bytes::from(payload))
+            .map_err(|error| match error {
+                Refusal::NoSuchConnection => MessageError::NoSuchConnection,
+                Refusal::MailboxFull => MessageError::MailboxFull,
+                Refusal::TooLarge => MessageError::TooLarge,
+            })
+    }
+
+    fn broadcast(&mut self, payload: Vec<u8>) -> u32 {
+        let delivered = self
+            .mailboxes
+            .broadcast(self.conn_id, &Bytes::from(payload));
+        u32::try_from(delivered).unwrap_or(u32::MAX)
+    }
+
+    fn peers(&mut self) -> Vec<Peer> {
+        self.mailboxes
+            .peers()
+            .into_iter()
+            .map(|peer| Peer {
+                id: peer.id,
+                name: peer.name,
+            })
+            .collect()
+    }
+
+    fn set_name(&mut self, name: String) {
+        self.mailboxes.set_name(self.conn_id, &name);
+    }
+}

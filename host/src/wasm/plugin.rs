@@ -1,0 +1,307 @@
+//! A plugin, loaded in steps: read the file → compile it (or load it from the compile
+//! cache) → check it against the `shoal:plugin` world → link it with the engine's one
+//! linker into an instance template that every connection instantiates.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Component;
+
+use crate::error::PluginError;
+use crate::wasm::bindings::PluginPre;
+use crate::wasm::cache::Lookup;
+use crate::wasm::digest::ContentHash;
+use crate::wasm::runtime::Runtime;
+use crate::wasm::store::ConnState;
+
+/// The name under which every plugin exports its connection handler.
+pub const HANDLER_EXPORT: &str = "shoal:plugin/handler@0.1.0";
+
+/// A compiled, validated plugin, ready to be instantiated for each connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    name: Arc<str>,
+    runtime: Runtime,
+    pre: PluginPre<ConnState>,
+    hash: ContentHash,
+    load: LoadReport,
+}
+
+/// How a plugin was loaded: for the log line an operator reads at start
+/// (`compiled echo.wasm (24 KiB) in 38 ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Whether Cranelift compiled it or the compile cache had it.
+    pub compilation: Compilation,
+    /// The size of the component file in bytes.
+    pub size: usize,
+    /// From reading the bytes to a linked plugin.
+    pub took: Duration,
+}
+
+/// Where a plugin's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compilation {
+    /// Compiled now (and saved to the compile cache, if there is one).
+    Compiled,
+    /// Loaded from the compile cache.
+    FromCache,
+}
+
+impl LoadReport {
+    /// The log line for the plugin loaded from `file`: `compiled echo.wasm (24 KiB) in 38 ms`
+    /// or `loaded echo.wasm (24 KiB) from cache in 2 ms`.
+    #[must_use]
+    pub fn describe(&self, file: &str) -> String {
+        let millis = self.took.as_secs_f64() * 1e3;
+        let size = kib(self.size);
+        match self.compilation {
+            Compilation::Compiled => format!("compiled {file} ({size}) in {millis:.0} ms"),
+            Compilation::FromCache => {
+                format!("loaded {file} ({size}) from cache in {millis:.0} ms")
+            }
+        }
+    }
+}
+
+fn kib(bytes: usize) -> String {
+    format!("{} KiB", bytes.div_ceil(1024))
+}
+
+impl Plugin {
+    /// Load a component from a file; the plugin is named after the file's stem.
+    ///
+    /// # Errors
+    ///
+    /// See [`Plugin::from_bytes`]; also [`PluginError::Read`] when the file cannot be read.
+    pub fn from_file(runtime: &Runtime, path: impl AsRef<Path>) -> Result<Self, PluginError> {
+        let started = Instant::now();
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path.file_stem().map_or_else(
+            || path.display().to_string(),
+            |s| s.to_string_lossy().into(),
+        );
+        load(runtime, Arc::from(name), &bytes, started)
+    }
+
+    /// Compile (or load from the runtime's compile cache) a component, check that it
+    /// implements the `shoal:plugin` world, and link it.
+    ///
+    /// # Errors
+    ///
+    /// A [`PluginError`] saying what is wrong: not Wasm, a core module rather than a component,
+    /// a compile error, the handler export missing or mistyped, or an import shoal does not
+    /// provide.
+    pub fn from_bytes(runtime: &Runtime, name: &str, bytes: &[u8]) -> Result<Self, PluginError> {
+        load(runtime, Arc::from(name), bytes, Instant::now())
+    }
+
+    /// The plugin's name, used in logs.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The SHA-256 of the component's bytes (what `sha256sum` prints for its file).
+    #[must_use]
+    pub fn content_hash(&self) -> &ContentHash {
+        &self.inner.hash
+    }
+
+    /// How it was loaded: compiled or from the cache, its size, how long it took.
+    #[must_use]
+    pub fn load_report(&self) -> LoadReport {
+        self.inner.load
+    }
+
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.inner.name)
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    pub(crate) fn pre(&self) -> &PluginPre<ConnState> {
+        &self.inner.pre
+    }
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name())
+            .field("hash", &self.inner.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The steps after reading: header, compile (or cache), world check, link.
+fn load(
+    runtime: &Runtime,
+    name: Arc<str>,
+    bytes: &[u8],
+    started: Instant,
+) -> Result<Plugin, PluginError> {
+    check_header(&name, bytes)?;
+    let hash = ContentHash::of(bytes);
+    let (component, compilation) = compile(runtime, &name, bytes, &hash)?;
+    check_world(&name, runtime, &component)?;
+    let pre = link(runtime, &name, &component)?;
+    let load = LoadReport {
+        compilation,
+        size: bytes.len(),
+        took: started.elapsed(),
+    };
+    Ok(Plugin {
+        inner: Arc::new(PluginInner {
+            name,
+            runtime: runtime.clone(),
+            pre,
+            hash,
+            load,
+        }),
+    })
+}
+
+/// Tell "not Wasm" and "a core module" apart before wasmtime gives a generic parse error.
+fn check_header(name: &str, bytes: &[u8]) -> Result<(), PluginError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(PluginError::NotWasm { name: name.into() });
+    }
+    // Bytes 4..8: a 16-bit version, then a 16-bit layer that is 0 for core modules.
+    if bytes.get(6..8) == Some(&[0, 0]) {
+        return Err(PluginError::NotComponent { name: name.into() });
+    }
+    Ok(())
+}
+
+/// The compiled component: from the cache when it has this file for this engine, otherwise
+/// from Cranelift (and then saved). A cache that fails only costs a warning.
+fn compile(
+    runtime: &Runtime,
+    name: &str,
+    bytes: &[u8],
+    hash: &ContentHash,
+) -> Result<(Component, Compilation), PluginError> {
+    let engine = runtime.engine();
+    let cache = runtime.cache();
+    if let Some(cache) = cache {
+        match cache.load(engine, hash) {
+            Lookup::Hit(component) => return Ok((component, Compilation::FromCache)),
+            Lookup::Miss => {}
+            Lookup::Unusable { path, problem } => tracing::warn!(
+                plugin = name,
+                "compile cache entry {} is unusable ({problem}); compiling again",
+                path.display()
+            ),
+        }
+    }
+    let component = Component::new(engine, bytes).map_err(|e| PluginError::Compile {
+        name: name.to_string(),
+        message: format!("{e:#}"),
+    })?;
+    if let Some(cache) = cache
+        && let Err(error) = cache.store(hash, &component)
+    {
+        tracing::warn!(
+            plugin = name,
+            "cannot save {name} in the compile cache {}: {error}",
+            cache.dir().display()
+        );
+    }
+    Ok((component, Compilation::Compiled))
+}
+
+/// The component must export the handler interface of the `shoal:plugin` world.
+fn check_world(name: &str, runtime: &Runtime, component: &Component) -> Result<(), PluginError> {
+    let engine = runtime.engine();
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(engine).map(|(export, _)| export).collect();
+    if exports.contains(&HANDLER_EXPORT) {
+        return Ok(());
+    }
+    let found = if exports.is_empty() {
+        "nothing".to_string()
+    } else {
+        exports.join(", ")
+    };
+    Err(PluginError::MissingExport {
+        name: name.into(),
+        missing: HANDLER_EXPORT.into(),
+        found,
+    })
+}
+
+/// Resolve every import against the engine's linker and type-check the exports.
+fn link(
+    runtime: &Runtime,
+    name: &str,
+    component: &Component,
+) -> Result<PluginPre<ConnState>, PluginError> {
+    let instance_pre = runtime.linker().instantiate_pre(component).map_err(|e| {
+        PluginError::UnsatisfiedImport {
+            name: name.to_string(),
+            message: format!("{e:#}"),
+        }
+    })?;
+    PluginPre::new(instance_pre).map_err(|e| PluginError::WrongExport {
+        name: name.to_string(),
+        message: format!("{e:#}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_not_wasm() {
+        let err = check_header("notes", b"hello world");
+        assert!(matches!(err, Err(PluginError::NotWasm { .. })));
+    }
+
+    #[test]
+    fn core_module_is_not_a_component() {
+        let core = b"\0asm\x01\0\0\0";
+        let err = check_header("core", core);
+        assert!(matches!(err, Err(PluginError::NotComponent { .. })));
+    }
+
+    #[test]
+    fn component_header_passes() {
+        let component = b"\0asm\x0d\0\x01\0";
+        assert!(check_header("component", component).is_ok());
+    }
+
+    #[test]
+    fn the_load_report_reads_as_a_log_line() {
+        let compiled = LoadReport {
+            compilation: Compilation::Compiled,
+            size: 24 * 1024 - 100,
+            took: Duration::from_millis(38),
+        };
+        assert_eq!(
+            compiled.describe("echo.wasm"),
+            "compiled echo.wasm (24 KiB) in 38 ms"
+        );
+        let cached = LoadReport {
+            compilation: Compilation::FromCache,
+            ..compiled
+        };
+        assert_eq!(
+            cached.describe("echo.wasm"),
+            "loaded echo.wasm (24 KiB) from cache in 38 ms"
+        );
+    }
+}

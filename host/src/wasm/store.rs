@@ -1,0 +1,226 @@
+//! What each connection's `Store` carries: the WASI context built from the listener's
+//! grants, the output queue, the listener's mailboxes, the guest's log, the memory cap and
+//! the CPU budget of the call in progress. The host side of each import is in
+//! `wasm::imports`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::listener::ServerConfig;
+use crate::messages::local::Mailboxes;
+use crate::observe::stats::{Live, LiveKind, Stats};
+use crate::wasm::bindings::shoal::plugin::types::Level;
+use crate::wasm::capabilities::Capabilities;
+use crate::wasm::guest_log::{GuestLog, GuestStdio, RateLimiter};
+use crate::wasm::limits::{CallBudget, MemoryCap};
+
+/// The state of one connection's store.
+pub(crate) struct ConnState {
+    pub(super) conn_id: u64,
+    pub(super) mailboxes: Mailboxes,
+    pub(super) capabilities: Arc<Capabilities>,
+    pub(super) memory: MemoryCap,
+    /// Made on the first WASI call (see `WasiView::ctx`); boxed, so that the stores of
+    /// guests that never make one do not carry its 272 bytes.
+    wasi: Option<Box<WasiCtx>>,
+    table: ResourceTable,
+    pub(super) output: Vec<u8>,
+    pub(super) output_limit: usize,
+    pub(super) writable: bool,
+    pub(super) log: Arc<Mutex<GuestLog>>,
+    stdio: [GuestStdio; 2],
+    pub(super) budget: CallBudget,
+    _live: Live,
+}
+
+/// Most WASI resources (streams, pollables, …) one instance may hold: far more than a
+/// connection handler needs, far fewer than would let a guest grow host memory without bound.
+const MAX_RESOURCES: usize = 1024;
+
+/// What a new [`ConnState`] needs to know.
+pub(crate) struct ConnSettings {
+    pub(crate) conn_id: u64,
+    pub(crate) mailboxes: Mailboxes,
+    pub(crate) capabilities: Arc<Capabilities>,
+    pub(crate) memory_limit: usize,
+    /// The plugin's name, for the guest's log lines.
+    pub(crate) plugin: Arc<str>,
+    pub(crate) output_limit: usize,
+    pub(crate) cpu_budget: Duration,
+    pub(crate) call_timeout: Duration,
+    pub(crate) log_lines_per_second: u32,
+    pub(crate) log_burst: u32,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl ConnSettings {
+    /// The settings of connection `conn_id` of a listener with `config`, served by the plugin
+    /// named `plugin`.
+    pub(crate) fn new(
+        config: &ServerConfig,
+        conn_id: u64,
+        mailboxes: Mailboxes,
+        plugin: Arc<str>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            conn_id,
+            mailboxes,
+            capabilities: config.shared_capabilities(),
+            memory_limit: config.memory_limit(),
+            plugin,
+            output_limit: config.output_buffer_limit(),
+            cpu_budget: config.cpu_budget_per_call(),
+            call_timeout: config.call_timeout(),
+            log_lines_per_second: config.guest_log_lines_per_second(),
+            log_burst: config.guest_log_burst(),
+            stats,
+        }
+    }
+}
+
+impl ConnState {
+    pub(crate) fn new(settings: &ConnSettings) -> Self {
+        let limiter = RateLimiter::new(
+            settings.log_lines_per_second,
+            settings.log_burst,
+            Instant::now(),
+        );
+        let log = Arc::new(Mutex::new(GuestLog::new(
+            settings.conn_id,
+            Arc::clone(&settings.plugin),
+            limiter,
+        )));
+        let stdio = [
+            GuestStdio::new(Arc::clone(&log), Level::Info),
+            GuestStdio::new(Arc::clone(&log), Level::Warn),
+        ];
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        Self {
+            conn_id: settings.conn_id,
+            mailboxes: settings.mailboxes.clone(),
+            capabilities: Arc::clone(&settings.capabilities),
+            memory: MemoryCap::new(settings.memory_limit),
+            wasi: None,
+            table,
+            output: Vec::new(),
+            output_limit: settings.output_limit,
+            writable: true,
+            log,
+            stdio,
+            budget: CallBudget::new(settings.cpu_budget),
+            _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
+        }
+    }
+
+    /// Bytes the guest queued since the last [`ConnState::clear_output`].
+    pub(crate) fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    pub(crate) fn clear_output(&mut self) {
+        self.output.clear();
+    }
+
+    /// The socket cannot be written any more: later `send`s fail with `closed`.
+    pub(crate) fn mark_unwritable(&mut self) {
+        self.writable = false;
+        self.output.clear();
+    }
+
+    /// The cap on the instance's memory, as wasmtime's resource limiter.
+    pub(crate) fn memory_cap(&mut self) -> &mut MemoryCap {
+        &mut self.memory
+    }
+
+    /// The budget of the call in progress.
+    pub(crate) fn budget(&mut self) -> &mut CallBudget {
+        &mut self.budget
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        for stream in &self.stdio {
+            stream.flush_partial();
+        }
+    }
+}
+
+/// The WASI context of an instance: no sockets, arguments or stdin, ever; stdout and stderr
+/// reach the log; environment variables and a read-only directory only as granted.
+fn granted_wasi(stdio: &[GuestStdio; 2], grants: &Capabilities, log: &Mutex<GuestLog>) -> WasiCtx {
+    let mut builder = WasiCtx::builder();
+    builder
+        .stdout(stdio[0].clone())
+        .stderr(stdio[1].clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .envs(grants.env_vars());
+    if let Some(dir) = grants.dir()
+        // Checked when the config was built; the directory may have gone since.
+        && let Err(error) = builder.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)
+        && let Ok(mut log) = log.lock()
+    {
+        let host = dir.host.display();
+        log.line(
+            Level::Warn,
+            &format!("granted directory {host} unavailable: {error:#}"),
+        );
+    }
+    builder.build()
+}
+
+impl WasiView for ConnState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        // Built on the first WASI call: most connections of a plugin like echo never make
+        // one, and building the context (random generators, clocks, stdio) costs microseconds.
+        let (stdio, grants, log) = (&self.stdio, &self.capabilities, &self.log);
+        WasiCtxView {
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| Box::new(granted_wasi(stdio, grants, log))),
+            table: &mut self.table,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::messages::types::MailboxLimits;
+
+    /// Settings for a store made by hand in unit tests.
+    pub(crate) fn settings(output_limit: usize) -> ConnSettings {
+        ConnSettings {
+            conn_id: 1,
+            capabilities: Arc::default(),
+            memory_limit: 1 << 20,
+            mailboxes: Mailboxes::new(MailboxLimits {
+                messages: 1,
+                bytes: 1,
+            }),
+            plugin: Arc::from("test"),
+            output_limit,
+            cpu_budget: Duration::from_millis(10),
+            call_timeout: Duration::from_secs(1),
+            log_lines_per_second: 1,
+            log_burst: 1,
+            stats: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn a_store_counts_as_a_live_instance_while_it_lives() {
+        let settings = settings(8);
+        let state = ConnState::new(&settings);
+        assert_eq!(settings.stats.live_instances(), 1);
+        drop(state);
+        assert_eq!(settings.stats.live_instances(), 0);
+    }
+}
