@@ -14,8 +14,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_bench::{median, micros, paired_ratios, percentile};
 use shoal_host::{
-    CloseReason, ConnInfo, ConnectionHandler, HandlerFactory, MailboxLimits, Mailboxes,
-    NewConnection, Next, Plugin, Runtime, RuntimeConfig, ServerConfig, Stats,
+    CloseReason, Compilation, ConnInfo, ConnectionHandler, HandlerFactory, MailboxLimits,
+    Mailboxes, NewConnection, Next, Plugin, Runtime, RuntimeConfig, ServerConfig, Stats,
 };
 
 #[derive(Parser)]
@@ -43,13 +43,20 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lifecycle,load,memory,broadcast,noisy"
+        default_value = "compile,lifecycle,load,memory,broadcast,noisy"
     )]
     scenarios: Vec<Scenario>,
+    /// Another build's `shoal` binary (an earlier commit, say) to run the load scenarios
+    /// against too, in the same rounds: its Wasm echo gets a column and a "this build /
+    /// baseline" ratio of its own.
+    #[arg(long, value_name = "SHOAL")]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum Scenario {
+    /// In-process: each plugin compiled cold, and loaded from the compile cache.
+    Compile,
     /// In-process lifecycle: create, `init`, `close`, drop.
     Lifecycle,
     /// Connection rate, and round trips with latency at 512 and 64 bytes.
@@ -72,6 +79,8 @@ enum Kind {
     Ballast,
     /// The chat plugin (its figures go in the Wasm column, under their own metric names).
     Chat,
+    /// The Wasm echo served by the `--baseline` build.
+    Baseline,
 }
 
 impl Kind {
@@ -82,6 +91,7 @@ impl Kind {
             Kind::Raw => "raw tokio echo",
             Kind::Ballast => "shoal Wasm echo + 64 KiB state",
             Kind::Chat => "shoal Wasm chat",
+            Kind::Baseline => "baseline build's Wasm echo",
         }
     }
 }
@@ -98,6 +108,12 @@ fn main() -> anyhow::Result<()> {
     let pinned = Command::new("taskset").arg("-V").output().is_ok()
         && std::thread::available_parallelism().map_or(1, usize::from) >= 2;
     let mut results = Results::new();
+    let mut compile_rows = Vec::new();
+
+    if args.scenarios.contains(&Scenario::Compile) {
+        eprintln!("compile: every plugin, {} rounds", args.rounds);
+        compile_rows = compile_times(&args)?;
+    }
 
     if args.scenarios.contains(&Scenario::Lifecycle) {
         eprintln!(
@@ -112,14 +128,18 @@ fn main() -> anyhow::Result<()> {
     } else {
         0
     };
+    let mut load_kinds = vec![Kind::Wasm, Kind::Native, Kind::Raw];
+    if args.baseline.is_some() {
+        load_kinds.push(Kind::Baseline);
+    }
     for round in 1..=load_rounds {
-        for kind in [Kind::Wasm, Kind::Native, Kind::Raw] {
+        for &kind in &load_kinds {
             eprintln!(
                 "round {round}/{}: load against {}",
                 args.rounds,
                 kind.label()
             );
-            let server = Server::start(kind, &bin_dir, &args.plugins, pinned)?;
+            let server = Server::start(kind, &bin_dir, &args, pinned)?;
             let seconds = args.seconds.to_string();
             let addr = server.addr.as_str();
             let rate = loadgen(
@@ -197,7 +217,7 @@ fn main() -> anyhow::Result<()> {
             "round {round}/{}: broadcast through the chat plugin",
             args.rounds
         );
-        let server = Server::start(Kind::Chat, &bin_dir, &args.plugins, pinned)?;
+        let server = Server::start(Kind::Chat, &bin_dir, &args, pinned)?;
         let seconds = args.seconds.to_string();
         let line = loadgen(
             &bin_dir,
@@ -225,7 +245,10 @@ fn main() -> anyhow::Result<()> {
         noisy_neighbour(&args, &bin_dir, pinned, &mut results)?;
     }
 
-    let report = report(&args, pinned, &mut results);
+    let mut report = report(&args, pinned, &mut results);
+    if !compile_rows.is_empty() {
+        report.push_str(&compile_report(&compile_rows));
+    }
     println!("{report}");
     std::fs::create_dir_all("target/bench")?;
     std::fs::write("target/bench/report.md", &report)?;
@@ -295,6 +318,101 @@ fn lifecycle(args: &Args, results: &mut Results) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// One plugin's load times: cold (Cranelift), and from the compile cache.
+struct CompileRow {
+    plugin: String,
+    size: usize,
+    cold: Vec<Duration>,
+    cached: Vec<Duration>,
+}
+
+/// In-process, for every plugin in the plugins folder, each round: load it on a runtime
+/// without a cache (compiled), then on a fresh runtime over a cache folder that a first load
+/// filled (loaded from the cache, as a second start of the server would).
+fn compile_times(args: &Args) -> anyhow::Result<Vec<CompileRow>> {
+    let mut plugins: Vec<PathBuf> = std::fs::read_dir(&args.plugins)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    plugins.retain(|path| path.extension().is_some_and(|ext| ext == "wasm"));
+    plugins.sort();
+    // wrong-world is a test plugin shoal must refuse: nothing to time.
+    plugins.retain(|path| {
+        let runtime = RuntimeConfig::builder().max_instances(1).build();
+        let loads = runtime.map_err(anyhow::Error::from).and_then(|config| {
+            Plugin::from_file(&Runtime::new(config)?, path).map_err(anyhow::Error::from)
+        });
+        if let Err(error) = &loads {
+            eprintln!("compile: skipping {}: {error}", path.display());
+        }
+        loads.is_ok()
+    });
+    let cache = std::env::current_dir()?.join("target/bench/compile-cache");
+    let runtime = |cache: Option<&Path>| -> anyhow::Result<Runtime> {
+        let config = RuntimeConfig::builder()
+            .max_instances(16)
+            .cache_dir(cache.map(Path::to_path_buf))
+            .build()?;
+        Ok(Runtime::new(config)?)
+    };
+    let mut rows: Vec<CompileRow> = plugins
+        .iter()
+        .map(|path| -> anyhow::Result<CompileRow> {
+            Ok(CompileRow {
+                plugin: path
+                    .file_name()
+                    .context("plugin file name")?
+                    .to_string_lossy()
+                    .into_owned(),
+                size: usize::try_from(std::fs::metadata(path)?.len())?,
+                cold: Vec::new(),
+                cached: Vec::new(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for _ in 0..args.rounds {
+        for (path, row) in plugins.iter().zip(&mut rows) {
+            let cold = Plugin::from_file(&runtime(None)?, path)?.load_report();
+            if cold.compilation != Compilation::Compiled {
+                bail!("{}: expected a compilation", row.plugin);
+            }
+            let _ = std::fs::remove_dir_all(&cache);
+            Plugin::from_file(&runtime(Some(&cache))?, path)?;
+            let cached = Plugin::from_file(&runtime(Some(&cache))?, path)?.load_report();
+            if cached.compilation != Compilation::FromCache {
+                bail!("{}: expected a load from the cache", row.plugin);
+            }
+            row.cold.push(cold.took);
+            row.cached.push(cached.took);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+    Ok(rows)
+}
+
+fn compile_report(rows: &[CompileRow]) -> String {
+    let millis = |samples: &[Duration]| {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        median(&mut ms).unwrap_or(f64::NAN)
+    };
+    let mut out = String::from(
+        "\nPlugin load times, in process (median of the rounds): compiled by Cranelift on an \
+         engine without a cache, and loaded from the compile cache by a fresh engine — \
+         reading, hashing, checking and linking included in both.\n\n\
+         | plugin | size KiB | compiled, ms | from the cache, ms | compiled / cached |\n\
+         |---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let (cold, cached) = (millis(&row.cold), millis(&row.cached));
+        out.push_str(&format!(
+            "| {} | {} | {cold:.1} | {cached:.2} | {:.0}× |\n",
+            row.plugin,
+            row.size.div_ceil(1024),
+            cold / cached
+        ));
+    }
+    out
 }
 
 /// The table rows (median, p99) an in-process measurement fills.
@@ -421,27 +539,35 @@ struct Server {
 }
 
 impl Server {
-    fn start(kind: Kind, bin_dir: &Path, plugins: &Path, pinned: bool) -> anyhow::Result<Self> {
+    fn start(kind: Kind, bin_dir: &Path, bench: &Args, pinned: bool) -> anyhow::Result<Self> {
         let shoal = bin_dir.join("shoal");
-        let listen = ["--listen", "127.0.0.1:0"];
+        // This build compiles its plugin at every start, as the baseline does: no cache
+        // folder is written, and both start the same way.
+        let serve = ["serve", "--no-cache", "--listen", "127.0.0.1:0"].map(String::from);
+        let plugin = |name: &str| bench.plugins.join(name).display().to_string();
         let (program, args): (PathBuf, Vec<String>) = match kind {
             Kind::Wasm | Kind::Ballast | Kind::Chat => {
-                let plugin = plugins.join(match kind {
+                let mut args = serve.to_vec();
+                args.push(plugin(match kind {
                     Kind::Ballast => "ballast.wasm",
                     Kind::Chat => "chat.wasm",
                     _ => "echo.wasm",
-                });
-                let mut args = vec!["serve".to_string()];
-                args.extend(listen.iter().map(|s| s.to_string()));
-                args.push(plugin.display().to_string());
+                }));
                 (shoal, args)
             }
             Kind::Native => {
-                let mut args = vec!["serve".to_string(), "--native-echo".to_string()];
-                args.extend(listen.iter().map(|s| s.to_string()));
+                let mut args = serve.to_vec();
+                args.push("--native-echo".to_string());
                 (shoal, args)
             }
             Kind::Raw => (bin_dir.join("raw-echo"), vec!["127.0.0.1:0".to_string()]),
+            Kind::Baseline => {
+                let baseline = bench.baseline.clone().context("no --baseline")?;
+                let args = ["serve", "--listen", "127.0.0.1:0"].map(String::from);
+                let mut args = args.to_vec();
+                args.push(plugin("echo.wasm"));
+                (baseline, args)
+            }
         };
         let mut command = pin(pinned, "1", &program);
         let mut child = command
@@ -540,7 +666,7 @@ fn noisy_neighbour(
         ),
     )?;
     let mut child = pin(pinned, "1", &bin_dir.join("shoal"))
-        .args(["serve", "--config"])
+        .args(["serve", "--no-cache", "--config"])
         .arg(&config)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -624,7 +750,7 @@ const NOISY_SPIN_RATE: &str = "noisy neighbour: echo round trips/s, a spin guest
 
 /// Server RSS growth per connection while `idle_conns` connections are open and initialised.
 fn idle_memory(kind: Kind, bin_dir: &Path, args: &Args, pinned: bool) -> anyhow::Result<f64> {
-    let server = Server::start(kind, bin_dir, &args.plugins, pinned)?;
+    let server = Server::start(kind, bin_dir, args, pinned)?;
     std::thread::sleep(Duration::from_millis(200));
     let before = server.rss_kib()?;
     let conns = args.idle_conns.to_string();
@@ -675,41 +801,60 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
             "server and load generator unpinned"
         }
     ));
-    out.push_str("| metric | shoal Wasm echo | shoal native echo | raw tokio echo | Wasm / native | Wasm echo + 64 KiB state |\n");
-    out.push_str("|---|---|---|---|---|---|\n");
+    let baseline = results.keys().any(|(kind, _)| *kind == Kind::Baseline);
+    if baseline {
+        out.push_str(
+            "| metric | shoal Wasm echo | shoal native echo | raw tokio echo | Wasm / native | \
+             Wasm echo + 64 KiB state | baseline build's Wasm echo | this build / baseline |\n",
+        );
+        out.push_str("|---|---|---|---|---|---|---|---|\n");
+    } else {
+        out.push_str(
+            "| metric | shoal Wasm echo | shoal native echo | raw tokio echo | Wasm / native | \
+             Wasm echo + 64 KiB state |\n",
+        );
+        out.push_str("|---|---|---|---|---|---|\n");
+    }
     for metric in metrics {
         // Before the medians below sort the values out of round order. The native lifecycle
         // is a struct on the heap: a ratio against it would mean nothing.
         let ratio = if metric == LIFECYCLE.0 || metric == LIFECYCLE.1 {
             "–".to_string()
         } else {
-            ratio_cell(results, metric)
+            ratio_cell(results, metric, Kind::Native)
         };
+        let against_baseline = ratio_cell(results, metric, Kind::Baseline);
         let wasm = value(results, Kind::Wasm, metric);
         let native = value(results, Kind::Native, metric);
         let raw = value(results, Kind::Raw, metric);
         let ballast = value(results, Kind::Ballast, metric);
+        let old = value(results, Kind::Baseline, metric);
         let cell = |v: Option<f64>| match v {
             None => "–".to_string(),
             Some(v) if v < 10.0 => format!("{v:.2}"),
             Some(v) => format!("{v:.1}"),
         };
-        out.push_str(&format!(
-            "| {metric} | {} | {} | {} | {ratio} | {} |\n",
+        let mut row = format!(
+            "| {metric} | {} | {} | {} | {ratio} | {} |",
             cell(wasm),
             cell(native),
             cell(raw),
             cell(ballast)
-        ));
+        );
+        if baseline {
+            row.push_str(&format!(" {} | {against_baseline} |", cell(old)));
+        }
+        row.push('\n');
+        out.push_str(&row);
     }
     out
 }
 
-/// Wasm / native for `metric`: the median of the per-round ratios (each round measures both
+/// Wasm / `other` for `metric`: the median of the per-round ratios (each round measures both
 /// servers back to back), with their range when there are several rounds.
-fn ratio_cell(results: &Results, metric: &'static str) -> String {
+fn ratio_cell(results: &Results, metric: &'static str, other: Kind) -> String {
     let values = |kind: Kind| results.get(&(kind, metric)).map_or(&[][..], Vec::as_slice);
-    let mut ratios = paired_ratios(values(Kind::Wasm), values(Kind::Native));
+    let mut ratios = paired_ratios(values(Kind::Wasm), values(other));
     let Some(middle) = median(&mut ratios) else {
         return "–".to_string();
     };

@@ -41,23 +41,11 @@
 //!
 //! # Lifecycle
 //!
-//! 1. [`Handler::init`] runs once, right after the connection is accepted; the socket is open.
-//!    Return the connection's state and [`Next::Continue`] to keep it, or [`Next::Close`] to
-//!    flush what `init` sent and close (then [`Handler::close`] runs with
-//!    [`CloseReason::GuestClosed`]). `Err(text)` refuses the connection: it is logged and
-//!    closed without output, and `close` is not called.
-//! 2. [`Handler::handle`] runs once for each [`Event`]: every chunk of bytes read from the
-//!    socket, in order (chunk boundaries mean nothing), and messages from other connections.
-//!    Calls never overlap. [`Next::Close`] flushes and ends the connection.
-//! 3. [`Handler::close`] runs exactly once when a connection whose `init` succeeded ends, with
-//!    the [`CloseReason`] — unless a call faulted or the server's shutdown deadline passed
-//!    first. Bytes sent from `close` still reach the client when its side is open (guest
-//!    close, shutdown, timeouts, a client's half-close).
-//!
-//! Bytes passed to [`send`] during a call are written when the call returns. Messages to
-//! other connections of the listener go through [`mailbox`]. A panic (or a
-//! call past its CPU budget or call timeout) ends only this connection: the host logs it with
-//! the connection id and closes the socket without calling `close`.
+//! The lifecycle of a connection — when each step runs, what [`Next::Close`] and an `Err`
+//! from `init` do, when `close` is not called, when output is written — is specified once,
+//! in the `handler` interface of the `shoal:plugin` world (`wit/plugin.wit` in shoal's
+//! repository). The three methods of [`Handler`] are its three steps; messages to other
+//! connections go through [`mailbox`].
 
 // Single-threaded instances only: with the atomics feature std's own allocator stays.
 #[cfg(all(
@@ -86,7 +74,8 @@ pub use bindings::shoal::plugin::types::{
 
 /// A connection handler: one value of this type is the state of one connection.
 ///
-/// See the [crate docs](crate#lifecycle) for the lifecycle.
+/// Its methods are the three steps of the lifecycle that `wit/plugin.wit` specifies (see the
+/// [crate docs](crate#lifecycle)).
 pub trait Handler: Sized + 'static {
     /// Step 1: a connection was accepted. Returns the connection's state and what to do next,
     /// or a reason to refuse the connection.
