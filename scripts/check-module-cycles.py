@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 PATH = re.compile(r"\b(crate|super|self)((?:::\w+)+)")
+# `use crate::a::{b, c::D}`: each item of a group is a path of its own.
+GROUP = re.compile(r"\b(crate|super|self)((?:::\w+)*)::\{([^{}]*)\}")
 
 
 def module_name(root: Path, file: Path) -> str:
@@ -64,8 +66,16 @@ def main() -> int:
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for module, file in files.items():
         folder = file.name == "mod.rs"
-        for head, tail in PATH.findall(strip_comments(file.read_text())):
-            target = resolve(module, folder, head, tail.strip(":").split("::"), modules)
+        code = strip_comments(file.read_text())
+        paths = [(head, tail.strip(":").split("::")) for head, tail in PATH.findall(code)]
+        for head, prefix, items in GROUP.findall(code):
+            base = [part for part in prefix.split("::") if part]
+            for item in items.split(","):
+                item = item.strip().split(" as ")[0]
+                if item and item != "self":
+                    paths.append((head, base + item.split("::")))
+        for head, parts in paths:
+            target = resolve(module, folder, head, parts, modules)
             if target is not None and target != module:
                 # A parent's `mod child;` is not an import; only named paths are.
                 graph[module].add(target)

@@ -426,3 +426,38 @@ async fn a_small_guest_serves_its_heap_from_the_initial_memory() -> anyhow::Resu
     assert!(echo.memory_bytes() > initial, "a large heap still grows");
     Ok(())
 }
+
+#[tokio::test]
+async fn every_connection_is_counted_once_even_past_the_shutdown_deadline() -> anyhow::Result<()> {
+    use shoal_host::EndKind;
+    let config = shoal_host::ServerConfig::builder()
+        .name("spin")
+        .shutdown_timeout(Duration::from_millis(300))
+        .build()?;
+    let server = TestServer::start_with(plugin("spin"), config).await?;
+    // Still inside a guest call (an hour's sleep) when the deadline comes: dropped there.
+    let mut sleeper = server.connect().await?;
+    sleeper.write_all(b"sleep").await?;
+    // Ended by the shutdown, then lingering past the deadline: its client never closes.
+    let mut lingering = server.connect().await?;
+    lingering.write_all(b"hi").await?;
+    let mut echoed = [0u8; 2];
+    lingering.read_exact(&mut echoed).await?;
+    wait_for("both connections to be served", || {
+        server.stats.live_instances() == 2
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = std::sync::Arc::clone(&server.stats);
+    server.shutdown().await?;
+    assert_eq!(stats.ended(EndKind::Shutdown), 1, "the lingering one");
+    assert_eq!(
+        stats.ended(EndKind::ShutdownDeadline),
+        1,
+        "the sleeping one"
+    );
+    let counted: u64 = EndKind::ALL.iter().map(|kind| stats.ended(*kind)).sum();
+    assert_eq!(counted, stats.accepted(), "each connection counted once");
+    drop((sleeper, lingering));
+    Ok(())
+}

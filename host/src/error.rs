@@ -196,9 +196,6 @@ pub enum NodeError {
     /// Two listeners have the same name.
     #[error("two listeners are named `{0}`: names must be unique")]
     DuplicateName(String),
-    /// No listener has that name.
-    #[error("no listener is named `{0}`")]
-    NoSuchListener(String),
     /// A listener's address could not be bound; no listener of the node is left listening.
     #[error("listener `{listener}`: cannot listen on {address}: {error}")]
     Bind {

@@ -29,7 +29,8 @@
 //! One listener can also be served on its own ([`Server::serve`], [`serve`]); native code can
 //! watch connections open and close and message them ([`Server::on_open`],
 //! [`Server::on_close`], [`Mailboxes`]); a plugin can be driven without a socket
-//! ([`Instance`]); and [`tcp`] is the low-level listen/accept/receive API.
+//! ([`Instance`]); any stream can be served as a connection ([`serve_stream`] over a
+//! [`Transport`]); and [`tcp`] is the low-level listen/accept/receive API.
 //!
 //! # Layout
 //!
@@ -115,6 +116,7 @@ pub use messages::local::Mailboxes;
 pub use messages::types::{FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, Peer};
 pub use node::{Node, NodeListener};
 pub use observe::stats::{EndKind, Limit, Stats};
+pub use server::connection::serve_stream;
 pub use server::hooks::ConnectionHandle;
 pub use server::listener::{Server, serve};
 pub use server::transport::Transport;

@@ -167,7 +167,11 @@ fn serve_one(one: OneListener, cache: CacheArgs) -> anyhow::Result<()> {
             }],
             cache_dir: cache.dir(None),
         };
-        Node::from_spec(spec)?
+        // One listener, named by nobody: its errors need no `listener `default`:` prefix.
+        Node::from_spec(spec).map_err(|error| match error {
+            NodeError::Plugin { error, .. } => anyhow::Error::new(error),
+            other => anyhow::Error::new(other),
+        })?
     };
     run(node, Announce::AddressOnly)
 }
@@ -192,16 +196,18 @@ enum Announce {
 fn run(mut node: Node, announce: Announce) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     tokio.block_on(async {
-        if let Err(error) = node.bind().await {
-            let hint = match (&error, announce) {
-                (NodeError::Bind { .. }, Announce::AddressOnly) => {
-                    "; is another server using it? Pick another with --listen (port 0 picks a \
-                     free one)"
-                }
-                (NodeError::Bind { .. }, Announce::WithName) => "; is another server using it?",
-                _ => "",
-            };
-            anyhow::bail!("{error}{hint}");
+        match (node.bind().await, announce) {
+            (Ok(()), _) => {}
+            (Err(NodeError::Bind { address, error, .. }), Announce::AddressOnly) => {
+                anyhow::bail!(
+                    "cannot listen on {address}: {error}; is another server using it? Pick \
+                     another with --listen (port 0 picks a free one)"
+                );
+            }
+            (Err(error @ NodeError::Bind { .. }), Announce::WithName) => {
+                anyhow::bail!("{error}; is another server using it?");
+            }
+            (Err(error), _) => return Err(error.into()),
         }
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
         // Tests and scripts wait for these lines to know the server is ready.

@@ -217,7 +217,7 @@ impl Node {
             stats: server.stats(),
             mailboxes: server.mailboxes(),
             capacity: server.capacity(),
-            server: Box::new(server),
+            server: Box::new(server.without_pool_check()),
             bound: None,
         });
         Ok(())

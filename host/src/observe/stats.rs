@@ -165,6 +165,16 @@ impl Stats {
         self.faults.load(Ordering::Relaxed)
     }
 
+    /// Former name of [`Stats::faults`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `faults`: it counts every guest fault, not only traps"
+    )]
+    #[must_use]
+    pub fn traps(&self) -> u64 {
+        self.faults()
+    }
+
     /// Connections that ended as `kind` since the start.
     #[must_use]
     pub fn ended(&self, kind: EndKind) -> u64 {

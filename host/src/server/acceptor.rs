@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -84,12 +85,17 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                 pool.connections.spawn(async move {
                     let _permit = permit;
                     let _live = Live::new(Arc::clone(&ctx.stats), LiveKind::Connection);
+                    let ended = AtomicBool::new(false);
                     tokio::select! {
                         () = hard_stop.cancelled() => {
-                            ctx.stats.count_ended(EndKind::ShutdownDeadline);
+                            // A connection that had ended (and was counted) is only finishing
+                            // its close; one still running ends here.
+                            if !ended.load(Ordering::Acquire) {
+                                ctx.stats.count_ended(EndKind::ShutdownDeadline);
+                            }
                             tracing::warn!("connection dropped at the shutdown deadline");
                         }
-                        () = connection::run(&ctx, socket, Ok(peer)) => {}
+                        () = connection::run(&ctx, socket, Ok(peer), &ended) => {}
                     }
                 });
             }

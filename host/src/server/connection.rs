@@ -5,6 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +16,7 @@ use crate::conn_id;
 use crate::error::GuestFault;
 use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
 use crate::messages::local::{Mailbox, Mailboxes};
-use crate::messages::types::Message;
+use crate::messages::types::{MailboxLimits, Message};
 use crate::observe::stats::Stats;
 use crate::server::ending::{Ending, Export, Operation};
 use crate::server::hooks::{ConnectionHandle, Hooks};
@@ -52,11 +53,13 @@ pub(crate) fn fixed_local_address(bound: io::Result<SocketAddr>) -> Option<Strin
 }
 
 /// Serve one accepted stream, from the client at `peer` (as `accept` reported it), until it
-/// ends.
+/// ends. `ended` is set once the connection's ending has been counted (what remains is its
+/// `close` and the lingering close).
 pub(crate) async fn run<F: HandlerFactory, T: Transport>(
     ctx: &ConnectionContext<F>,
     stream: T,
     peer: io::Result<SocketAddr>,
+    ended: &AtomicBool,
 ) {
     let id = conn_id::next();
     let peer = address(peer);
@@ -64,7 +67,29 @@ pub(crate) async fn run<F: HandlerFactory, T: Transport>(
     // per connection with the fmt subscriber), for lines that are rarely written. The lines
     // logged at `info` and above carry the connection's fields themselves (`log_conn!`).
     let span = tracing::debug_span!("conn", id, %peer, plugin = ctx.factory.name());
-    serve(ctx, stream, id, peer).instrument(span).await;
+    serve(ctx, stream, id, peer, ended).instrument(span).await;
+}
+
+/// Serve one connection over any [`Transport`] to the end, with a handler from `factory`,
+/// as a [`Server`](crate::Server) would serve an accepted socket (without the pool or a
+/// shutdown signal). The connection is alone in a registry of its own: its messages find
+/// nobody else.
+pub async fn serve_stream<F: HandlerFactory, T: Transport>(
+    stream: T,
+    factory: F,
+    config: &ServerConfig,
+) {
+    let ctx = ConnectionContext {
+        config: config.clone(),
+        factory,
+        stats: Arc::new(Stats::default()),
+        mailboxes: Mailboxes::new(MailboxLimits::from(config)),
+        hooks: Hooks::default(),
+        shutdown: CancellationToken::new(),
+        local: fixed_local_address(stream.local_addr()),
+    };
+    let peer = stream.peer_addr();
+    run(&ctx, stream, peer, &AtomicBool::new(false)).await;
 }
 
 /// Which connection a log line is about: its id, its client's address and the plugin.
@@ -97,6 +122,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
     mut stream: T,
     id: u64,
     peer: String,
+    ended: &AtomicBool,
 ) {
     let config = &ctx.config;
     let info = ConnInfo {
@@ -129,7 +155,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
     let mut guest = match Box::pin(ctx.factory.create(new)).await {
         Ok(guest) => guest,
         Err(error) => {
-            record(ctx, who, &Ending::NoInstance(error));
+            record(ctx, who, &Ending::NoInstance(error), ended);
             return linger_close(&mut stream).await;
         }
     };
@@ -154,7 +180,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
     // Gone from the registry before `close`: messages sent to it from now on (the others'
     // replies to its leave notice, say) get `no-such-connection` instead of being lost.
     drop(mailbox);
-    record(ctx, who, &ending);
+    record(ctx, who, &ending, ended);
     let closed = match ending.close_reason() {
         Some(reason) => Some(Box::pin(guest.close(&reason)).await),
         None => None,
@@ -169,8 +195,10 @@ async fn serve<F: HandlerFactory, T: Transport>(
         }
         // After a fault the guest's output is dropped; the socket still closes politely.
         Some(Err(fault)) => {
+            // The connection is counted under what ended it; the fault counts as a fault.
             ctx.stats.count_fault();
-            log_conn!(WARN, who, %fault, "`{}` failed", Export::Close.name());
+            let export = Export::Close.name();
+            log_conn!(WARN, who, %fault, "closing the connection: `{export}` failed");
         }
         None => {}
     }
@@ -179,9 +207,10 @@ async fn serve<F: HandlerFactory, T: Transport>(
 }
 
 /// Count a connection's ending and log it, as loudly as it deserves.
-fn record<F>(ctx: &ConnectionContext<F>, who: Who<'_>, ending: &Ending) {
+fn record<F>(ctx: &ConnectionContext<F>, who: Who<'_>, ending: &Ending, ended: &AtomicBool) {
     let kind = ending.kind();
     ctx.stats.count_ended(kind);
+    ended.store(true, Ordering::Release);
     let kind = kind.name();
     if let Some(fault) = ending.fault() {
         ctx.stats.count_fault();
@@ -349,7 +378,6 @@ mod tests {
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
     use super::*;
-    use crate::messages::types::MailboxLimits;
     use crate::observe::stats::EndKind;
 
     /// An in-memory stream with made-up addresses: a transport that is not TCP.
@@ -410,7 +438,7 @@ mod tests {
         let task = tokio::spawn(async move {
             let stream = Duplex(server);
             let peer = stream.peer_addr();
-            run(&serving, stream, peer).await;
+            run(&serving, stream, peer, &AtomicBool::new(false)).await;
         });
         client.write_all(b"over any stream").await?;
         let mut echoed = [0u8; 15];
@@ -424,6 +452,22 @@ mod tests {
         task.await?;
         assert_eq!(ctx.stats.ended(EndKind::ClientClosed), 1);
         assert_eq!(ctx.stats.live_instances(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn serve_stream_serves_a_stream_of_the_embedders() -> anyhow::Result<()> {
+        let config = ServerConfig::builder().name("duplex").build()?;
+        let (mut client, server) = tokio::io::duplex(64 << 10);
+        let task = tokio::spawn(async move {
+            serve_stream(Duplex(server), crate::native::Echo, &config).await;
+        });
+        client.write_all(b"hello").await?;
+        client.shutdown().await?;
+        let mut echoed = Vec::new();
+        client.read_to_end(&mut echoed).await?;
+        assert_eq!(echoed, b"hello");
+        task.await?;
         Ok(())
     }
 

@@ -122,7 +122,7 @@ impl fmt::Debug for ConnectionHandle {
 
 /// A callback run on a connection event. It runs on the connection's task: keep it short
 /// and never block (hand work to another task through a channel).
-pub type Hook = Arc<dyn Fn(&ConnectionHandle) + Send + Sync>;
+pub(crate) type Hook = Arc<dyn Fn(&ConnectionHandle) + Send + Sync>;
 
 /// The hooks a server runs.
 #[derive(Clone, Default)]

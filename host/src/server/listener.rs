@@ -46,6 +46,9 @@ pub struct Server<F = Plugin> {
     stats: Arc<Stats>,
     mailboxes: Mailboxes,
     hooks: Hooks,
+    /// Whether `serve` warns when `max_connections` exceeds the instance pool; a node checks
+    /// the sum over its listeners instead, once.
+    check_pool: bool,
 }
 
 impl<F: HandlerFactory> Server<F> {
@@ -59,7 +62,15 @@ impl<F: HandlerFactory> Server<F> {
             factory,
             stats: Arc::default(),
             hooks: Hooks::default(),
+            check_pool: true,
         }
+    }
+
+    /// Leave the instance-pool check to the caller (a node, which checks all its listeners
+    /// together).
+    pub(crate) fn without_pool_check(mut self) -> Self {
+        self.check_pool = false;
+        self
     }
 
     /// Run `hook` when a connection opens: after its `init` kept it, before its first event
@@ -119,7 +130,8 @@ impl<F: HandlerFactory> Server<F> {
         let local = listener.local_addr().map_err(ServeError::LocalAddr)?;
         let shutdown_timeout = self.config.shutdown_timeout();
         let max_connections = self.config.max_connections();
-        if let Some(capacity) = self.factory.capacity()
+        if self.check_pool
+            && let Some(capacity) = self.factory.capacity()
             && let Some(warning) =
                 pool_shortfall(&[(self.config.name(), max_connections)], capacity)
         {
@@ -207,14 +219,22 @@ pub(crate) fn pool_shortfall(listeners: &[(&str, usize)], capacity: usize) -> Op
     if wanted <= capacity {
         return None;
     }
-    let names: Vec<String> = listeners
-        .iter()
-        .map(|(name, max)| format!("`{name}` ({max})"))
-        .collect();
+    let allowed = match listeners {
+        [(name, max)] => format!("max_connections of `{name}` is {max}"),
+        _ => {
+            let names: Vec<String> = listeners
+                .iter()
+                .map(|(name, max)| format!("`{name}` ({max})"))
+                .collect();
+            format!(
+                "max_connections of {} add up to {wanted}",
+                names.join(" + ")
+            )
+        }
+    };
     Some(format!(
-        "max_connections of {} add up to {wanted}, but the instance pool holds {capacity}: \
-         when it is full, a new connection is closed at once",
-        names.join(" + ")
+        "{allowed}, but the instance pool holds {capacity}: when it is full, a new connection \
+         is closed at once"
     ))
 }
 
@@ -241,6 +261,18 @@ mod tests {
     #[test]
     fn a_pool_large_enough_says_nothing() {
         assert_eq!(pool_shortfall(&[("echo", 100), ("chat", 50)], 150), None);
+    }
+
+    #[test]
+    fn a_pool_too_small_for_one_listener_says_so() {
+        let warning = pool_shortfall(&[("default", 20_000)], 16_384);
+        assert_eq!(
+            warning.as_deref(),
+            Some(
+                "max_connections of `default` is 20000, but the instance pool holds 16384: \
+                 when it is full, a new connection is closed at once"
+            )
+        );
     }
 
     #[test]

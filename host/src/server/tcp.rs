@@ -3,20 +3,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::listener::ServerConfig;
 use crate::handler::HandlerFactory;
-use crate::messages::local::Mailboxes;
-use crate::messages::types::MailboxLimits;
-use crate::observe::stats::Stats;
-use crate::server::connection::{self, ConnectionContext};
-use crate::server::hooks::Hooks;
+use crate::server::connection;
 use crate::wasm::plugin::Plugin;
 
 /// Most bytes `receive(0)` returns at once.
@@ -117,17 +111,7 @@ impl Socket {
     /// Serve the connection to the end with a handler from `factory` (a plugin or native code).
     /// The connection is alone in a registry of its own: its messages find nobody else.
     pub async fn serve_with<F: HandlerFactory>(self, factory: F, config: &ServerConfig) {
-        let ctx = ConnectionContext {
-            config: config.clone(),
-            factory,
-            stats: Arc::new(Stats::default()),
-            mailboxes: Mailboxes::new(MailboxLimits::from(config)),
-            hooks: Hooks::default(),
-            shutdown: CancellationToken::new(),
-            local: connection::fixed_local_address(self.stream.local_addr()),
-        };
-        let peer = self.stream.peer_addr();
-        connection::run(&ctx, self.stream, peer).await;
+        connection::serve_stream(self.stream, factory, config).await;
     }
 
     /// The tokio stream.

@@ -3,10 +3,13 @@
 //!
 //! An entry is named by the component's SHA-256 and the engine's compatibility hash (the
 //! wasmtime version, target, compiler settings and memory layout), so a changed plugin or
-//! engine never finds an old entry. It holds a small header — a magic tag and the SHA-256 of
-//! the payload — and the payload, wasmtime's serialized compiled component. Entries are
-//! written to a temporary file and renamed into place, so a reader sees a whole entry or none;
-//! they are never evicted (delete the folder at any time to empty it).
+//! engine never finds an old entry (a miss where another build's entry for the same plugin
+//! exists is reported with a warning). It holds a small header — a magic tag and the SHA-256
+//! of the payload — and the payload, wasmtime's serialized compiled component. Entries are
+//! written to a temporary file (mode 0600) and renamed into place, so a reader sees a whole
+//! entry or none. Entries are never evicted — each plugin version and each engine build adds
+//! one; delete the folder at any time to empty it. Temporary files left by a process that
+//! died mid-write are removed when a cache is opened an hour later or more.
 //!
 //! # Why loading an entry is trusted
 //!
@@ -15,8 +18,10 @@
 //! entry only when:
 //!
 //! * the folder is owned by the user shoal runs as and is writable by nobody else (shoal
-//!   creates it with mode 0700): no other local user can plant an entry, so every entry was
-//!   written by this user's shoal;
+//!   creates it with mode 0700), checked when the cache is opened, and so is each entry file
+//!   when it is read: no other local user can plant or rewrite an entry, so every entry was
+//!   written by this user's shoal. (The folders above it, ACLs and the user's own other
+//!   programs are trusted, as they are for the plugin files themselves.)
 //! * the entry's payload matches the SHA-256 in its header: a truncated, partly written or
 //!   corrupted file is recompiled (with a warning), never loaded;
 //! * wasmtime accepts its header: same wasmtime version, target, settings and features as the
@@ -112,13 +117,17 @@ impl CompileCache {
         }
         let mut hasher = Sha256Hasher::default();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Self {
+        let cache = Self {
             dir: dir.to_path_buf(),
             // Judged by the mode, not by trying: a folder made read-only on purpose stays so
             // even for root, who could write to it anyway.
             writable: mode & 0o200 != 0,
             engine_key: digest::hex(&hasher.digest()[..8]),
-        })
+        };
+        if cache.writable {
+            cache.remove_stale_temp_files();
+        }
+        Ok(cache)
     }
 
     /// The folder.
@@ -143,7 +152,7 @@ impl CompileCache {
             path: path.clone(),
             problem,
         };
-        let entry = match fs::read(&path) {
+        let entry = match read_own_file(&path) {
             Ok(entry) => entry,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Lookup::Miss,
             Err(error) => return unusable(format!("cannot read it: {error}")),
@@ -177,23 +186,86 @@ impl CompileCache {
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let written = write_entry(&temp, &payload).and_then(|()| fs::rename(&temp, &path));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        // From here the temporary file is ours: remove it if the entry does not make it.
+        let written = write_entry(&mut file, &payload).and_then(|()| fs::rename(&temp, &path));
         if written.is_err() {
             let _ = fs::remove_file(&temp);
         }
         written
     }
+
+    /// Entries for the component `hash` compiled by other engine builds (another shoal or
+    /// wasmtime version, or other memory settings): a miss that is worth a word.
+    pub(crate) fn other_builds(&self, hash: &ContentHash) -> Vec<PathBuf> {
+        let prefix = format!("{hash}-");
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".cwasm"))
+            })
+            .collect()
+    }
+
+    /// Remove temporary files that a process which died mid-write left behind (older than
+    /// [`STALE_TEMP`]; a younger one may be another process's write in progress).
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let is_temp = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with('.') && name.ends_with(".tmp"));
+            let stale = entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP);
+            if is_temp && stale {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// Age past which a temporary file is the leftover of a write that never finished.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Read a file of the cache, refusing one that this user does not own or that others may
+/// write: only this user's shoal can have written such a file.
+fn read_own_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.uid() != effective_uid() || meta.permissions().mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "it is not owned by this user, or others may write to it",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Tells apart the temporary files of concurrent stores from one process.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn write_entry(path: &Path, payload: &[u8]) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+fn write_entry(file: &mut fs::File, payload: &[u8]) -> io::Result<()> {
     file.write_all(MAGIC)?;
     file.write_all(ContentHash::of(payload).as_bytes())?;
     file.write_all(payload)?;
@@ -227,7 +299,8 @@ pub(crate) fn verified_payload(entry: &[u8]) -> Result<&[u8], EntryProblem> {
     Ok(payload)
 }
 
-/// Load a compiled component written by [`CompileCache::store`].
+/// Load a compiled component written by [`CompileCache::store`]. One of the crate's two
+/// uses of `unsafe` (with [`effective_uid`]).
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, payload: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: wasmtime requires the bytes to come from `Component::serialize` of a trusted
@@ -356,6 +429,77 @@ mod tests {
         assert!(problem.contains("checksum"), "{problem}");
         // Only the entry is in the folder: temporary files were renamed into place.
         assert_eq!(fs::read_dir(&dir)?.count(), 1);
+        fs::remove_dir_all(dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_entry_of_another_engine_build_is_refused_by_wasmtime() -> anyhow::Result<()> {
+        let dir = scratch("other-engine");
+        let ours = Engine::default();
+        let mut settings = wasmtime::Config::new();
+        settings.epoch_interruption(true);
+        let theirs = Engine::new(&settings).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let cache = CompileCache::open(&dir, &ours)?;
+        let hash = ContentHash::of(b"(component)");
+        // A whole entry, checksum and all, under this engine's name: compiled by another.
+        let foreign = empty_component(&theirs)?
+            .serialize()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let mut file = fs::File::create(cache.entry_path(&hash))?;
+        write_entry(&mut file, &foreign)?;
+        drop(file);
+        let Lookup::Unusable { problem, .. } = cache.load(&ours, &hash) else {
+            panic!("another engine's code must not load");
+        };
+        assert!(problem.contains("wasmtime refused it"), "{problem}");
+        // Filed under its own engine's name, the same entry is a miss that is named.
+        let theirs_cache = CompileCache::open(&dir, &theirs)?;
+        assert_ne!(theirs_cache.entry_path(&hash), cache.entry_path(&hash));
+        fs::rename(cache.entry_path(&hash), theirs_cache.entry_path(&hash))?;
+        assert!(matches!(cache.load(&ours, &hash), Lookup::Miss));
+        assert_eq!(
+            cache.other_builds(&hash),
+            vec![theirs_cache.entry_path(&hash)]
+        );
+        fs::remove_dir_all(dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_entry_others_may_write_is_not_loaded() -> anyhow::Result<()> {
+        let dir = scratch("entry-mode");
+        let engine = Engine::default();
+        let cache = CompileCache::open(&dir, &engine)?;
+        let hash = ContentHash::of(b"(component)");
+        cache.store(&hash, &empty_component(&engine)?)?;
+        let path = cache.entry_path(&hash);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
+        let Lookup::Unusable { problem, .. } = cache.load(&engine, &hash) else {
+            panic!("a world-writable entry must not load");
+        };
+        assert!(problem.contains("others may write"), "{problem}");
+        fs::remove_dir_all(dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_fresh_ones_kept() -> anyhow::Result<()> {
+        let dir = scratch("stale");
+        let engine = Engine::default();
+        drop(CompileCache::open(&dir, &engine)?);
+        let stale = dir.join(".abc.1.0.tmp");
+        let fresh = dir.join(".abc.2.0.tmp");
+        fs::write(&stale, b"half an entry")?;
+        fs::write(&fresh, b"a write in progress")?;
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        fs::File::options()
+            .write(true)
+            .open(&stale)?
+            .set_modified(two_hours_ago)?;
+        drop(CompileCache::open(&dir, &engine)?);
+        assert!(!stale.exists());
+        assert!(fresh.exists());
         fs::remove_dir_all(dir)?;
         Ok(())
     }

@@ -199,7 +199,17 @@ fn compile(
     if let Some(cache) = cache {
         match cache.load(engine, hash) {
             Lookup::Hit(component) => return Ok((component, Compilation::FromCache)),
-            Lookup::Miss => {}
+            Lookup::Miss => {
+                for other in cache.other_builds(hash) {
+                    tracing::warn!(
+                        plugin = name,
+                        "compile cache entry {} was compiled by another engine build (another \
+                         shoal or wasmtime version, or other memory settings); compiling for \
+                         this one",
+                        other.display()
+                    );
+                }
+            }
             Lookup::Unusable { path, problem } => tracing::warn!(
                 plugin = name,
                 "compile cache entry {} is unusable ({problem}); compiling again",
