@@ -133,7 +133,14 @@ fn main() -> anyhow::Result<()> {
         load_kinds.push(Kind::Baseline);
     }
     for round in 1..=load_rounds {
-        for &kind in &load_kinds {
+        // Every other round in the opposite order, so that no server always follows the
+        // same one (a server's start and shutdown disturb the next one's first seconds).
+        let order: Vec<Kind> = if round % 2 == 0 {
+            load_kinds.iter().rev().copied().collect()
+        } else {
+            load_kinds.clone()
+        };
+        for kind in order {
             eprintln!(
                 "round {round}/{}: load against {}",
                 args.rounds,

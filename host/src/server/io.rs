@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::handler::ConnectionHandler;
 use crate::server::ending::{Ending, Operation};
@@ -52,17 +52,18 @@ pub(crate) async fn flush<T: Transport>(
         return Ok(());
     }
     // Most output fits the socket buffer at once: try that before arming the write timeout.
-    let sent = match write_now(stream, guest.output()).await {
-        Ok(Written::All) => {
-            guest.clear_output();
-            return Ok(());
-        }
-        Ok(Written::Part(sent)) => sent,
+    let sent = match stream.try_write(guest.output()) {
+        Ok(sent) => sent,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
         Err(error) => {
             guest.mark_unwritable();
             return Err(Ending::io(Operation::Write, error));
         }
     };
+    if sent == guest.output().len() {
+        guest.clear_output();
+        return Ok(());
+    }
     let rest = &guest.output()[sent..];
     let written = tokio::time::timeout(timeout, async {
         stream.write_all(rest).await?;
@@ -79,35 +80,6 @@ pub(crate) async fn flush<T: Transport>(
     };
     guest.mark_unwritable();
     Err(failure)
-}
-
-/// How much of the output one attempt wrote.
-enum Written {
-    /// Everything, flushed.
-    All,
-    /// This many bytes; the stream took no more for now.
-    Part(usize),
-}
-
-/// Write and flush as much of `output` as the stream takes without waiting.
-async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, output: &[u8]) -> io::Result<Written> {
-    let mut sent = 0;
-    std::future::poll_fn(|cx| {
-        while sent < output.len() {
-            match Pin::new(&mut *stream).poll_write(cx, &output[sent..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(written)) => sent += written,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => return Poll::Ready(Ok(Written::Part(sent))),
-            }
-        }
-        match Pin::new(&mut *stream).poll_flush(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(Written::All)),
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => Poll::Ready(Ok(Written::Part(sent))),
-        }
-    })
-    .await
 }
 
 /// Close politely: end our side of the stream, then read and discard what the client still

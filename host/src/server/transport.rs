@@ -28,6 +28,20 @@ pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     ///
     /// When the OS cannot report it.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Write what the stream takes at once, without waiting and without a task context (as
+    /// `TcpStream::try_write`): how many bytes were taken, or `WouldBlock` when none can be
+    /// now. After every guest call the connection task tries this first and arms its write
+    /// timeout only for what is left, so a fast path here saves a timer per round trip. The
+    /// default takes nothing: every write waits through `poll_write` and `poll_flush`.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` when nothing can be written now; any other error ends the connection.
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = buf;
+        Err(io::ErrorKind::WouldBlock.into())
+    }
 }
 
 impl Transport for TcpStream {
@@ -37,5 +51,9 @@ impl Transport for TcpStream {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         TcpStream::local_addr(self)
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
     }
 }
