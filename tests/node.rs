@@ -47,6 +47,7 @@ async fn an_address_in_use_names_its_listener_and_leaves_nothing_listening() -> 
             listener("second", taken.local_addr()?, "echo")?,
         ],
         cache_dir: None,
+        ..NodeSpec::default()
     };
     let mut node = Node::from_spec(spec)?;
     let error = node
@@ -86,6 +87,7 @@ async fn a_node_serves_every_listener_and_stops_them_on_one_shutdown() -> anyhow
             listener("greeter", any_port()?, "greeter")?,
         ],
         cache_dir: None,
+        ..NodeSpec::default()
     };
     let mut node = Node::from_spec(spec)?;
     node.bind().await?;
@@ -128,6 +130,7 @@ async fn the_instance_pool_holds_every_listener_up_to_its_cap() -> anyhow::Resul
             listener("b", any_port()?, "echo")?,
         ],
         cache_dir: None,
+        ..NodeSpec::default()
     };
     let mut node = Node::from_spec(two)?;
     assert_eq!(node.runtime()?.config().max_instances(), 16);
@@ -140,6 +143,7 @@ async fn the_instance_pool_holds_every_listener_up_to_its_cap() -> anyhow::Resul
     let mut node = Node::from_spec(NodeSpec {
         listeners: vec![huge],
         cache_dir: None,
+        ..NodeSpec::default()
     })?;
     assert_eq!(
         node.runtime()?.config().max_instances(),
@@ -155,6 +159,7 @@ async fn a_plugin_that_cannot_load_names_its_listener() -> anyhow::Result<()> {
     let spec = NodeSpec {
         listeners: vec![listener("fine", any_port()?, "echo")?, wrong],
         cache_dir: None,
+        ..NodeSpec::default()
     };
     let error = Node::from_spec(spec).err().context("must fail")?;
     assert!(

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_bench::{median, micros, paired_ratios, percentile};
 use shoal_host::{
-    CloseReason, Compilation, ConnInfo, ConnectionHandler, HandlerFactory, MailboxLimits,
+    CloseReason, Compilation, ConnInfo, ConnectionHandler, CpuGroup, HandlerFactory, MailboxLimits,
     Mailboxes, NewConnection, Next, Plugin, Runtime, RuntimeConfig, ServerConfig, Stats,
 };
 
@@ -489,6 +489,7 @@ async fn handle_calls<F: HandlerFactory>(
 ) -> anyhow::Result<Vec<Duration>> {
     let info = bench_conn_info();
     let mailboxes = Mailboxes::new(MailboxLimits::from(config));
+    let cpu_group = std::sync::Arc::new(CpuGroup::new(config.cpu_share()));
     let mut handlers = Vec::with_capacity(live);
     for conn_id in 0..live as u64 {
         let conn = NewConnection {
@@ -496,6 +497,7 @@ async fn handle_calls<F: HandlerFactory>(
             config,
             stats,
             mailboxes: &mailboxes,
+            cpu_group: &cpu_group,
         };
         handlers.push(open_handler(factory, conn, &info).await?);
     }
@@ -522,6 +524,7 @@ async fn lifecycles<F: HandlerFactory>(
 ) -> anyhow::Result<Vec<Duration>> {
     let info = bench_conn_info();
     let mailboxes = Mailboxes::new(MailboxLimits::from(config));
+    let cpu_group = std::sync::Arc::new(CpuGroup::new(config.cpu_share()));
     let mut samples = Vec::with_capacity(count);
     for conn_id in 0..count as u64 {
         let conn = NewConnection {
@@ -529,6 +532,7 @@ async fn lifecycles<F: HandlerFactory>(
             config,
             stats,
             mailboxes: &mailboxes,
+            cpu_group: &cpu_group,
         };
         let start = Instant::now();
         let mut handler = open_handler(factory, conn, &info).await?;

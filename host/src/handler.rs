@@ -6,12 +6,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::listener::ServerConfig;
 use crate::error::{GuestFault, InstantiateError};
 use crate::messages::local::Mailboxes;
 use crate::observe::stats::Stats;
 use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::wasm::cpu::CpuGroup;
 
 /// Serves one connection, following the plugin lifecycle that `wit/plugin.wit` specifies:
 /// `init` once, `handle` per event, `close` once. Output is queued by the handler and
@@ -52,6 +54,12 @@ pub trait ConnectionHandler: Send + 'static {
 
     /// The socket cannot be written any more: drop queued output, refuse later sends.
     fn mark_unwritable(&mut self);
+
+    /// The CPU time the handler has used in its calls so far, as far as it is measured (a
+    /// Wasm instance's epoch ticks); zero by default.
+    fn cpu_time(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// What a handler factory knows about the connection it makes a handler for.
@@ -65,6 +73,8 @@ pub struct NewConnection<'a> {
     pub stats: &'a Arc<Stats>,
     /// The listener's mailboxes, through which the handler can message other connections.
     pub mailboxes: &'a Mailboxes,
+    /// The listener's claim on the CPU, which the handler's guest calls are charged to.
+    pub cpu_group: &'a Arc<CpuGroup>,
 }
 
 /// Makes a fresh [`ConnectionHandler`] for every accepted connection.

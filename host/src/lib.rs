@@ -18,6 +18,7 @@
 //!         config: ServerConfig::builder().name("echo").build()?,
 //!     }],
 //!     cache_dir: shoal_host::default_cache_dir(),
+//!     ..NodeSpec::default()
 //! };
 //! Node::from_spec(spec)?
 //!     .serve(async { let _ = tokio::signal::ctrl_c().await; })
@@ -123,6 +124,7 @@ pub use server::transport::Transport;
 pub use wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
 pub use wasm::cache::default_cache_dir;
 pub use wasm::capabilities::{Capabilities, ReadOnlyDir};
+pub use wasm::cpu::CpuGroup;
 pub use wasm::digest::ContentHash;
 pub use wasm::instance::Instance;
 pub use wasm::plugin::{Compilation, HANDLER_EXPORT, LoadReport, Plugin};

@@ -139,6 +139,7 @@ impl Node {
             .max_instances(instances)
             .max_memory_bytes(memory)
             .cache_dir(spec.cache_dir)
+            .cpu_shares(spec.cpu_shares)
             .build()
             .map_err(NodeError::RuntimeConfig)?;
         let mut node = Self::new(runtime_config);

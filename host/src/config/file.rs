@@ -53,6 +53,8 @@ pub enum ConfigFileError {
 struct File {
     /// Where compiled plugins are kept between starts (relative to the file's folder).
     cache_dir: Option<PathBuf>,
+    /// Whether CPU-bound guests share the cores by their listeners' `cpu_share`.
+    cpu_shares: Option<bool>,
     #[serde(rename = "listener", default)]
     listeners: Vec<ListenerEntry>,
 }
@@ -75,6 +77,7 @@ struct ListenerEntry {
     read_buffer_size: Option<ByteSize>,
     mailbox_messages: Option<usize>,
     mailbox_bytes: Option<ByteSize>,
+    cpu_share: Option<u32>,
     #[serde(default)]
     capabilities: CapabilitiesEntry,
 }
@@ -208,6 +211,7 @@ impl NodeSpec {
         Ok(NodeSpec {
             listeners: specs,
             cache_dir: file.cache_dir.map(|dir| base.join(dir)),
+            cpu_shares: file.cpu_shares.unwrap_or(true),
         })
     }
 }
@@ -250,6 +254,9 @@ impl ListenerEntry {
         }
         if let Some(value) = self.mailbox_bytes {
             builder = builder.mailbox_bytes(value.0);
+        }
+        if let Some(value) = self.cpu_share {
+            builder = builder.cpu_share(value);
         }
         let grants = self.capabilities;
         let mut capabilities = Capabilities::default();
@@ -309,6 +316,7 @@ mod tests {
         output_buffer_limit = 65536
         mailbox_messages = 8
         mailbox_bytes = "4KiB"
+        cpu_share = 3
 
         [listener.capabilities]
         env = { GREETING = "hello" }
@@ -332,6 +340,7 @@ mod tests {
         assert_eq!(chat.memory_limit(), 16 << 20);
         assert_eq!(chat.output_buffer_limit(), 65536);
         assert_eq!((chat.mailbox_messages(), chat.mailbox_bytes()), (8, 4096));
+        assert_eq!((echo.cpu_share(), chat.cpu_share()), (1, 3));
         let grants = chat.capabilities();
         assert_eq!(grants.env_vars(), [("GREETING".into(), "hello".into())]);
         assert_eq!(grants.config_value("room"), Some("lobby"));
@@ -404,6 +413,7 @@ mod tests {
         assert_eq!(echo.output_buffer_limit(), defaults.output_buffer_limit());
         assert_eq!(echo.read_buffer_size(), defaults.read_buffer_size());
         assert_eq!(echo.mailbox_messages(), defaults.mailbox_messages());
+        assert_eq!(echo.cpu_share(), defaults.cpu_share());
         assert_eq!(echo.mailbox_bytes(), defaults.mailbox_bytes());
         assert_eq!(echo.capabilities(), defaults.capabilities());
         Ok(())

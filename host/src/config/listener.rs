@@ -13,6 +13,8 @@ const MAX_CONNECTIONS: usize = 1 << 20;
 const MAX_BUFFER_BYTES: usize = 256 << 20;
 /// The size of a Wasm page: the smallest memory limit that can work.
 const WASM_PAGE: usize = 64 << 10;
+/// Largest CPU weight of a listener.
+const MAX_CPU_SHARE: u32 = 1000;
 /// Largest mailbox queue, in messages (tokio bounds a channel at `usize::MAX >> 3`).
 const MAX_MAILBOX_MESSAGES: usize = 1 << 20;
 
@@ -43,6 +45,7 @@ pub struct ServerConfig {
     read_buffer_size: usize,
     mailbox_messages: usize,
     mailbox_bytes: usize,
+    cpu_share: u32,
     memory_limit: usize,
     capabilities: Arc<Capabilities>,
     shutdown_timeout: Duration,
@@ -143,6 +146,13 @@ impl ServerConfig {
         self.mailbox_bytes
     }
 
+    /// The listener's weight when the cores are shared between listeners whose guests want
+    /// them at once (see [`RuntimeConfigBuilder::cpu_shares`](crate::RuntimeConfigBuilder::cpu_shares)).
+    #[must_use]
+    pub fn cpu_share(&self) -> u32 {
+        self.cpu_share
+    }
+
     /// Most linear memory one instance may have, in bytes.
     #[must_use]
     pub fn memory_limit(&self) -> usize {
@@ -166,8 +176,11 @@ impl Default for ServerConfig {
     /// * `name`: `"default"`;
     /// * `pool_size`: 10 acceptor tasks;
     /// * `max_connections`: 16,384 (past it, new connections wait in the kernel's backlog);
-    /// * `cpu_budget_per_call`: 100 ms of running time (a call running longer traps and ends
-    ///   its connection);
+    /// * `cpu_budget_per_call`: 100 ms of CPU time, counted in epoch ticks (a call running
+    ///   longer traps and ends its connection; time the process or thread is not running is
+    ///   not counted);
+    /// * `cpu_share`: 1 — the listener's weight when listeners' guests want the cores at once
+    ///   (a listener of weight 3 beside one of weight 1 gets three quarters);
     /// * `call_timeout`: 5 s of wall-clock time per call, waits included (same outcome);
     /// * `idle_timeout`: 60 s without a byte from the client (then `close(idle-timeout)`);
     /// * `write_timeout`: 30 s for a client to take a call's output (then
@@ -195,6 +208,7 @@ impl Default for ServerConfig {
             read_buffer_size: 64 << 10,
             mailbox_messages: 1024,
             mailbox_bytes: 1 << 20,
+            cpu_share: 1,
             memory_limit: 64 << 20,
             capabilities: Arc::default(),
             shutdown_timeout: Duration::from_secs(15),
@@ -304,6 +318,15 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// The listener's weight when its guests and other listeners' want the cores at once
+    /// (default 1, at most 1,000): while several listeners are active, each may hold at most
+    /// its weighted part of the cores, and CPU-bound guests take turns by CPU used per weight.
+    #[must_use]
+    pub fn cpu_share(mut self, weight: u32) -> Self {
+        self.config.cpu_share = weight;
+        self
+    }
+
     /// Most linear memory one instance may have (default 64 MiB): `memory.grow` past it fails,
     /// which a Rust guest turns into a trap.
     #[must_use]
@@ -370,6 +393,12 @@ impl ServerConfigBuilder {
             return Err(ConfigError::new(
                 "mailbox_bytes",
                 format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
+            ));
+        }
+        if !(1..=MAX_CPU_SHARE).contains(&c.cpu_share) {
+            return Err(ConfigError::new(
+                "cpu_share",
+                format!("must be between 1 and {MAX_CPU_SHARE}"),
             ));
         }
         if c.memory_limit < WASM_PAGE {

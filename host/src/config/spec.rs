@@ -9,14 +9,29 @@ use bytes::Bytes;
 
 use crate::config::listener::ServerConfig;
 
-/// Every listener of one process, and the compile cache folder they share.
-#[derive(Debug, Clone, Default)]
+/// Every listener of one process, and what they share: the compile cache folder and the
+/// cores.
+#[derive(Debug, Clone)]
 pub struct NodeSpec {
     /// The listeners, in the order they are bound.
     pub listeners: Vec<ListenerSpec>,
     /// Where compiled plugins are kept between starts; `None` compiles every plugin at
     /// every start.
     pub cache_dir: Option<PathBuf>,
+    /// Whether CPU-bound guests share the cores by their listeners' `cpu_share` (see
+    /// [`RuntimeConfigBuilder::cpu_shares`](crate::RuntimeConfigBuilder::cpu_shares)).
+    pub cpu_shares: bool,
+}
+
+impl Default for NodeSpec {
+    /// No listener, no compile cache, CPU shares on.
+    fn default() -> Self {
+        Self {
+            listeners: Vec::new(),
+            cache_dir: None,
+            cpu_shares: true,
+        }
+    }
 }
 
 /// One listener: where it listens, what it serves, with which settings.

@@ -12,6 +12,7 @@ pub struct Stats {
     live_connections: AtomicUsize,
     accepted: AtomicU64,
     faults: AtomicU64,
+    guest_cpu_nanos: AtomicU64,
     ended: [AtomicU64; EndKind::ALL.len()],
 }
 
@@ -173,6 +174,19 @@ impl Stats {
     #[must_use]
     pub fn traps(&self) -> u64 {
         self.faults()
+    }
+
+    /// CPU time the listener's guests have used since the start, as the epoch ticks sample it
+    /// (each tick that passes while a guest runs counts a tick's length; see the README's
+    /// sandbox section).
+    #[must_use]
+    pub fn guest_cpu(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.guest_cpu_nanos.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn count_guest_cpu(&self, used: std::time::Duration) {
+        let nanos = u64::try_from(used.as_nanos()).unwrap_or(u64::MAX);
+        self.guest_cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Connections that ended as `kind` since the start.

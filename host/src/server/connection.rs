@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -24,6 +26,7 @@ use crate::server::io::{flush, linger_close, read_lent};
 use crate::server::read_buffers;
 use crate::server::transport::Transport;
 use crate::wasm::bindings::shoal::plugin::types::{ConnInfo, Envelope, Event, Next};
+use crate::wasm::cpu::CpuGroup;
 
 /// What every connection of one listener shares.
 pub(crate) struct ConnectionContext<F> {
@@ -32,6 +35,8 @@ pub(crate) struct ConnectionContext<F> {
     pub(crate) stats: Arc<Stats>,
     /// The listener's registry of connections: messages never leave it.
     pub(crate) mailboxes: Mailboxes,
+    /// The listener's claim on the CPU.
+    pub(crate) cpu_group: Arc<CpuGroup>,
     pub(crate) hooks: Hooks,
     /// Cancelled when the server shuts down. Connections learn it from their mailbox, which
     /// the server closes at the same time (one wake-up source per connection, not two), and
@@ -84,6 +89,7 @@ pub async fn serve_stream<F: HandlerFactory, T: Transport>(
         factory,
         stats: Arc::new(Stats::default()),
         mailboxes: Mailboxes::new(MailboxLimits::from(config)),
+        cpu_group: Arc::new(CpuGroup::new(config.cpu_share())),
         hooks: Hooks::default(),
         shutdown: CancellationToken::new(),
         local: fixed_local_address(stream.local_addr()),
@@ -147,6 +153,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
         config,
         stats: &ctx.stats,
         mailboxes: &ctx.mailboxes,
+        cpu_group: &ctx.cpu_group,
     };
     // Instantiation, `init` and `close` are the largest futures of a connection (wasmtime's
     // call machinery: ~1.4 KiB, 0.8, 0.8); awaited in place they would size every
@@ -155,7 +162,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
     let mut guest = match Box::pin(ctx.factory.create(new)).await {
         Ok(guest) => guest,
         Err(error) => {
-            record(ctx, who, &Ending::NoInstance(error), ended);
+            record(ctx, who, &Ending::NoInstance(error), Duration::ZERO, ended);
             return linger_close(&mut stream).await;
         }
     };
@@ -180,7 +187,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
     // Gone from the registry before `close`: messages sent to it from now on (the others'
     // replies to its leave notice, say) get `no-such-connection` instead of being lost.
     drop(mailbox);
-    record(ctx, who, &ending, ended);
+    record(ctx, who, &ending, guest.cpu_time(), ended);
     let closed = match ending.close_reason() {
         Some(reason) => Some(Box::pin(guest.close(&reason)).await),
         None => None,
@@ -206,31 +213,54 @@ async fn serve<F: HandlerFactory, T: Transport>(
     linger_close(&mut stream).await;
 }
 
-/// Count a connection's ending and log it, as loudly as it deserves.
-fn record<F>(ctx: &ConnectionContext<F>, who: Who<'_>, ending: &Ending, ended: &AtomicBool) {
+/// Count a connection's ending and log it, as loudly as it deserves, with the CPU time its
+/// guest used.
+fn record<F>(
+    ctx: &ConnectionContext<F>,
+    who: Who<'_>,
+    ending: &Ending,
+    cpu: Duration,
+    ended: &AtomicBool,
+) {
     let kind = ending.kind();
     ctx.stats.count_ended(kind);
     ended.store(true, Ordering::Release);
     let kind = kind.name();
+    let cpu_ms = u64::try_from(cpu.as_millis()).unwrap_or(u64::MAX);
     if let Some(fault) = ending.fault() {
         ctx.stats.count_fault();
         // The fault last: its text may run over several lines (a Wasm backtrace).
-        log_conn!(WARN, who, ending = kind, %fault, "closing the connection: {ending}");
+        log_conn!(WARN, who, ending = kind, cpu_ms, %fault, "closing the connection: {ending}");
         return;
     }
     match ending.level() {
         tracing::Level::WARN => {
-            log_conn!(WARN, who, ending = kind, "closing the connection: {ending}")
+            log_conn!(
+                WARN,
+                who,
+                ending = kind,
+                cpu_ms,
+                "closing the connection: {ending}"
+            );
         }
         tracing::Level::INFO => {
-            log_conn!(INFO, who, ending = kind, "closing the connection: {ending}")
+            log_conn!(
+                INFO,
+                who,
+                ending = kind,
+                cpu_ms,
+                "closing the connection: {ending}"
+            );
         }
-        _ => log_conn!(
-            DEBUG,
-            who,
-            ending = kind,
-            "closing the connection: {ending}"
-        ),
+        _ => {
+            log_conn!(
+                DEBUG,
+                who,
+                ending = kind,
+                cpu_ms,
+                "closing the connection: {ending}"
+            );
+        }
     }
 }
 
@@ -426,6 +456,7 @@ mod tests {
         let config = ServerConfig::builder().name("duplex").build()?;
         let ctx = Arc::new(ConnectionContext {
             mailboxes: Mailboxes::new(MailboxLimits::from(&config)),
+            cpu_group: Arc::new(CpuGroup::new(1)),
             config,
             factory: crate::native::Echo,
             stats: Arc::default(),

@@ -18,6 +18,7 @@ use crate::observe::stats::Stats;
 use crate::server::acceptor::{self, AcceptorPool};
 use crate::server::connection::{self, ConnectionContext};
 use crate::server::hooks::{ConnectionHandle, Hooks};
+use crate::wasm::cpu::CpuGroup;
 use crate::wasm::plugin::Plugin;
 
 /// A shoal server for one listener: every accepted connection runs in its own instance of
@@ -45,6 +46,7 @@ pub struct Server<F = Plugin> {
     factory: F,
     stats: Arc<Stats>,
     mailboxes: Mailboxes,
+    cpu_group: Arc<CpuGroup>,
     hooks: Hooks,
     /// Whether `serve` warns when `max_connections` exceeds the instance pool; a node checks
     /// the sum over its listeners instead, once.
@@ -58,6 +60,7 @@ impl<F: HandlerFactory> Server<F> {
     pub fn new(factory: F, config: ServerConfig) -> Self {
         Self {
             mailboxes: Mailboxes::new(MailboxLimits::from(&config)),
+            cpu_group: Arc::new(CpuGroup::new(config.cpu_share())),
             config,
             factory,
             stats: Arc::default(),
@@ -142,6 +145,7 @@ impl<F: HandlerFactory> Server<F> {
             factory: self.factory,
             stats: self.stats,
             mailboxes: self.mailboxes,
+            cpu_group: self.cpu_group,
             hooks: self.hooks,
             shutdown: CancellationToken::new(),
             local: connection::fixed_local_address(Ok(local)),

@@ -25,7 +25,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::{Store, UpdateDeadline};
 
@@ -38,6 +38,7 @@ use crate::messages::types::MailboxLimits;
 use crate::observe::stats::Stats;
 use crate::wasm::bindings::Plugin as PluginWorld;
 use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::wasm::cpu::CpuGroup;
 use crate::wasm::limits::{CpuBudgetExceeded, within_call_timeout};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::store::{ConnSettings, ConnState};
@@ -70,6 +71,8 @@ impl Instance {
             Mailboxes::new(MailboxLimits::from(config)),
             plugin.shared_name(),
             Arc::new(Stats::default()),
+            Arc::clone(plugin.runtime().scheduler()),
+            Arc::new(CpuGroup::new(config.cpu_share())),
         );
         Self::with_settings(plugin, &settings).await
     }
@@ -81,20 +84,26 @@ impl Instance {
         let mut store = Store::new(plugin.runtime().engine(), ConnState::new(settings));
         store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
-            let budget = store.data_mut().budget();
-            if budget.charge(Instant::now()) {
-                return Err(CpuBudgetExceeded(budget.limit()).into());
+            let state = store.data_mut();
+            let clock = state.scheduler.clock();
+            if clock.now() == state.cpu.resumed_at() {
+                // No tick since the guest was resumed: the deadline was set before a tick that
+                // fell while it was not running. Nothing to charge.
+                return Ok(UpdateDeadline::Continue(1));
             }
-            let resumed = budget.resume_clock();
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(async move {
-                    tokio::task::yield_now().await;
-                    if let Ok(mut at) = resumed.lock() {
-                        *at = Instant::now();
-                    }
-                }),
-            ))
+            let exceeded = state.budget.charge();
+            state.stats.count_guest_cpu(clock.period());
+            if exceeded {
+                state.release_slot();
+                return Err(CpuBudgetExceeded(state.budget.limit()).into());
+            }
+            let held = state.cpu.holds_slot();
+            if !state.scheduler.tick(&state.cpu_group, held) && held {
+                // The scheduler gave the slot to another guest.
+                state.cpu.take_slot();
+            }
+            let resume = state.scheduler.yield_point(&state.cpu_group, &state.cpu);
+            Ok(UpdateDeadline::YieldCustom(1, resume))
         });
         store.set_epoch_deadline(1);
         let exports = plugin
@@ -131,12 +140,28 @@ impl Instance {
         }
     }
 
-    /// Start the CPU budget of a call; returns when it started.
-    fn start_call(&mut self) -> Instant {
-        let started = Instant::now();
-        self.store.data_mut().budget().start(started);
+    /// Start a call: its whole CPU budget, its listener marked active, the guest's resume mark
+    /// at the current tick.
+    fn start_call(&mut self) {
+        let state = self.store.data_mut();
+        state.budget.start();
+        state.scheduler.touch(&state.cpu_group);
+        state.cpu.resume(state.scheduler.clock().now());
         self.store.set_epoch_deadline(1);
-        started
+    }
+
+    /// A call returned or faulted: the guest no longer runs.
+    fn end_call(&mut self) {
+        self.store.data().release_slot();
+    }
+
+    /// The CPU time this instance's guest has used in all its calls, as the epoch ticks
+    /// sample it (one tick's length for each tick that passed while it ran).
+    #[must_use]
+    pub fn cpu_time(&self) -> Duration {
+        let state = self.store.data();
+        let ticks = u32::try_from(state.budget.total_ticks()).unwrap_or(u32::MAX);
+        state.scheduler.clock().period() * ticks
     }
 
     /// Step 1 of the lifecycle: `Ok(Ok(next))`, or `Ok(Err(text))` when the guest refuses the
@@ -146,11 +171,12 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
-        let started = self.start_call();
+        self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_init(&mut self.store, info);
-        let result = within_call_timeout(started, self.call_timeout, call).await?;
-        result.map_err(|e| self.fault(&e))
+        let result = within_call_timeout(self.call_timeout, call).await;
+        self.end_call();
+        result?.map_err(|e| self.fault(&e))
     }
 
     /// Step 2 of the lifecycle: one event.
@@ -159,11 +185,12 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
-        let started = self.start_call();
+        self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_handle(&mut self.store, event);
-        let result = within_call_timeout(started, self.call_timeout, call).await?;
-        result.map_err(|e| self.fault(&e))
+        let result = within_call_timeout(self.call_timeout, call).await;
+        self.end_call();
+        result?.map_err(|e| self.fault(&e))
     }
 
     /// Step 3 of the lifecycle.
@@ -172,11 +199,12 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
-        let started = self.start_call();
+        self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_close(&mut self.store, reason);
-        let result = within_call_timeout(started, self.call_timeout, call).await?;
-        result.map_err(|e| self.fault(&e))
+        let result = within_call_timeout(self.call_timeout, call).await;
+        self.end_call();
+        result?.map_err(|e| self.fault(&e))
     }
 
     /// Bytes the guest queued with `send` since the last [`Instance::clear_output`].
@@ -222,6 +250,8 @@ impl HandlerFactory for Plugin {
             conn.mailboxes.clone(),
             self.shared_name(),
             Arc::clone(conn.stats),
+            Arc::clone(self.runtime().scheduler()),
+            Arc::clone(conn.cpu_group),
         );
         Instance::with_settings(self, &settings).await
     }
@@ -250,5 +280,9 @@ impl ConnectionHandler for Instance {
 
     fn mark_unwritable(&mut self) {
         Instance::mark_unwritable(self);
+    }
+
+    fn cpu_time(&self) -> Duration {
+        Instance::cpu_time(self)
     }
 }

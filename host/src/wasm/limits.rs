@@ -2,9 +2,8 @@
 //! each call (checked on every epoch tick) and the wall-clock timeout of each call.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
@@ -71,52 +70,48 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// The CPU time one guest call may use, checked on every epoch tick.
-///
-/// Time counts only while the call runs on a thread: the interval from a resume (the call's
-/// start, or the end of a yield) to the next tick is charged, time spent parked in the
-/// executor queue is not.
+/// The CPU time one guest call may use, in epoch ticks (see `wasm::cpu` for what a tick
+/// measures), and the ticks the connection's guest has used in all.
 pub(crate) struct CallBudget {
     limit: Duration,
-    used: Duration,
-    resumed_at: Arc<Mutex<Instant>>,
+    limit_ticks: u64,
+    /// Ticks charged to the call in progress.
+    used: u64,
+    /// Ticks charged to every call of the connection.
+    total: u64,
 }
 
 impl CallBudget {
-    pub(crate) fn new(limit: Duration) -> Self {
+    /// A budget of `limit` per call, on ticks of `tick`.
+    pub(crate) fn new(limit: Duration, tick: Duration) -> Self {
+        let ticks = limit.as_nanos().div_ceil(tick.as_nanos().max(1));
         Self {
             limit,
-            used: Duration::ZERO,
-            resumed_at: Arc::new(Mutex::new(Instant::now())),
+            limit_ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+            used: 0,
+            total: 0,
         }
     }
 
-    /// A new call starts now with the whole budget.
-    pub(crate) fn start(&mut self, now: Instant) {
-        self.used = Duration::ZERO;
-        self.set_resumed(now);
+    /// A new call starts with the whole budget.
+    pub(crate) fn start(&mut self) {
+        self.used = 0;
     }
 
-    /// Charge the time since the last resume; `true` once the budget is spent.
-    pub(crate) fn charge(&mut self, now: Instant) -> bool {
-        let resumed_at = self.resumed_at.lock().map(|t| *t).unwrap_or(now);
-        self.used += now.saturating_duration_since(resumed_at);
-        self.used > self.limit
+    /// Charge one tick; `true` once the call has used more than its budget.
+    pub(crate) fn charge(&mut self) -> bool {
+        self.used += 1;
+        self.total += 1;
+        self.used > self.limit_ticks
     }
 
     pub(crate) fn limit(&self) -> Duration {
         self.limit
     }
 
-    /// A handle the yield future uses to record when the call resumes.
-    pub(crate) fn resume_clock(&self) -> Arc<Mutex<Instant>> {
-        Arc::clone(&self.resumed_at)
-    }
-
-    fn set_resumed(&self, now: Instant) {
-        if let Ok(mut resumed_at) = self.resumed_at.lock() {
-            *resumed_at = now;
-        }
+    /// Ticks charged to the connection so far.
+    pub(crate) fn total_ticks(&self) -> u64 {
+        self.total
     }
 }
 
@@ -132,14 +127,14 @@ impl fmt::Display for CpuBudgetExceeded {
 
 impl std::error::Error for CpuBudgetExceeded {}
 
-/// Run a guest call, started at `started`, within its wall-clock timeout. Dropping a call in
-/// progress leaves the instance unusable, which a fault means anyway.
+/// Run a guest call within its wall-clock timeout. Dropping a call in progress leaves the
+/// instance unusable, which a fault means anyway.
 ///
 /// Most calls finish in their first poll (a guest is suspended only at an epoch tick or when
-/// it waits), so the timer is armed only for a call that did not: creating it for every call
-/// cost ~200 instructions per round trip.
+/// it waits), so the timer is armed only for a call that did not — creating it for every call
+/// cost ~200 instructions per round trip — and the clock is read only then: the timeout counts
+/// from the end of the first poll, at most one epoch tick after the call started.
 pub(crate) async fn within_call_timeout<R>(
-    started: Instant,
     timeout: Duration,
     call: impl Future<Output = wasmtime::Result<R>>,
 ) -> Result<wasmtime::Result<R>, GuestFault> {
@@ -148,7 +143,7 @@ pub(crate) async fn within_call_timeout<R>(
     if let Poll::Ready(result) = first {
         return Ok(result);
     }
-    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
     tokio::time::timeout_at(deadline, call)
         .await
         .map_err(|_| GuestFault::CallTimeout(timeout))
@@ -159,17 +154,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn budget_charges_running_time_only() {
-        let start = Instant::now();
-        let mut budget = CallBudget::new(Duration::from_millis(10));
-        budget.start(start);
-        assert!(!budget.charge(start + Duration::from_millis(6)));
-        // Parked for a second, then resumed: the wait is not charged.
-        let resumed = start + Duration::from_secs(1);
-        *budget.resume_clock().lock().expect("not poisoned") = resumed;
-        assert!(!budget.charge(resumed + Duration::from_millis(3)));
-        *budget.resume_clock().lock().expect("not poisoned") = resumed + Duration::from_millis(3);
-        assert!(budget.charge(resumed + Duration::from_millis(5)));
+    fn a_call_may_use_its_budget_in_ticks_and_no_more() {
+        let mut budget = CallBudget::new(Duration::from_millis(10), Duration::from_millis(1));
+        budget.start();
+        for _ in 0..10 {
+            assert!(!budget.charge());
+        }
+        assert!(budget.charge(), "the eleventh tick is past 10 ms");
+        budget.start();
+        assert!(!budget.charge(), "each call has the whole budget");
+        assert_eq!(budget.total_ticks(), 12);
+    }
+
+    #[test]
+    fn a_budget_shorter_than_a_tick_is_one_tick() {
+        let mut budget = CallBudget::new(Duration::from_micros(10), Duration::from_millis(1));
+        budget.start();
+        assert!(!budget.charge());
+        assert!(budget.charge());
     }
 
     #[test]

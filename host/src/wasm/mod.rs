@@ -5,6 +5,7 @@
 pub(crate) mod bindings;
 pub(crate) mod cache;
 pub(crate) mod capabilities;
+pub(crate) mod cpu;
 pub(crate) mod digest;
 pub(crate) mod guest_log;
 pub(crate) mod imports;

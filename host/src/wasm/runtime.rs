@@ -13,6 +13,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::error::{ConfigError, RuntimeError};
 use crate::wasm::cache::CompileCache;
+use crate::wasm::cpu::{CpuScheduler, TickClock};
 use crate::wasm::imports;
 use crate::wasm::store::ConnState;
 
@@ -28,6 +29,8 @@ pub struct RuntimeConfig {
     copy_on_write: bool,
     keep_resident_bytes: usize,
     cache_dir: Option<PathBuf>,
+    cpu_shares: bool,
+    cpu_slots: usize,
 }
 
 impl RuntimeConfig {
@@ -75,6 +78,18 @@ impl RuntimeConfig {
     pub fn cache_dir(&self) -> Option<&Path> {
         self.cache_dir.as_deref()
     }
+
+    /// Whether CPU-bound guests share the cores between listeners by their `cpu_share`.
+    #[must_use]
+    pub fn cpu_shares(&self) -> bool {
+        self.cpu_shares
+    }
+
+    /// How many guests may run past their first tick at once: the executor's worker threads.
+    #[must_use]
+    pub fn cpu_slots(&self) -> usize {
+        self.cpu_slots
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -88,7 +103,9 @@ impl Default for RuntimeConfig {
     /// * `keep_resident_bytes`: 64 KiB (the pages a small guest touches are zeroed in place
     ///   when its connection ends, so the next instance in the slot takes no page faults);
     /// * `cache_dir`: none — every plugin is compiled when it is loaded (the `shoal` command
-    ///   uses [`default_cache_dir`](crate::default_cache_dir)).
+    ///   uses [`default_cache_dir`](crate::default_cache_dir));
+    /// * `cpu_shares`: on — CPU-bound guests share the cores between listeners by weight;
+    /// * `cpu_slots`: the machine's available parallelism (tokio's default worker count).
     fn default() -> Self {
         Self {
             max_instances: Self::DEFAULT_MAX_INSTANCES,
@@ -98,6 +115,8 @@ impl Default for RuntimeConfig {
             copy_on_write: false,
             keep_resident_bytes: 64 << 10,
             cache_dir: None,
+            cpu_shares: true,
+            cpu_slots: thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -168,6 +187,23 @@ impl RuntimeConfigBuilder {
         self
     }
 
+    /// Share the cores between listeners by their `cpu_share` (default on): a guest that runs
+    /// past its first epoch tick then runs only while it holds one of `cpu_slots` core slots,
+    /// handed out by weight. Off, such guests only yield to the executor at every tick.
+    #[must_use]
+    pub fn cpu_shares(mut self, enabled: bool) -> Self {
+        self.config.cpu_shares = enabled;
+        self
+    }
+
+    /// Core slots for CPU-bound guests (default: the machine's available parallelism). Set it
+    /// to the number of worker threads of the tokio runtime that serves the connections.
+    #[must_use]
+    pub fn cpu_slots(mut self, slots: usize) -> Self {
+        self.config.cpu_slots = slots;
+        self
+    }
+
     /// Check the settings.
     ///
     /// # Errors
@@ -193,6 +229,9 @@ impl RuntimeConfigBuilder {
         if c.epoch_tick.is_zero() {
             return Err(ConfigError::new("epoch_tick", "must be longer than zero"));
         }
+        if !(1..=4096).contains(&c.cpu_slots) {
+            return Err(ConfigError::new("cpu_slots", "must be between 1 and 4096"));
+        }
         Ok(self.config)
     }
 }
@@ -209,6 +248,7 @@ struct RuntimeInner {
     /// Every plugin's imports, linked once for the engine.
     linker: Linker<ConnState>,
     cache: Option<CompileCache>,
+    scheduler: Arc<CpuScheduler>,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -230,6 +270,12 @@ impl Runtime {
             .cache_dir
             .as_deref()
             .and_then(|dir| open_cache(dir, &engine));
+        let clock = Arc::new(TickClock::new(config.epoch_tick));
+        let scheduler = Arc::new(CpuScheduler::new(
+            Arc::clone(&clock),
+            config.cpu_slots,
+            config.cpu_shares,
+        ));
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&ticker_stop);
         let ticking = engine.clone();
@@ -239,6 +285,8 @@ impl Runtime {
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     thread::sleep(tick);
+                    // The clock first: a guest interrupted by the new epoch sees the tick.
+                    clock.advance();
                     ticking.increment_epoch();
                 }
             })
@@ -248,6 +296,7 @@ impl Runtime {
                 engine,
                 linker,
                 cache,
+                scheduler,
                 config,
                 ticker_stop,
             }),
@@ -271,6 +320,10 @@ impl Runtime {
     #[must_use]
     pub fn cache_dir(&self) -> Option<&Path> {
         self.inner.cache.as_ref().map(CompileCache::dir)
+    }
+
+    pub(crate) fn scheduler(&self) -> &Arc<CpuScheduler> {
+        &self.inner.scheduler
     }
 
     pub(crate) fn linker(&self) -> &Linker<ConnState> {

@@ -14,6 +14,7 @@ use crate::messages::local::Mailboxes;
 use crate::observe::stats::{Live, LiveKind, Stats};
 use crate::wasm::bindings::shoal::plugin::types::Level;
 use crate::wasm::capabilities::Capabilities;
+use crate::wasm::cpu::{ConnCpu, CpuGroup, CpuScheduler};
 use crate::wasm::guest_log::{GuestLog, GuestStdio, RateLimiter};
 use crate::wasm::limits::{CallBudget, MemoryCap};
 
@@ -33,6 +34,11 @@ pub(crate) struct ConnState {
     pub(super) log: Arc<Mutex<GuestLog>>,
     stdio: [GuestStdio; 2],
     pub(super) budget: CallBudget,
+    /// The runtime's core slots and ticks, the listener's share, this guest's mark.
+    pub(super) scheduler: Arc<CpuScheduler>,
+    pub(super) cpu_group: Arc<CpuGroup>,
+    pub(super) cpu: Arc<ConnCpu>,
+    pub(super) stats: Arc<Stats>,
     _live: Live,
 }
 
@@ -54,17 +60,21 @@ pub(crate) struct ConnSettings {
     pub(crate) log_lines_per_second: u32,
     pub(crate) log_burst: u32,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) scheduler: Arc<CpuScheduler>,
+    pub(crate) cpu_group: Arc<CpuGroup>,
 }
 
 impl ConnSettings {
     /// The settings of connection `conn_id` of a listener with `config`, served by the plugin
-    /// named `plugin`.
+    /// named `plugin` on a runtime with `scheduler`, charged to the listener's `cpu_group`.
     pub(crate) fn new(
         config: &ServerConfig,
         conn_id: u64,
         mailboxes: Mailboxes,
         plugin: Arc<str>,
         stats: Arc<Stats>,
+        scheduler: Arc<CpuScheduler>,
+        cpu_group: Arc<CpuGroup>,
     ) -> Self {
         Self {
             conn_id,
@@ -78,6 +88,8 @@ impl ConnSettings {
             log_lines_per_second: config.guest_log_lines_per_second(),
             log_burst: config.guest_log_burst(),
             stats,
+            scheduler,
+            cpu_group,
         }
     }
 }
@@ -112,7 +124,11 @@ impl ConnState {
             writable: true,
             log,
             stdio,
-            budget: CallBudget::new(settings.cpu_budget),
+            budget: CallBudget::new(settings.cpu_budget, settings.scheduler.clock().period()),
+            scheduler: Arc::clone(&settings.scheduler),
+            cpu_group: Arc::clone(&settings.cpu_group),
+            cpu: Arc::default(),
+            stats: Arc::clone(&settings.stats),
             _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
         }
     }
@@ -137,14 +153,19 @@ impl ConnState {
         &mut self.memory
     }
 
-    /// The budget of the call in progress.
-    pub(crate) fn budget(&mut self) -> &mut CallBudget {
-        &mut self.budget
+    /// The guest stopped running (its call returned or faulted): a core slot it held goes
+    /// back to the scheduler.
+    pub(crate) fn release_slot(&self) {
+        if self.cpu.take_slot() {
+            self.scheduler.release(&self.cpu_group);
+        }
     }
 }
 
 impl Drop for ConnState {
     fn drop(&mut self) {
+        // A call dropped in the middle (its timeout, the shutdown deadline) may hold a slot.
+        self.release_slot();
         for stream in &self.stdio {
             stream.flush_partial();
         }
@@ -212,6 +233,12 @@ pub(crate) mod tests {
             log_lines_per_second: 1,
             log_burst: 1,
             stats: Arc::default(),
+            scheduler: Arc::new(CpuScheduler::new(
+                Arc::new(crate::wasm::cpu::TickClock::new(Duration::from_millis(1))),
+                2,
+                true,
+            )),
+            cpu_group: Arc::new(CpuGroup::new(1)),
         }
     }
 
