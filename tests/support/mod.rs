@@ -231,3 +231,78 @@ pub fn rss_kib() -> anyhow::Result<u64> {
         .context("VmRSS value")?
         .parse()?)
 }
+
+/// A `shoal serve --config FILE` process, its listeners' addresses and its log.
+pub struct ShoalProcess {
+    child: tokio::process::Child,
+    pub addrs: std::collections::HashMap<String, std::net::SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+impl ShoalProcess {
+    /// Write `config` to a file of this test's and serve it; wait until every listener is
+    /// bound (`listeners` of them).
+    pub async fn serve_config(name: &str, config: &str, listeners: usize) -> anyhow::Result<Self> {
+        use std::process::Stdio;
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, config)?;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["serve", "--no-cache", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
+        let sink = Arc::clone(&log);
+        tokio::spawn(async move {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&line);
+                }
+                line.clear();
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut addrs = std::collections::HashMap::new();
+        for _ in 0..listeners {
+            let mut line = String::new();
+            tokio::time::timeout(Duration::from_secs(60), stdout.read_line(&mut line))
+                .await
+                .context("shoal serve did not print its addresses")??;
+            let (addr, listener) = line
+                .trim()
+                .strip_prefix("listening on ")
+                .and_then(|rest| rest.split_once(' '))
+                .with_context(|| format!("unexpected line: {line:?}"))?;
+            let listener = listener.trim_matches(['(', ')']).to_string();
+            addrs.insert(listener, addr.parse()?);
+        }
+        Ok(Self { child, addrs, log })
+    }
+
+    /// Send the process a signal by name (`STOP`, `CONT`, `TERM`).
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("still running")?.to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Stop it with SIGTERM and wait for it to exit; its whole log.
+    pub async fn terminate(mut self) -> anyhow::Result<String> {
+        self.signal("TERM").await?;
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        anyhow::ensure!(status.success(), "exit status {status}");
+        // The log reader ends with the process's stderr.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(self.log.lock().map(|log| log.clone()).unwrap_or_default())
+    }
+}
