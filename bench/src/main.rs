@@ -65,7 +65,8 @@ enum Scenario {
     Memory,
     /// Messages delivered per second through the chat plugin's broadcast, 100 clients.
     Broadcast,
-    /// Echo latency on one listener with and without a second listener's guest spinning.
+    /// Echo latency and throughput on one listener beside 0, 1, 4 and 16 looping guests of
+    /// another, with CPU shares on and off.
     Noisy,
 }
 
@@ -248,11 +249,15 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
 
+    let mut noisy_rows = Vec::new();
     if args.scenarios.contains(&Scenario::Noisy) {
-        noisy_neighbour(&args, &bin_dir, pinned, &mut results)?;
+        noisy_rows = noisy_neighbour(&args, &bin_dir, pinned)?;
     }
 
     let mut report = report(&args, pinned, &mut results);
+    if !noisy_rows.is_empty() {
+        report.push_str(&noisy_report(&mut noisy_rows));
+    }
     if !compile_rows.is_empty() {
         report.push_str(&compile_report(&compile_rows));
     }
@@ -655,30 +660,114 @@ fn parse_line(line: &str) -> anyhow::Result<BTreeMap<String, f64>> {
         .collect()
 }
 
-/// One `shoal serve --config` process with two tenants, `echo` and `spin`: echo round trips
-/// (100 connections × 512 B) with the spin tenant idle, then with one of its guests always
-/// looping (each stopped at its 100 ms CPU budget and started again), in alternating rounds.
-fn noisy_neighbour(
-    args: &Args,
-    bin_dir: &Path,
-    pinned: bool,
-    results: &mut Results,
-) -> anyhow::Result<()> {
+/// Spinning connections of the other tenant in each noisy-neighbour measurement.
+const SPINNERS: [usize; 4] = [0, 1, 4, 16];
+
+/// The echo tenant's figures beside `spinners` looping connections of the spin tenant, with
+/// CPU shares on or off: one value per round.
+struct NoisyRow {
+    shares: bool,
+    spinners: usize,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    rate: Vec<f64>,
+}
+
+/// One `shoal serve --config` process with two tenants, `echo` and `spin`, with CPU shares
+/// on and then off (a server each, in alternating order per round): echo round trips
+/// (100 connections × 512 B) while 0, 1, 4 and 16 of the spin tenant's guests loop (each
+/// stopped at its 100 ms CPU budget and started again at once).
+fn noisy_neighbour(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<Vec<NoisyRow>> {
     let plugins = std::fs::canonicalize(&args.plugins)?;
-    let config = std::env::current_dir()?.join("target/bench/noisy.toml");
-    std::fs::create_dir_all(config.parent().context("target/bench")?)?;
-    std::fs::write(
-        &config,
-        format!(
-            "[[listener]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\n\n\
-             [[listener]]\nname = \"spin\"\naddress = \"127.0.0.1:0\"\nplugin = \"{spin}\"\n",
-            echo = plugins.join("echo.wasm").display(),
-            spin = plugins.join("spin.wasm").display(),
-        ),
-    )?;
+    let folder = std::env::current_dir()?.join("target/bench");
+    std::fs::create_dir_all(&folder)?;
+    let mut rows: Vec<NoisyRow> = [true, false]
+        .iter()
+        .flat_map(|&shares| {
+            SPINNERS.iter().map(move |&spinners| NoisyRow {
+                shares,
+                spinners,
+                p50: Vec::new(),
+                p99: Vec::new(),
+                rate: Vec::new(),
+            })
+        })
+        .collect();
+    let seconds = args.seconds.to_string();
+    for round in 1..=args.rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for shares in order {
+            eprintln!(
+                "round {round}/{}: noisy neighbour, CPU shares {}",
+                args.rounds,
+                if shares { "on" } else { "off" }
+            );
+            let config = folder.join(format!("noisy-{shares}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "cpu_shares = {shares}\n\n\
+                     [[listener]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\n\n\
+                     [[listener]]\nname = \"spin\"\naddress = \"127.0.0.1:0\"\nplugin = \"{spin}\"\n",
+                    echo = plugins.join("echo.wasm").display(),
+                    spin = plugins.join("spin.wasm").display(),
+                ),
+            )?;
+            let (server, spin_addr) = two_tenants(bin_dir, pinned, &config)?;
+            for row in rows.iter_mut().filter(|row| row.shares == shares) {
+                let spinner = (row.spinners > 0)
+                    .then(|| {
+                        pin(pinned, "0", &bin_dir.join("loadgen"))
+                            .args(["spin", "--addr", &spin_addr, "--seconds"])
+                            .arg((args.seconds + 2.0).to_string())
+                            .args(["--conns", &row.spinners.to_string()])
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .spawn()
+                    })
+                    .transpose()?;
+                if spinner.is_some() {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                let echo = loadgen(
+                    bin_dir,
+                    pinned,
+                    &[
+                        "echo",
+                        "--addr",
+                        &server.addr,
+                        "--conns",
+                        "100",
+                        "--size",
+                        "512",
+                        "--seconds",
+                        &seconds,
+                    ],
+                );
+                if let Some(spinner) = spinner {
+                    let _ = spinner.wait_with_output();
+                }
+                let echo = echo?;
+                let value = |key: &str| echo.get(key).copied().context("loadgen echo line");
+                row.p50.push(value("p50_us")?);
+                row.p99.push(value("p99_us")?);
+                row.rate.push(value("round_trips_per_sec")?);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Start `shoal serve --config` with the two tenants of `config`: the server (its address
+/// the echo tenant's) and the spin tenant's address.
+fn two_tenants(bin_dir: &Path, pinned: bool, config: &Path) -> anyhow::Result<(Server, String)> {
     let mut child = pin(pinned, "1", &bin_dir.join("shoal"))
         .args(["serve", "--no-cache", "--config"])
-        .arg(&config)
+        .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -699,65 +788,34 @@ fn noisy_neighbour(
         child,
         addr: addresses.get("echo").context("echo listener")?.clone(),
     };
-    let spin_addr = addresses.get("spin").context("spin listener")?.clone();
-    let seconds = args.seconds.to_string();
-    let echo_args = [
-        "echo",
-        "--addr",
-        &server.addr,
-        "--conns",
-        "100",
-        "--size",
-        "512",
-        "--seconds",
-        &seconds,
-    ];
-    for round in 1..=args.rounds {
-        eprintln!("round {round}/{}: noisy neighbour", args.rounds);
-        let quiet = loadgen(bin_dir, pinned, &echo_args)?;
-        let spin_seconds = (args.seconds + 2.0).to_string();
-        let spinner = pin(pinned, "0", &bin_dir.join("loadgen"))
-            .args([
-                "spin",
-                "--addr",
-                &spin_addr,
-                "--conns",
-                "1",
-                "--seconds",
-                &spin_seconds,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?;
-        let noisy = loadgen(bin_dir, pinned, &echo_args);
-        let _ = spinner.wait_with_output();
-        let noisy = noisy?;
-        for (metric, line, key) in [
-            (NOISY_QUIET_P99, &quiet, "p99_us"),
-            (NOISY_SPIN_P99, &noisy, "p99_us"),
-            (NOISY_QUIET_RATE, &quiet, "round_trips_per_sec"),
-            (NOISY_SPIN_RATE, &noisy, "round_trips_per_sec"),
-        ] {
-            record(results, Kind::Wasm, metric, line, key)?;
-        }
-        let ratio = noisy
-            .get("p99_us")
-            .zip(quiet.get("p99_us"))
-            .map(|(n, q)| n / q);
-        results
-            .entry((Kind::Wasm, NOISY_RATIO))
-            .or_default()
-            .push(ratio.context("p99 figures")?);
-    }
-    drop(server);
-    Ok(())
+    let spin = addresses.get("spin").context("spin listener")?.clone();
+    Ok((server, spin))
 }
 
-const NOISY_QUIET_P99: &str = "noisy neighbour: echo p99 µs, spin tenant idle";
-const NOISY_SPIN_P99: &str = "noisy neighbour: echo p99 µs, a spin guest always looping";
-const NOISY_RATIO: &str = "noisy neighbour: echo p99 with / without the spinning tenant";
-const NOISY_QUIET_RATE: &str = "noisy neighbour: echo round trips/s, spin tenant idle";
-const NOISY_SPIN_RATE: &str = "noisy neighbour: echo round trips/s, a spin guest always looping";
+fn noisy_report(rows: &mut [NoisyRow]) -> String {
+    let mut out = String::from(
+        "\nNoisy neighbour: the echo tenant (100 connections × 512 B) while N guests of the spin \
+         tenant loop, in one `shoal serve --config` process, with CPU shares on and off \
+         (medians of the rounds):\n\n\
+         | spinning | shares on: echo p50 µs | p99 µs | round trips/s | shares off: echo p50 µs | p99 µs | round trips/s |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for spinners in SPINNERS {
+        let mut cells = Vec::new();
+        for shares in [true, false] {
+            if let Some(row) = rows
+                .iter_mut()
+                .find(|row| row.shares == shares && row.spinners == spinners)
+            {
+                for values in [&mut row.p50, &mut row.p99, &mut row.rate] {
+                    cells.push(median(values).map_or("–".to_string(), |v| format!("{v:.0}")));
+                }
+            }
+        }
+        out.push_str(&format!("| {spinners} | {} |\n", cells.join(" | ")));
+    }
+    out
+}
 
 /// Server RSS growth per connection while `idle_conns` connections are open and initialised.
 fn idle_memory(kind: Kind, bin_dir: &Path, args: &Args, pinned: bool) -> anyhow::Result<f64> {

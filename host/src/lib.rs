@@ -65,6 +65,8 @@
 //!   * `imports/`: the host side of each imported interface (`connection`, `mailbox`,
 //!     `config`, `log`) and the linker that holds them;
 //!   * `limits`: the memory cap, the CPU budget per call and the call timeout;
+//!   * `cpu`: the tick clock that measures guests' CPU, and the fair share of the cores
+//!     between listeners ([`CpuGroup`]);
 //!   * `guest_log`: guest log lines and stdio into `tracing`, rate-limited;
 //!   * `capabilities`: [`Capabilities`], what a listener's guests are granted;
 //!   * `bindings`: the Rust side of `wit/plugin.wit`, generated.

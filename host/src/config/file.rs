@@ -377,6 +377,11 @@ mod tests {
         );
         let message = error(&TWO.replace("\"16MiB\"", "\"1KiB\""));
         assert!(message.contains("invalid `memory_limit`"), "{message}");
+        let message = error(&TWO.replace("cpu_share = 3", "cpu_share = 0"));
+        assert_eq!(
+            message,
+            "shoal.toml: listener `chat`: invalid `cpu_share`: must be between 1 and 1000"
+        );
     }
 
     #[test]
@@ -399,7 +404,8 @@ mod tests {
     #[test]
     fn the_example_file_is_valid_and_states_the_defaults() -> Result<(), ConfigFileError> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let specs = NodeSpec::load(root.join("shoal.example.toml"))?.listeners;
+        let spec = NodeSpec::load(root.join("shoal.example.toml"))?;
+        let specs = &spec.listeners;
         let defaults = ServerConfig::default();
         let echo = &specs[0].config;
         assert_eq!(echo.pool_size(), defaults.pool_size());
@@ -414,6 +420,7 @@ mod tests {
         assert_eq!(echo.read_buffer_size(), defaults.read_buffer_size());
         assert_eq!(echo.mailbox_messages(), defaults.mailbox_messages());
         assert_eq!(echo.cpu_share(), defaults.cpu_share());
+        assert!(spec.cpu_shares);
         assert_eq!(echo.mailbox_bytes(), defaults.mailbox_bytes());
         assert_eq!(echo.capabilities(), defaults.capabilities());
         Ok(())
@@ -427,6 +434,9 @@ mod tests {
         assert_eq!(check(TWO).map(|l| l.len()).ok(), Some(2));
         let spec = NodeSpec::parse(TWO, Path::new("shoal.toml"), &base())?;
         assert_eq!(spec.cache_dir, None);
+        assert!(spec.cpu_shares, "on unless turned off");
+        let off = format!("cpu_shares = false\n{TWO}");
+        assert!(!NodeSpec::parse(&off, Path::new("shoal.toml"), &base())?.cpu_shares);
         Ok(())
     }
 

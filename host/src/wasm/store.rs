@@ -156,7 +156,8 @@ impl ConnState {
     /// The guest stopped running (its call returned or faulted): a core slot it held goes
     /// back to the scheduler.
     pub(crate) fn release_slot(&self) {
-        if self.cpu.take_slot() {
+        // A load first: most calls never held a slot, and a swap is a locked instruction.
+        if self.cpu.holds_slot() && self.cpu.take_slot() {
             self.scheduler.release(&self.cpu_group);
         }
     }
