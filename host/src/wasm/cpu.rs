@@ -116,7 +116,8 @@ impl CpuGroup {
 /// What one connection's store and the future that resumes its guest after a yield share.
 #[derive(Debug, Default)]
 pub(crate) struct ConnCpu {
-    /// The tick at which the guest was last resumed (its call started, or a yield ended).
+    /// The tick at which the guest was last resumed after a yield (the store keeps the tick
+    /// its call started at).
     resumed_at: AtomicU64,
     /// Whether the guest holds a core slot.
     holding: AtomicBool,

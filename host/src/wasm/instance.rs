@@ -86,7 +86,9 @@ impl Instance {
         store.epoch_deadline_callback(|mut store| {
             let state = store.data_mut();
             let clock = state.scheduler.clock();
-            if clock.now() == state.cpu.resumed_at() {
+            // The guest last resumed at its call's start or at the end of a yield, whichever
+            // is later (ticks only grow).
+            if clock.now() == state.call_started_at.max(state.cpu.resumed_at()) {
                 // No tick since the guest was resumed: the deadline was set before a tick that
                 // fell while it was not running. Nothing to charge.
                 return Ok(UpdateDeadline::Continue(1));
@@ -146,7 +148,8 @@ impl Instance {
         let state = self.store.data_mut();
         state.budget.start();
         state.scheduler.touch(&state.cpu_group);
-        state.cpu.resume(state.scheduler.clock().now());
+        // In the store, not the shared mark: a call touches no other cache line for it.
+        state.call_started_at = state.scheduler.clock().now();
         self.store.set_epoch_deadline(1);
     }
 

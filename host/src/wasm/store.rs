@@ -38,6 +38,8 @@ pub(crate) struct ConnState {
     pub(super) scheduler: Arc<CpuScheduler>,
     pub(super) cpu_group: Arc<CpuGroup>,
     pub(super) cpu: Arc<ConnCpu>,
+    /// The tick at which the call in progress started.
+    pub(super) call_started_at: u64,
     pub(super) stats: Arc<Stats>,
     _live: Live,
 }
@@ -128,6 +130,7 @@ impl ConnState {
             scheduler: Arc::clone(&settings.scheduler),
             cpu_group: Arc::clone(&settings.cpu_group),
             cpu: Arc::default(),
+            call_started_at: 0,
             stats: Arc::clone(&settings.stats),
             _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
         }
