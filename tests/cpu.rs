@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use shoal_host::{Plugin, Runtime, RuntimeConfig, ServerConfig, Stats};
 use support::{ShoalProcess, TestServer, plugin_path, random_bytes, read_to_end};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,7 +69,47 @@ async fn a_frozen_server_charges_no_guest_for_the_freeze() -> anyhow::Result<()>
     let log = server.terminate().await?;
     let faults = log.matches("ran past its CPU budget").count();
     assert_eq!(faults, 1, "only the looping guest was stopped:\n{log}");
+    // The connection's CPU total is in its ending's line: the budget and one tick past it.
+    let fault = log
+        .lines()
+        .find(|line| line.contains("ran past its CPU budget"))
+        .context("the fault's line")?;
+    let cpu_ms: u64 = fault
+        .split("cpu_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("cpu_ms in the line")?
+        .parse()?;
+    assert!((100..=110).contains(&cpu_ms), "{fault}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_waits_is_charged_nothing_for_the_wait() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let runtime = runtime()?;
+    let spin = Plugin::from_file(&runtime, plugin_path("spin"))?;
+    // A budget of 50 ms of CPU; each `nap` waits 200 ms (a WASI sleep) and computes nothing.
+    let config = ServerConfig::builder()
+        .name("nap")
+        .cpu_budget_per_call(Duration::from_millis(50))
+        .build()?;
+    let server = TestServer::start_with(spin, config).await?;
+    let mut client = TcpStream::connect(server.addr).await?;
+    let mut reply = [0u8; 3];
+    for _ in 0..3 {
+        client.write_all(b"nap").await?;
+        client.read_exact(&mut reply).await?;
+        ensure!(&reply == b"nap", "nap answered {reply:?}");
+    }
+    assert_eq!(server.stats.faults(), 0, "waiting is not running");
+    assert!(
+        server.stats.guest_cpu() < Duration::from_millis(20),
+        "charged {:?} for 600 ms of sleep",
+        server.stats.guest_cpu()
+    );
+    drop(client);
+    server.shutdown().await
 }
 
 /// A runtime of its own for a test that measures the CPU: its core slots match the test's
@@ -185,9 +225,10 @@ async fn listeners_that_all_want_the_cores_share_them_by_weight() -> anyhow::Res
         (0.18..=0.32).contains(&light_share),
         "weights 3:1, light's share {light_share:.3} (heavy {heavy_cpu:?}, light {light_cpu:?})"
     );
-    // Work-conserving: between them they keep both cores busy.
+    // Work-conserving: between them they keep both cores busy (more than one core's worth;
+    // ~1.75 here on a quiet machine, less when something else runs beside the test).
     assert!(
-        total >= period.mul_f64(1.5),
+        total >= period.mul_f64(1.25),
         "only {total:?} of CPU in {period:?} on two cores"
     );
     // Alone, a listener has every core.
@@ -195,7 +236,7 @@ async fn listeners_that_all_want_the_cores_share_them_by_weight() -> anyhow::Res
     tokio::time::sleep(Duration::from_millis(300)).await;
     let [alone, _] = cpu_over(&[&heavy.stats, &heavy.stats], period).await;
     assert!(
-        alone >= period.mul_f64(1.5),
+        alone >= period.mul_f64(1.25),
         "alone, heavy used only {alone:?} in {period:?}"
     );
     heavy.shutdown().await?;

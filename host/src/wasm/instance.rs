@@ -38,7 +38,7 @@ use crate::messages::types::MailboxLimits;
 use crate::observe::stats::Stats;
 use crate::wasm::bindings::Plugin as PluginWorld;
 use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
-use crate::wasm::cpu::CpuGroup;
+use crate::wasm::cpu::{ConnCpu, CpuGroup};
 use crate::wasm::limits::{CpuBudgetExceeded, within_call_timeout};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::store::{ConnSettings, ConnState};
@@ -51,6 +51,8 @@ pub struct Instance {
     exports: PluginWorld,
     conn_id: u64,
     call_timeout: Duration,
+    /// The guest's CPU state (also in the store), for the call's poll wrapper.
+    cpu: Arc<ConnCpu>,
     /// Keeps the runtime, and so its epoch ticker, alive as long as the instance.
     _plugin: Plugin,
 }
@@ -85,27 +87,22 @@ impl Instance {
         store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
             let state = store.data_mut();
-            let clock = state.scheduler.clock();
-            // The guest last resumed at its call's start or at the end of a yield, whichever
-            // is later (ticks only grow).
-            if clock.now() == state.call_started_at.max(state.cpu.resumed_at()) {
-                // No tick since the guest was resumed: the deadline was set before a tick that
-                // fell while it was not running. Nothing to charge.
+            if !state.cpu.ran_a_tick() {
+                // No tick since the guest started running: nothing to charge. It stops only
+                // if its listener's guests queue for cores and it holds none.
+                if state.cpu.must_queue() {
+                    return Ok(UpdateDeadline::YieldCustom(1, state.cpu.yield_point()));
+                }
                 return Ok(UpdateDeadline::Continue(1));
             }
             let exceeded = state.budget.charge();
-            state.stats.count_guest_cpu(clock.period());
+            state.stats.count_guest_cpu(state.cpu.clock().period());
             if exceeded {
-                state.release_slot();
+                state.cpu.release_slot();
                 return Err(CpuBudgetExceeded(state.budget.limit()).into());
             }
-            let held = state.cpu.holds_slot();
-            if !state.scheduler.tick(&state.cpu_group, held) && held {
-                // The scheduler gave the slot to another guest.
-                state.cpu.take_slot();
-            }
-            let resume = state.scheduler.yield_point(&state.cpu_group, &state.cpu);
-            Ok(UpdateDeadline::YieldCustom(1, resume))
+            state.cpu.charge_tick();
+            Ok(UpdateDeadline::YieldCustom(1, state.cpu.yield_point()))
         });
         store.set_epoch_deadline(1);
         let exports = plugin
@@ -117,6 +114,7 @@ impl Instance {
                 message: format!("{e:#}"),
             })?;
         Ok(Self {
+            cpu: Arc::clone(store.data().cpu()),
             store,
             exports,
             conn_id: settings.conn_id,
@@ -142,20 +140,17 @@ impl Instance {
         }
     }
 
-    /// Start a call: its whole CPU budget, its listener marked active, the guest's resume mark
-    /// at the current tick.
+    /// Start a call: its whole CPU budget, its listener marked active; a deadline at the next
+    /// tick, or at once when its listener's guests queue for cores (then it queues too).
     fn start_call(&mut self) {
-        let state = self.store.data_mut();
-        state.budget.start();
-        state.scheduler.touch(&state.cpu_group);
-        // In the store, not the shared mark: a call touches no other cache line for it.
-        state.call_started_at = state.scheduler.clock().now();
-        self.store.set_epoch_deadline(1);
+        self.store.data_mut().budget.start();
+        let queued = self.cpu.start_call();
+        self.store.set_epoch_deadline(if queued { 0 } else { 1 });
     }
 
     /// A call returned or faulted: the guest no longer runs.
     fn end_call(&mut self) {
-        self.store.data().release_slot();
+        self.cpu.release_slot();
     }
 
     /// The CPU time this instance's guest has used in all its calls, as the epoch ticks
@@ -164,7 +159,7 @@ impl Instance {
     pub fn cpu_time(&self) -> Duration {
         let state = self.store.data();
         let ticks = u32::try_from(state.budget.total_ticks()).unwrap_or(u32::MAX);
-        state.scheduler.clock().period() * ticks
+        self.cpu.clock().period() * ticks
     }
 
     /// Step 1 of the lifecycle: `Ok(Ok(next))`, or `Ok(Err(text))` when the guest refuses the
@@ -177,7 +172,7 @@ impl Instance {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_init(&mut self.store, info);
-        let result = within_call_timeout(self.call_timeout, call).await;
+        let result = within_call_timeout(self.call_timeout, &self.cpu, call).await;
         self.end_call();
         result?.map_err(|e| self.fault(&e))
     }
@@ -191,7 +186,7 @@ impl Instance {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_handle(&mut self.store, event);
-        let result = within_call_timeout(self.call_timeout, call).await;
+        let result = within_call_timeout(self.call_timeout, &self.cpu, call).await;
         self.end_call();
         result?.map_err(|e| self.fault(&e))
     }
@@ -205,7 +200,7 @@ impl Instance {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_close(&mut self.store, reason);
-        let result = within_call_timeout(self.call_timeout, call).await;
+        let result = within_call_timeout(self.call_timeout, &self.cpu, call).await;
         self.end_call();
         result?.map_err(|e| self.fault(&e))
     }

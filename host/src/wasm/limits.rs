@@ -2,12 +2,13 @@
 //! each call (checked on every epoch tick) and the wall-clock timeout of each call.
 
 use std::fmt;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
 use crate::error::GuestFault;
+use crate::wasm::cpu::ConnCpu;
 
 /// The per-instance cap on linear memory (and a bound on tables), as wasmtime's resource
 /// limiter. A refused growth is remembered, so a trap that follows is reported as the memory
@@ -127,8 +128,10 @@ impl fmt::Display for CpuBudgetExceeded {
 
 impl std::error::Error for CpuBudgetExceeded {}
 
-/// Run a guest call within its wall-clock timeout. Dropping a call in progress leaves the
-/// instance unusable, which a fault means anyway.
+/// Run a guest call within its wall-clock timeout, telling `cpu` when the guest runs: every
+/// poll starts it running (afresh after any wait), and a `Pending` that is not shoal's own
+/// yield is a wait on the host, during which it holds no core. Dropping a call in progress
+/// leaves the instance unusable, which a fault means anyway.
 ///
 /// Most calls finish in their first poll (a guest is suspended only at an epoch tick or when
 /// it waits), so the timer is armed only for a call that did not — creating it for every call
@@ -136,15 +139,24 @@ impl std::error::Error for CpuBudgetExceeded {}
 /// from the end of the first poll, at most one epoch tick after the call started.
 pub(crate) async fn within_call_timeout<R>(
     timeout: Duration,
+    cpu: &ConnCpu,
     call: impl Future<Output = wasmtime::Result<R>>,
 ) -> Result<wasmtime::Result<R>, GuestFault> {
     let mut call = std::pin::pin!(call);
-    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    let mut poll = |cx: &mut Context<'_>| {
+        cpu.polled();
+        let polled = call.as_mut().poll(cx);
+        if polled.is_pending() {
+            cpu.pending();
+        }
+        polled
+    };
+    let first = std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await;
     if let Poll::Ready(result) = first {
         return Ok(result);
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    tokio::time::timeout_at(deadline, call)
+    tokio::time::timeout_at(deadline, std::future::poll_fn(poll))
         .await
         .map_err(|_| GuestFault::CallTimeout(timeout))
 }

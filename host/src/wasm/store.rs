@@ -34,12 +34,8 @@ pub(crate) struct ConnState {
     pub(super) log: Arc<Mutex<GuestLog>>,
     stdio: [GuestStdio; 2],
     pub(super) budget: CallBudget,
-    /// The runtime's core slots and ticks, the listener's share, this guest's mark.
-    pub(super) scheduler: Arc<CpuScheduler>,
-    pub(super) cpu_group: Arc<CpuGroup>,
+    /// The guest's CPU: ticks, core slot, the listener's share.
     pub(super) cpu: Arc<ConnCpu>,
-    /// The tick at which the call in progress started.
-    pub(super) call_started_at: u64,
     pub(super) stats: Arc<Stats>,
     _live: Live,
 }
@@ -127,10 +123,10 @@ impl ConnState {
             log,
             stdio,
             budget: CallBudget::new(settings.cpu_budget, settings.scheduler.clock().period()),
-            scheduler: Arc::clone(&settings.scheduler),
-            cpu_group: Arc::clone(&settings.cpu_group),
-            cpu: Arc::default(),
-            call_started_at: 0,
+            cpu: Arc::new(ConnCpu::new(
+                Arc::clone(&settings.scheduler),
+                Arc::clone(&settings.cpu_group),
+            )),
             stats: Arc::clone(&settings.stats),
             _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
         }
@@ -156,20 +152,16 @@ impl ConnState {
         &mut self.memory
     }
 
-    /// The guest stopped running (its call returned or faulted): a core slot it held goes
-    /// back to the scheduler.
-    pub(crate) fn release_slot(&self) {
-        // A load first: most calls never held a slot, and a swap is a locked instruction.
-        if self.cpu.holds_slot() && self.cpu.take_slot() {
-            self.scheduler.release(&self.cpu_group);
-        }
+    /// The guest's CPU state, shared with its call's poll wrapper and resume futures.
+    pub(crate) fn cpu(&self) -> &Arc<ConnCpu> {
+        &self.cpu
     }
 }
 
 impl Drop for ConnState {
     fn drop(&mut self) {
         // A call dropped in the middle (its timeout, the shutdown deadline) may hold a slot.
-        self.release_slot();
+        self.cpu.release_slot();
         for stream in &self.stdio {
             stream.flush_partial();
         }

@@ -4,7 +4,8 @@
 //! `sleep` it sleeps for an hour (a WASI clock wait, which uses no CPU): the host must stop it
 //! at its call timeout. On a chunk containing `burn` it computes for a fixed number of steps
 //! (about 5 ms of CPU on the project's machine) before it echoes: a call that is CPU-bound
-//! but well within its budget.
+//! but well within its budget. On a chunk containing `nap` it sleeps 200 ms, then echoes: a
+//! call that waits longer than a small CPU budget without using it.
 
 use shoal_guest::{ConnInfo, Event, Handler, Next};
 
@@ -22,6 +23,9 @@ impl Handler for Spin {
         if let Event::Data(bytes) = event {
             if bytes.windows(5).any(|w| w == b"sleep") {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+            if bytes.windows(3).any(|w| w == b"nap") {
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
             if bytes.windows(4).any(|w| w == b"burn") {
                 let mut counter = 0u64;
