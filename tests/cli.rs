@@ -198,52 +198,29 @@ fn config_file(name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {
 async fn serve_config_runs_every_listener_of_the_file() -> anyhow::Result<()> {
     let plugins = plugin_path("echo");
     let plugins = plugins.parent().context("plugins folder")?.display();
-    let path = config_file(
-        "two-listeners",
-        &format!(
-            r#"
-            [[listener]]
-            name = "echo"
-            address = "127.0.0.1:0"
-            plugin = "{plugins}/echo.wasm"
+    let config = format!(
+        r#"
+        [[listener]]
+        name = "echo"
+        address = "127.0.0.1:0"
+        plugin = "{plugins}/echo.wasm"
 
-            [[listener]]
-            name = "chat"
-            address = "127.0.0.1:0"
-            plugin = "{plugins}/chat.wasm"
-            memory_limit = "8MiB"
-            "#
-        ),
-    )?;
-    let mut child = shoal_command()
-        .args(["serve", "--config", path.to_str().context("utf-8 path")?])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
-    let mut addresses = std::collections::HashMap::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(60), stdout.read_line(&mut line))
-            .await
-            .context("shoal serve did not print its addresses")??;
-        let (addr, name) = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|rest| rest.split_once(' '))
-            .with_context(|| format!("unexpected line: {line:?}"))?;
-        let name = name.trim_matches(|c| c == '(' || c == ')').to_string();
-        addresses.insert(name, addr.parse::<std::net::SocketAddr>()?);
-    }
-    let mut echo = TcpStream::connect(addresses["echo"]).await?;
+        [[listener]]
+        name = "chat"
+        address = "127.0.0.1:0"
+        plugin = "{plugins}/chat.wasm"
+        memory_limit = "8MiB"
+        "#
+    );
+    let server = support::ShoalProcess::serve_config("two-listeners", &config, 2).await?;
+    let mut echo = TcpStream::connect(server.addrs["echo"]).await?;
     echo.write_all(b"tenant one\n").await?;
     let mut reply = [0u8; 11];
     echo.read_exact(&mut reply).await?;
     assert_eq!(&reply, b"tenant one\n");
-    let mut chat = BufReader::new(TcpStream::connect(addresses["chat"]).await?);
+    let mut chat = BufReader::new(TcpStream::connect(server.addrs["chat"]).await?);
     assert!(read_line(&mut chat).await?.starts_with("* welcome"));
-    assert!(terminate(&mut child).await?.success());
-    std::fs::remove_file(&path)?;
+    server.terminate().await?;
     Ok(())
 }
 
