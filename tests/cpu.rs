@@ -218,6 +218,12 @@ async fn listeners_that_all_want_the_cores_share_them_by_weight() -> anyhow::Res
     tokio::time::sleep(Duration::from_millis(300)).await;
     let period = Duration::from_secs(2);
     let [heavy_cpu, light_cpu] = cpu_over(&[&heavy.stats, &light.stats], period).await;
+    // Each spinning connection's own CPU, in the listener's stats.
+    let per_connection = light.stats.connections_cpu();
+    assert_eq!(per_connection.len(), 4, "{per_connection:?}");
+    assert!(per_connection.iter().all(|(_, cpu)| !cpu.is_zero()));
+    let summed: Duration = per_connection.iter().map(|(_, cpu)| *cpu).sum();
+    assert!(summed <= light.stats.guest_cpu());
     let total = heavy_cpu + light_cpu;
     let light_share = light_cpu.as_secs_f64() / total.as_secs_f64();
     eprintln!("heavy {heavy_cpu:?}, light {light_cpu:?}: light's share {light_share:.3}");
@@ -232,7 +238,12 @@ async fn listeners_that_all_want_the_cores_share_them_by_weight() -> anyhow::Res
         "only {total:?} of CPU in {period:?} on two cores"
     );
     // Alone, a listener has every core.
+    let light_stats = Arc::clone(&light.stats);
     light.shutdown().await?;
+    assert!(
+        light_stats.connections_cpu().is_empty(),
+        "ended connections leave the list"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let [alone, _] = cpu_over(&[&heavy.stats, &heavy.stats], period).await;
     assert!(

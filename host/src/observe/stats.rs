@@ -1,8 +1,10 @@
 //! Counters a listener exposes while it runs: live instances and connections, connections
 //! accepted, guest calls that faulted, and every connection by how it ended.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// Live counters of one listener, readable while it runs and after it stopped (see
 /// [`crate::Server::stats`] and [`crate::Node::listener`]).
@@ -14,6 +16,8 @@ pub struct Stats {
     faults: AtomicU64,
     guest_cpu_nanos: AtomicU64,
     ended: [AtomicU64; EndKind::ALL.len()],
+    /// The CPU time of each live connection's guest, in nanoseconds, by connection id.
+    connection_cpu: Mutex<HashMap<u64, Arc<AtomicU64>>>,
 }
 
 /// A limit of a listener that ended a connection (see [`Stats::limit_hits`]).
@@ -180,13 +184,29 @@ impl Stats {
     /// (each tick that passes while a guest runs counts a tick's length; see the README's
     /// sandbox section).
     #[must_use]
-    pub fn guest_cpu(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.guest_cpu_nanos.load(Ordering::Relaxed))
+    pub fn guest_cpu(&self) -> Duration {
+        Duration::from_nanos(self.guest_cpu_nanos.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn count_guest_cpu(&self, used: std::time::Duration) {
-        let nanos = u64::try_from(used.as_nanos()).unwrap_or(u64::MAX);
-        self.guest_cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
+    /// The CPU time each live connection's guest has used so far (the same ticks as
+    /// [`Stats::guest_cpu`]), by connection id, the largest first. A connection is listed from
+    /// its instance's creation until its instance is dropped.
+    #[must_use]
+    pub fn connections_cpu(&self) -> Vec<(u64, Duration)> {
+        let mut list: Vec<(u64, Duration)> = self
+            .connections()
+            .iter()
+            .map(|(id, nanos)| (*id, Duration::from_nanos(nanos.load(Ordering::Relaxed))))
+            .collect();
+        list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        list
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
+        // Each critical section is one map operation.
+        self.connection_cpu
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Connections that ended as `kind` since the start.
@@ -211,6 +231,43 @@ impl Stats {
 
     pub(crate) fn count_fault(&self) {
         self.faults.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One live connection's CPU account: what it adds counts for the connection and for its
+/// listener; dropped, the connection leaves [`Stats::connections_cpu`].
+#[derive(Debug)]
+pub(crate) struct ConnectionCpu {
+    stats: Arc<Stats>,
+    conn_id: u64,
+    nanos: Arc<AtomicU64>,
+}
+
+impl ConnectionCpu {
+    /// Start the account of connection `conn_id` in `stats`.
+    pub(crate) fn new(stats: Arc<Stats>, conn_id: u64) -> Self {
+        let nanos = Arc::new(AtomicU64::new(0));
+        stats.connections().insert(conn_id, Arc::clone(&nanos));
+        Self {
+            stats,
+            conn_id,
+            nanos,
+        }
+    }
+
+    /// The guest used `cpu` more.
+    pub(crate) fn add(&self, cpu: Duration) {
+        let nanos = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.stats
+            .guest_cpu_nanos
+            .fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ConnectionCpu {
+    fn drop(&mut self) {
+        self.stats.connections().remove(&self.conn_id);
     }
 }
 
@@ -281,6 +338,27 @@ mod tests {
         for limit in Limit::ALL {
             assert!(EndKind::ALL.contains(&EndKind::Limit(limit)), "{limit:?}");
         }
+    }
+
+    #[test]
+    fn each_live_connection_has_its_cpu_account() {
+        let stats = Arc::new(Stats::default());
+        let busy = ConnectionCpu::new(Arc::clone(&stats), 7);
+        let quiet = ConnectionCpu::new(Arc::clone(&stats), 3);
+        busy.add(Duration::from_millis(5));
+        quiet.add(Duration::from_millis(1));
+        assert_eq!(
+            stats.connections_cpu(),
+            [(7, Duration::from_millis(5)), (3, Duration::from_millis(1))]
+        );
+        assert_eq!(stats.guest_cpu(), Duration::from_millis(6));
+        drop(busy);
+        assert_eq!(stats.connections_cpu(), [(3, Duration::from_millis(1))]);
+        assert_eq!(
+            stats.guest_cpu(),
+            Duration::from_millis(6),
+            "the total stays"
+        );
     }
 
     #[test]

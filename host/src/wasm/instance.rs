@@ -96,7 +96,7 @@ impl Instance {
                 return Ok(UpdateDeadline::Continue(1));
             }
             let exceeded = state.budget.charge();
-            state.stats.count_guest_cpu(state.cpu.clock().period());
+            state.cpu_total.add(state.cpu.clock().period());
             if exceeded {
                 state.cpu.release_slot();
                 return Err(CpuBudgetExceeded(state.budget.limit()).into());

@@ -11,7 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::listener::ServerConfig;
 use crate::messages::local::Mailboxes;
-use crate::observe::stats::{Live, LiveKind, Stats};
+use crate::observe::stats::{ConnectionCpu, Live, LiveKind, Stats};
 use crate::wasm::bindings::shoal::plugin::types::Level;
 use crate::wasm::capabilities::Capabilities;
 use crate::wasm::cpu::{ConnCpu, CpuGroup, CpuScheduler};
@@ -36,7 +36,8 @@ pub(crate) struct ConnState {
     pub(super) budget: CallBudget,
     /// The guest's CPU: ticks, core slot, the listener's share.
     pub(super) cpu: Arc<ConnCpu>,
-    pub(super) stats: Arc<Stats>,
+    /// Its CPU time, for itself and its listener's stats.
+    pub(super) cpu_total: ConnectionCpu,
     _live: Live,
 }
 
@@ -127,7 +128,7 @@ impl ConnState {
                 Arc::clone(&settings.scheduler),
                 Arc::clone(&settings.cpu_group),
             )),
-            stats: Arc::clone(&settings.stats),
+            cpu_total: ConnectionCpu::new(Arc::clone(&settings.stats), settings.conn_id),
             _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
         }
     }
