@@ -241,7 +241,7 @@ async fn serve_config_names_the_listener_and_field_at_fault() -> anyhow::Result<
             format!(
                 "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\npool_size = 0\n"
             ),
-            "listener `a`: invalid `pool_size`: must be at least 1",
+            "listener `a`: invalid `pool_size`: must be between 1 and 1024",
         ),
         (
             "duration",
@@ -325,5 +325,42 @@ async fn serve_config_names_the_listener_whose_address_is_taken() -> anyhow::Res
         stderr.contains(&format!("listener `busy`: cannot listen on {taken}")),
         "{stderr}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn serve_refuses_an_unbounded_pool_size_at_once() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let output = shoal(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--pool-size",
+        "99999999999",
+    ])
+    .await?;
+    assert!(!output.status.success(), "must fail: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid `pool_size`: must be between 1 and 1024"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refused before serving"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_with_the_largest_acceptor_pool_stops_on_sigterm() -> anyhow::Result<()> {
+    let (mut child, addr) = serve(&["--pool-size", "1024"]).await?;
+    let mut client = TcpStream::connect(addr).await?;
+    client.write_all(b"many acceptors\n").await?;
+    let mut reply = [0u8; 15];
+    client.read_exact(&mut reply).await?;
+    assert_eq!(&reply, b"many acceptors\n");
+    let status = terminate(&mut child).await?;
+    assert!(status.success(), "graceful exit: {status:?}");
     Ok(())
 }

@@ -109,7 +109,7 @@ pub mod tcp {
 }
 
 pub use config::file::ConfigFileError;
-pub use config::listener::{ServerConfig, ServerConfigBuilder};
+pub use config::listener::{ServerConfig, ServerConfigBuilder, bounds};
 pub use config::spec::{ListenerSpec, NodeSpec, PluginSource};
 pub use error::{
     ConfigError, GuestFault, InstantiateError, NodeError, PluginError, RuntimeError, ServeError,

@@ -373,10 +373,20 @@ mod tests {
         let message = error(&TWO.replace("pool_size = 2", "pool_size = 0"));
         assert_eq!(
             message,
-            "shoal.toml: listener `chat`: invalid `pool_size`: must be at least 1"
+            "shoal.toml: listener `chat`: invalid `pool_size`: must be between 1 and 1024"
         );
         let message = error(&TWO.replace("\"16MiB\"", "\"1KiB\""));
         assert!(message.contains("invalid `memory_limit`"), "{message}");
+        let message = error(&TWO.replace("pool_size = 2", "pool_size = 99999999999"));
+        assert_eq!(
+            message,
+            "shoal.toml: listener `chat`: invalid `pool_size`: must be between 1 and 1024"
+        );
+        let message = error(&TWO.replace("\"5m\"", "\"99999999h\""));
+        assert!(
+            message.contains("listener `chat`: invalid `idle_timeout`: must be between"),
+            "{message}"
+        );
         let message = error(&TWO.replace("cpu_share = 3", "cpu_share = 0"));
         assert_eq!(
             message,

@@ -3,20 +3,64 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::units::{count, duration, size};
 use crate::error::ConfigError;
 use crate::wasm::capabilities::Capabilities;
 
-/// Most connections one listener may allow (tokio's semaphore holds at most `usize::MAX >> 3`
-/// permits; a million connections is far past what one process can hold anyway).
-const MAX_CONNECTIONS: usize = 1 << 20;
-/// Largest read buffer or output limit, per connection.
-const MAX_BUFFER_BYTES: usize = 256 << 20;
-/// The size of a Wasm page: the smallest memory limit that can work.
-const WASM_PAGE: usize = 64 << 10;
-/// Largest CPU weight of a listener.
-const MAX_CPU_SHARE: u32 = 1000;
-/// Largest mailbox queue, in messages (tokio bounds a channel at `usize::MAX >> 3`).
-const MAX_MAILBOX_MESSAGES: usize = 1 << 20;
+/// The range each setting may take, checked by [`ServerConfigBuilder::build`]: wide enough
+/// for any real use, narrow enough that no value can exhaust the host (a pool of 10^11
+/// acceptor tasks, a 1 GiB read buffer per read, a timeout that overflows the clock).
+pub mod bounds {
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
+    /// Acceptor tasks of one listener: more than the cores could ever use.
+    pub const POOL_SIZE: RangeInclusive<usize> = 1..=1024;
+    /// Connections of one listener (far past what one process can hold: ~19k sockets here).
+    pub const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=1 << 20;
+    /// `cpu_budget_per_call`, `call_timeout` and `write_timeout`.
+    pub const CALL_TIME: RangeInclusive<Duration> =
+        Duration::from_millis(1)..=Duration::from_secs(3600);
+    /// `idle_timeout`: up to a week.
+    pub const IDLE_TIMEOUT: RangeInclusive<Duration> =
+        Duration::from_millis(1)..=Duration::from_secs(7 * 24 * 3600);
+    /// `shutdown_timeout`: 0 drops open connections at once.
+    pub const SHUTDOWN_TIMEOUT: RangeInclusive<Duration> =
+        Duration::ZERO..=Duration::from_secs(3600);
+    /// Bytes a guest may queue per call.
+    pub const OUTPUT_BUFFER_LIMIT: RangeInclusive<usize> = 1 << 10..=256 << 20;
+    /// Bytes read for one `handle` call (each read lends a buffer this large).
+    pub const READ_BUFFER_SIZE: RangeInclusive<usize> = 64..=16 << 20;
+    /// Messages one mailbox holds.
+    pub const MAILBOX_MESSAGES: RangeInclusive<usize> = 1..=1 << 20;
+    /// Payload bytes one mailbox holds.
+    pub const MAILBOX_BYTES: RangeInclusive<usize> = 64..=256 << 20;
+    /// Linear memory per instance: one Wasm page to the 32-bit address space.
+    pub const MEMORY_LIMIT: RangeInclusive<usize> = 64 << 10..=4 << 30;
+    /// A listener's CPU weight.
+    pub const CPU_SHARE: RangeInclusive<u32> = 1..=1000;
+    /// Guest log lines per second per connection (0 silences the guest).
+    pub const LOG_RATE: RangeInclusive<u32> = 0..=10_000;
+    /// Guest log lines in a burst.
+    pub const LOG_BURST: RangeInclusive<u32> = 0..=100_000;
+}
+
+/// `value` of `field` within `range`, or the error that says the range (written by `show`).
+fn check<T: PartialOrd>(
+    field: &'static str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+    show: impl Fn(&T) -> String,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let (low, high) = (show(range.start()), show(range.end()));
+    Err(ConfigError::new(
+        field,
+        format!("must be between {low} and {high}"),
+    ))
+}
 
 /// Settings of one listener, validated once by [`ServerConfigBuilder::build`].
 ///
@@ -171,7 +215,7 @@ impl ServerConfig {
 }
 
 impl Default for ServerConfig {
-    /// The defaults:
+    /// The defaults (each setting's allowed range is in [`bounds`]):
     ///
     /// * `name`: `"default"`;
     /// * `pool_size`: 10 acceptor tasks;
@@ -352,61 +396,51 @@ impl ServerConfigBuilder {
         if c.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }
-        if c.pool_size == 0 {
-            return Err(ConfigError::new("pool_size", "must be at least 1"));
-        }
-        if !(1..=MAX_CONNECTIONS).contains(&c.max_connections) {
-            return Err(ConfigError::new(
-                "max_connections",
-                format!("must be between 1 and {MAX_CONNECTIONS}"),
-            ));
-        }
-        for (field, value) in [
-            ("cpu_budget_per_call", c.cpu_budget_per_call),
-            ("call_timeout", c.call_timeout),
-            ("idle_timeout", c.idle_timeout),
-            ("write_timeout", c.write_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::new(field, "must be longer than zero"));
-            }
-        }
-        if !(1..=MAX_BUFFER_BYTES).contains(&c.output_buffer_limit) {
-            return Err(ConfigError::new(
-                "output_buffer_limit",
-                format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
-            ));
-        }
-        if !(1..=MAX_BUFFER_BYTES).contains(&c.read_buffer_size) {
-            return Err(ConfigError::new(
-                "read_buffer_size",
-                format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
-            ));
-        }
-        if !(1..=MAX_MAILBOX_MESSAGES).contains(&c.mailbox_messages) {
-            return Err(ConfigError::new(
-                "mailbox_messages",
-                format!("must be between 1 and {MAX_MAILBOX_MESSAGES}"),
-            ));
-        }
-        if !(1..=MAX_BUFFER_BYTES).contains(&c.mailbox_bytes) {
-            return Err(ConfigError::new(
-                "mailbox_bytes",
-                format!("must be between 1 and {MAX_BUFFER_BYTES} bytes"),
-            ));
-        }
-        if !(1..=MAX_CPU_SHARE).contains(&c.cpu_share) {
-            return Err(ConfigError::new(
-                "cpu_share",
-                format!("must be between 1 and {MAX_CPU_SHARE}"),
-            ));
-        }
-        if c.memory_limit < WASM_PAGE {
-            return Err(ConfigError::new(
-                "memory_limit",
-                "must be at least 64 KiB (one Wasm page)",
-            ));
-        }
+        check("pool_size", c.pool_size, &bounds::POOL_SIZE, count)?;
+        check(
+            "max_connections",
+            c.max_connections,
+            &bounds::MAX_CONNECTIONS,
+            count,
+        )?;
+        let call = &bounds::CALL_TIME;
+        check("cpu_budget_per_call", c.cpu_budget_per_call, call, duration)?;
+        check("call_timeout", c.call_timeout, call, duration)?;
+        check("write_timeout", c.write_timeout, call, duration)?;
+        check(
+            "idle_timeout",
+            c.idle_timeout,
+            &bounds::IDLE_TIMEOUT,
+            duration,
+        )?;
+        let shutdown = &bounds::SHUTDOWN_TIMEOUT;
+        check("shutdown_timeout", c.shutdown_timeout, shutdown, duration)?;
+        let output = &bounds::OUTPUT_BUFFER_LIMIT;
+        check("output_buffer_limit", c.output_buffer_limit, output, size)?;
+        check(
+            "read_buffer_size",
+            c.read_buffer_size,
+            &bounds::READ_BUFFER_SIZE,
+            size,
+        )?;
+        let messages = &bounds::MAILBOX_MESSAGES;
+        check("mailbox_messages", c.mailbox_messages, messages, count)?;
+        check(
+            "mailbox_bytes",
+            c.mailbox_bytes,
+            &bounds::MAILBOX_BYTES,
+            size,
+        )?;
+        check("memory_limit", c.memory_limit, &bounds::MEMORY_LIMIT, size)?;
+        check("cpu_share", c.cpu_share, &bounds::CPU_SHARE, count)?;
+        let rate = c.guest_log_lines_per_second;
+        check("guest_log_lines_per_second", rate, &bounds::LOG_RATE, count)?;
+        check(
+            "guest_log_burst",
+            c.guest_log_burst,
+            &bounds::LOG_BURST,
+            count,
+        )?;
         if let Some(dir) = c.capabilities.dir() {
             if !dir.guest.starts_with('/') {
                 return Err(ConfigError::new(
@@ -446,7 +480,7 @@ mod tests {
         assert_eq!(err.as_ref().map(ConfigError::field), Some("pool_size"));
         assert_eq!(
             err.map(|e| e.to_string()).as_deref(),
-            Some("invalid `pool_size`: must be at least 1")
+            Some("invalid `pool_size`: must be between 1 and 1024")
         );
     }
 
@@ -469,6 +503,90 @@ mod tests {
         assert_eq!(no_idle.map(|e| e.field()), Some("idle_timeout"));
         let no_mailbox = ServerConfig::builder().mailbox_messages(0).build().err();
         assert_eq!(no_mailbox.map(|e| e.field()), Some("mailbox_messages"));
+    }
+
+    #[test]
+    fn every_numeric_setting_is_bounded_above() {
+        let huge = Duration::from_secs(1 << 40);
+        let cases = [
+            (
+                "pool_size",
+                ServerConfig::builder().pool_size(99_999_999_999),
+            ),
+            (
+                "cpu_budget_per_call",
+                ServerConfig::builder().cpu_budget_per_call(huge),
+            ),
+            ("call_timeout", ServerConfig::builder().call_timeout(huge)),
+            ("idle_timeout", ServerConfig::builder().idle_timeout(huge)),
+            ("write_timeout", ServerConfig::builder().write_timeout(huge)),
+            (
+                "shutdown_timeout",
+                ServerConfig::builder().shutdown_timeout(huge),
+            ),
+            (
+                "read_buffer_size",
+                ServerConfig::builder().read_buffer_size(1 << 30),
+            ),
+            (
+                "memory_limit",
+                ServerConfig::builder().memory_limit(99_999_999_999),
+            ),
+            (
+                "guest_log_lines_per_second",
+                ServerConfig::builder().guest_log_rate(u32::MAX, 100),
+            ),
+            (
+                "guest_log_burst",
+                ServerConfig::builder().guest_log_rate(20, u32::MAX),
+            ),
+        ];
+        for (field, builder) in cases {
+            let refused = builder.build().err();
+            assert_eq!(
+                refused.as_ref().map(ConfigError::field),
+                Some(field),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_bound_itself_is_accepted() {
+        let largest = ServerConfig::builder()
+            .pool_size(1024)
+            .max_connections(1 << 20)
+            .cpu_budget_per_call(Duration::from_secs(3600))
+            .call_timeout(Duration::from_secs(3600))
+            .idle_timeout(Duration::from_secs(7 * 24 * 3600))
+            .write_timeout(Duration::from_secs(3600))
+            .shutdown_timeout(Duration::from_secs(3600))
+            .output_buffer_limit(256 << 20)
+            .read_buffer_size(16 << 20)
+            .mailbox_messages(1 << 20)
+            .mailbox_bytes(256 << 20)
+            .memory_limit(4 << 30)
+            .cpu_share(1000)
+            .guest_log_rate(10_000, 100_000)
+            .build();
+        assert!(largest.is_ok(), "{largest:?}");
+        let smallest = ServerConfig::builder()
+            .pool_size(1)
+            .max_connections(1)
+            .cpu_budget_per_call(Duration::from_millis(1))
+            .call_timeout(Duration::from_millis(1))
+            .idle_timeout(Duration::from_millis(1))
+            .write_timeout(Duration::from_millis(1))
+            .shutdown_timeout(Duration::ZERO)
+            .output_buffer_limit(1024)
+            .read_buffer_size(64)
+            .mailbox_messages(1)
+            .mailbox_bytes(64)
+            .memory_limit(64 << 10)
+            .cpu_share(1)
+            .guest_log_rate(0, 0)
+            .build();
+        assert!(smallest.is_ok(), "{smallest:?}");
     }
 
     #[test]

@@ -87,6 +87,33 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A count, as an error message shows it.
+pub(crate) fn count<T: fmt::Display>(value: &T) -> String {
+    value.to_string()
+}
+
+/// A duration as a config file writes it: `250ms`, `5s`, `2m`, `1h`, `7d` is `168h`.
+pub(crate) fn duration(value: &Duration) -> String {
+    let millis = value.as_millis();
+    match millis {
+        0 => "0s".to_string(),
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
+    }
+}
+
+/// A size as a config file writes it: `64`, `1KiB`, `16MiB`, `4GiB`.
+pub(crate) fn size(value: &usize) -> String {
+    match *value {
+        v if v >= 1 << 30 && v % (1 << 30) == 0 => format!("{}GiB", v >> 30),
+        v if v >= 1 << 20 && v % (1 << 20) == 0 => format!("{}MiB", v >> 20),
+        v if v >= 1 << 10 && v % (1 << 10) == 0 => format!("{}KiB", v >> 10),
+        v => v.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +128,24 @@ mod tests {
         assert_eq!(ByteSize::parse("64KiB"), Ok(ByteSize(64 << 10)));
         assert_eq!(ByteSize::parse("100"), Ok(ByteSize(100)));
         assert!(ByteSize::parse("1TB").is_err());
+    }
+
+    #[test]
+    fn bounds_are_shown_as_they_are_written() {
+        assert_eq!(duration(&Duration::from_millis(1)), "1ms");
+        assert_eq!(duration(&Duration::from_secs(3600)), "1h");
+        assert_eq!(duration(&Duration::from_secs(90)), "90s");
+        assert_eq!(duration(&Duration::ZERO), "0s");
+        assert_eq!(size(&(256 << 20)), "256MiB");
+        assert_eq!(size(&64), "64");
+        assert_eq!(size(&(4 << 30)), "4GiB");
+        for text in [
+            duration(&Duration::from_secs(7 * 24 * 3600)),
+            size(&(1 << 10)),
+        ] {
+            let parses =
+                DurationText::try_from(text.clone()).is_ok() || ByteSize::parse(&text).is_ok();
+            assert!(parses, "{text} reads back");
+        }
     }
 }

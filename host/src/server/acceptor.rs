@@ -37,8 +37,16 @@ pub(crate) struct AcceptorPool<F> {
 /// Returns once every acceptor has stopped, so the listener is no longer used.
 pub(crate) async fn supervise<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) {
     let mut acceptors = JoinSet::new();
-    for _ in 0..pool.ctx.config.pool_size() {
+    for started in 0..pool.ctx.config.pool_size() {
+        // However many acceptors start, shutdown is heard between them: a large pool never
+        // holds the thread or the stop.
+        if pool.ctx.shutdown.is_cancelled() {
+            break;
+        }
         acceptors.spawn(accept_loop(Arc::clone(&pool)));
+        if started % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
     }
     while let Some(ended) = acceptors.join_next().await {
         if pool.ctx.shutdown.is_cancelled() {

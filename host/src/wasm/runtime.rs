@@ -211,23 +211,35 @@ impl RuntimeConfigBuilder {
     /// A [`ConfigError`] naming the first field that cannot work.
     pub fn build(self) -> Result<RuntimeConfig, ConfigError> {
         let c = &self.config;
-        if c.max_instances == 0 {
-            return Err(ConfigError::new("max_instances", "must be at least 1"));
+        if !(1..=1 << 20).contains(&c.max_instances) {
+            return Err(ConfigError::new(
+                "max_instances",
+                "must be between 1 and 1048576",
+            ));
         }
-        if c.max_memory_bytes < 64 << 10 {
+        if !(64 << 10..=4 << 30).contains(&c.max_memory_bytes) {
             return Err(ConfigError::new(
                 "max_memory_bytes",
-                "must be at least 65536 (one Wasm page)",
+                "must be between 65536 (one Wasm page) and 4GiB",
             ));
         }
-        if c.core_instances_per_component == 0 {
+        if !(1..=64).contains(&c.core_instances_per_component) {
             return Err(ConfigError::new(
                 "core_instances_per_component",
-                "must be at least 1",
+                "must be between 1 and 64",
             ));
         }
-        if c.epoch_tick.is_zero() {
-            return Err(ConfigError::new("epoch_tick", "must be longer than zero"));
+        if !(Duration::from_micros(100)..=Duration::from_secs(1)).contains(&c.epoch_tick) {
+            return Err(ConfigError::new(
+                "epoch_tick",
+                "must be between 100µs and 1s",
+            ));
+        }
+        if c.keep_resident_bytes > c.max_memory_bytes {
+            return Err(ConfigError::new(
+                "keep_resident_bytes",
+                "must be at most max_memory_bytes",
+            ));
         }
         if !(1..=4096).contains(&c.cpu_slots) {
             return Err(ConfigError::new("cpu_slots", "must be between 1 and 4096"));
@@ -417,6 +429,37 @@ mod tests {
     fn zero_instances_is_refused_with_the_field_named() {
         let err = RuntimeConfig::builder().max_instances(0).build().err();
         assert_eq!(err.map(|e| e.field()), Some("max_instances"));
+    }
+
+    #[test]
+    fn engine_settings_are_bounded() {
+        let cases = [
+            (
+                "max_instances",
+                RuntimeConfig::builder().max_instances(u32::MAX),
+            ),
+            (
+                "max_memory_bytes",
+                RuntimeConfig::builder().max_memory_bytes(99_999_999_999),
+            ),
+            (
+                "core_instances_per_component",
+                RuntimeConfig::builder().core_instances_per_component(10_000),
+            ),
+            (
+                "epoch_tick",
+                RuntimeConfig::builder().epoch_tick(Duration::from_nanos(1)),
+            ),
+            (
+                "epoch_tick",
+                RuntimeConfig::builder().epoch_tick(Duration::from_secs(60)),
+            ),
+            ("cpu_slots", RuntimeConfig::builder().cpu_slots(0)),
+        ];
+        for (field, builder) in cases {
+            let refused = builder.build().err();
+            assert_eq!(refused.map(|e| e.field()), Some(field));
+        }
     }
 
     #[test]
