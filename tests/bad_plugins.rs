@@ -67,3 +67,79 @@ fn every_bundled_plugin_loads() {
         assert!(plugin.is_ok(), "{name}: {:?}", plugin.err());
     }
 }
+
+/// A file of this test process's own in cargo's temporary folder.
+fn scratch(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bad-plugins-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn a_header_of_another_version_is_not_called_a_core_module() {
+    let err = Plugin::from_bytes(&runtime(), "future", b"\0asm\x02\0\0\0rest").err();
+    let Some(err @ PluginError::UnknownVersion { .. }) = err else {
+        panic!("expected UnknownVersion, got {err:?}");
+    };
+    let message = err.to_string();
+    assert!(!message.contains("core"), "{message}");
+    assert!(message.contains("version"), "{message}");
+}
+
+#[test]
+fn errors_name_the_file_as_given_and_the_os_error_once() {
+    let path = scratch("notes.txt");
+    std::fs::write(&path, "not wasm").expect("scratch file");
+    let err = Plugin::from_file(&runtime(), &path).err();
+    let message = err
+        .map(|e| format!("{:#}", anyhow::Error::new(e)))
+        .unwrap_or_default();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    std::fs::remove_file(&path).expect("scratch file");
+    let missing = Plugin::from_file(&runtime(), "/nonexistent/plugin.wasm").err();
+    let message = missing
+        .map(|e| format!("{:#}", anyhow::Error::new(e)))
+        .unwrap_or_default();
+    assert_eq!(message.matches("os error 2").count(), 1, "{message}");
+    assert!(message.contains("/nonexistent/plugin.wasm"), "{message}");
+}
+
+#[test]
+fn a_fifo_is_refused_without_being_opened() -> anyhow::Result<()> {
+    let path = scratch("fifo.wasm");
+    let _ = std::fs::remove_file(&path);
+    let made = std::process::Command::new("mkfifo").arg(&path).status()?;
+    anyhow::ensure!(made.success(), "mkfifo");
+    // Opening a FIFO for reading blocks until a writer comes: the check must come first.
+    let (done, result) = std::sync::mpsc::channel();
+    let fifo = path.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(Plugin::from_file(&runtime(), &fifo).err());
+    });
+    let err = result.recv_timeout(std::time::Duration::from_secs(10));
+    std::fs::remove_file(&path)?;
+    let Ok(Some(err @ PluginError::NotAFile { .. })) = err else {
+        panic!("expected NotAFile in time, got {err:?}");
+    };
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_huge_file_is_refused_before_it_is_read() -> anyhow::Result<()> {
+    let path = scratch("huge.wasm");
+    // A component header, then a sparse gibibyte: nothing to read but the size.
+    std::fs::write(&path, b"\0asm\x0d\0\x01\0")?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)?
+        .set_len(1 << 30)?;
+    let err = Plugin::from_file(&runtime(), &path).err();
+    std::fs::remove_file(&path)?;
+    let Some(err @ PluginError::TooLarge { .. }) = err else {
+        panic!("expected TooLarge, got {err:?}");
+    };
+    let message = err.to_string();
+    assert!(message.contains("max_plugin_size"), "{message}");
+    assert!(message.contains("1GiB"), "{message}");
+    Ok(())
+}

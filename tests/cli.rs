@@ -364,3 +364,19 @@ async fn a_server_with_the_largest_acceptor_pool_stops_on_sigterm() -> anyhow::R
     assert!(status.success(), "graceful exit: {status:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn check_refuses_a_fifo_without_waiting_for_a_writer() -> anyhow::Result<()> {
+    let fifo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-fifo-{}.wasm", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let made = Command::new("mkfifo").arg(&fifo).status().await?;
+    anyhow::ensure!(made.success(), "mkfifo");
+    let output = shoal(&["check", fifo.to_str().context("utf-8 path")?]).await;
+    std::fs::remove_file(&fifo)?;
+    let output = output?;
+    assert!(!output.status.success(), "must fail: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not a regular file"), "{stderr}");
+    Ok(())
+}

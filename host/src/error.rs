@@ -56,12 +56,28 @@ pub enum RuntimeError {
 #[non_exhaustive]
 pub enum PluginError {
     /// The file could not be read.
-    #[error("cannot read plugin {path}: {source}")]
+    #[error("cannot read plugin {path}: {error}")]
     Read {
-        /// The file.
+        /// The file, as given.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
+    },
+    /// The path is not a regular file (a directory, a FIFO, a device): it is not opened.
+    #[error("{path} is not a regular file: a plugin is a component file")]
+    NotAFile {
+        /// The path, as given.
+        path: PathBuf,
+    },
+    /// The file is larger than a plugin may be; it is not read.
+    #[error("{path} is {size}, larger than the {max} a plugin may be (max_plugin_size)")]
+    TooLarge {
+        /// The file, as given.
+        path: PathBuf,
+        /// Its size, as a person writes it.
+        size: String,
+        /// The most a plugin may be.
+        max: String,
     },
     /// The bytes are not WebAssembly at all.
     #[error(
@@ -71,6 +87,19 @@ pub enum PluginError {
     NotWasm {
         /// The plugin's name.
         name: String,
+    },
+    /// The bytes start like WebAssembly, but of a version or layer shoal does not know.
+    #[error(
+        "{name} is WebAssembly of an unknown version {version}, layer {layer} (shoal loads \
+         components: layer 1, version 0x0d)"
+    )]
+    UnknownVersion {
+        /// The plugin's file or name.
+        name: String,
+        /// The 16-bit version of its header.
+        version: u16,
+        /// The 16-bit layer of its header.
+        layer: u16,
     },
     /// The bytes are a core Wasm module, not a component.
     #[error(

@@ -166,7 +166,7 @@ fn serve_one(one: OneListener, cache: CacheArgs) -> anyhow::Result<()> {
                 config,
             }],
             cache_dir: cache.dir(None),
-            cpu_shares: true,
+            ..NodeSpec::default()
         };
         // One listener, named by nobody: its errors need no `listener `default`:` prefix.
         Node::from_spec(spec).map_err(|error| match error {

@@ -135,7 +135,11 @@ impl Node {
             .map(|l| l.config.memory_limit())
             .max()
             .unwrap_or(RuntimeConfig::default().max_memory_bytes());
-        let runtime_config = RuntimeConfig::builder()
+        let mut runtime_config = RuntimeConfig::builder();
+        if let Some(max) = spec.max_plugin_size {
+            runtime_config = runtime_config.max_plugin_bytes(max);
+        }
+        let runtime_config = runtime_config
             .max_instances(instances)
             .max_memory_bytes(memory)
             .cache_dir(spec.cache_dir)

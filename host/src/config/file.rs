@@ -55,6 +55,8 @@ struct File {
     cache_dir: Option<PathBuf>,
     /// Whether CPU-bound guests share the cores by their listeners' `cpu_share`.
     cpu_shares: Option<bool>,
+    /// The largest plugin file loaded.
+    max_plugin_size: Option<ByteSize>,
     #[serde(rename = "listener", default)]
     listeners: Vec<ListenerEntry>,
 }
@@ -212,6 +214,7 @@ impl NodeSpec {
             listeners: specs,
             cache_dir: file.cache_dir.map(|dir| base.join(dir)),
             cpu_shares: file.cpu_shares.unwrap_or(true),
+            max_plugin_size: file.max_plugin_size.map(|size| size.0),
         })
     }
 }

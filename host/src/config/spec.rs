@@ -21,15 +21,18 @@ pub struct NodeSpec {
     /// Whether CPU-bound guests share the cores by their listeners' `cpu_share` (see
     /// [`RuntimeConfigBuilder::cpu_shares`](crate::RuntimeConfigBuilder::cpu_shares)).
     pub cpu_shares: bool,
+    /// The largest plugin file the node loads; `None` for the runtime's default (64 MiB).
+    pub max_plugin_size: Option<usize>,
 }
 
 impl Default for NodeSpec {
-    /// No listener, no compile cache, CPU shares on.
+    /// No listener, no compile cache, CPU shares on, the default plugin size cap.
     fn default() -> Self {
         Self {
             listeners: Vec::new(),
             cache_dir: None,
             cpu_shares: true,
+            max_plugin_size: None,
         }
     }
 }

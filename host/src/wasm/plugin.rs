@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 
+use crate::config::units::size;
 use crate::error::PluginError;
 use crate::wasm::bindings::PluginPre;
 use crate::wasm::cache::Lookup;
@@ -75,23 +76,30 @@ fn kib(bytes: usize) -> String {
 }
 
 impl Plugin {
-    /// Load a component from a file; the plugin is named after the file's stem.
+    /// Load a component from a file; the plugin is named after the file's stem (in logs),
+    /// and errors name the path as given. The file's kind, size and header are checked
+    /// before it is read: a FIFO is never opened, a file past the runtime's
+    /// `max_plugin_bytes` never read.
     ///
     /// # Errors
     ///
-    /// See [`Plugin::from_bytes`]; also [`PluginError::Read`] when the file cannot be read.
+    /// See [`Plugin::from_bytes`]; also [`PluginError::Read`] when the file cannot be read,
+    /// [`PluginError::NotAFile`] and [`PluginError::TooLarge`].
     pub fn from_file(runtime: &Runtime, path: impl AsRef<Path>) -> Result<Self, PluginError> {
         let started = Instant::now();
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_plugin_file(path, runtime.config().max_plugin_bytes())?;
         let name = path.file_stem().map_or_else(
             || path.display().to_string(),
             |s| s.to_string_lossy().into(),
         );
-        load(runtime, Arc::from(name), &bytes, started)
+        load(
+            runtime,
+            Arc::from(name),
+            &path.display().to_string(),
+            &bytes,
+            started,
+        )
     }
 
     /// Compile (or load from the runtime's compile cache) a component, check that it
@@ -103,7 +111,15 @@ impl Plugin {
     /// a compile error, the handler export missing or mistyped, or an import shoal does not
     /// provide.
     pub fn from_bytes(runtime: &Runtime, name: &str, bytes: &[u8]) -> Result<Self, PluginError> {
-        load(runtime, Arc::from(name), bytes, Instant::now())
+        let max = runtime.config().max_plugin_bytes();
+        if bytes.len() > max {
+            return Err(PluginError::TooLarge {
+                path: name.into(),
+                size: size(&bytes.len()),
+                max: size(&max),
+            });
+        }
+        load(runtime, Arc::from(name), name, bytes, Instant::now())
     }
 
     /// The plugin's name, used in logs.
@@ -146,18 +162,73 @@ impl fmt::Debug for Plugin {
     }
 }
 
-/// The steps after reading: header, compile (or cache), world check, link.
+/// Read a plugin file: a regular file, no larger than `max` bytes, with a WebAssembly
+/// header — each checked before the rest is read.
+fn read_plugin_file(path: &Path, max: usize) -> Result<Vec<u8>, PluginError> {
+    use std::io::Read;
+    let unreadable = |error| PluginError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    // The kind first, from the path: opening a FIFO for reading would wait for a writer.
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(PluginError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let too_large = |len: u64| PluginError::TooLarge {
+        path: path.to_path_buf(),
+        size: usize::try_from(len).map_or_else(|_| format!("{len} bytes"), |len| size(&len)),
+        max: size(&max),
+    };
+    if usize::try_from(meta.len()).map_or(true, |len| len > max) {
+        return Err(too_large(meta.len()));
+    }
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut header = [0u8; 8];
+    let got = read_up_to(&mut file, &mut header).map_err(unreadable)?;
+    check_header(&path.display().to_string(), &header[..got])?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    bytes.extend_from_slice(&header[..got]);
+    // The file may have grown since: read no more than the cap allows.
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(limit.saturating_sub(got as u64))
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Read into `buffer` until it is full or the file ends; how many bytes came.
+fn read_up_to(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut got = 0;
+    while got < buffer.len() {
+        match file.read(&mut buffer[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// The steps after reading: header, compile (or cache), world check, link. `name` is the
+/// plugin's name in logs, `shown` how errors name it (the path as given, for a file).
 fn load(
     runtime: &Runtime,
     name: Arc<str>,
+    shown: &str,
     bytes: &[u8],
     started: Instant,
 ) -> Result<Plugin, PluginError> {
-    check_header(&name, bytes)?;
+    check_header(shown, bytes)?;
     let hash = ContentHash::of(bytes);
-    let (component, compilation) = compile(runtime, &name, bytes, &hash)?;
-    check_world(&name, runtime, &component)?;
-    let pre = link(runtime, &name, &component)?;
+    let (component, compilation) = compile(runtime, &name, shown, bytes, &hash)?;
+    check_world(shown, runtime, &component)?;
+    let pre = link(runtime, shown, &component)?;
     let load = LoadReport {
         compilation,
         size: bytes.len(),
@@ -174,16 +245,28 @@ fn load(
     })
 }
 
-/// Tell "not Wasm" and "a core module" apart before wasmtime gives a generic parse error.
+/// Tell "not Wasm", "a core module" and "an unknown version" apart before wasmtime gives a
+/// generic parse error.
 fn check_header(name: &str, bytes: &[u8]) -> Result<(), PluginError> {
     if !bytes.starts_with(b"\0asm") {
         return Err(PluginError::NotWasm { name: name.into() });
     }
-    // Bytes 4..8: a 16-bit version, then a 16-bit layer that is 0 for core modules.
-    if bytes.get(6..8) == Some(&[0, 0]) {
-        return Err(PluginError::NotComponent { name: name.into() });
+    // Bytes 4..8: a 16-bit version, then a 16-bit layer (little-endian): version 1, layer 0
+    // for a core module; layer 1 for a component.
+    let field = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    match (field(4), field(6)) {
+        (Some(1), Some(0)) => Err(PluginError::NotComponent { name: name.into() }),
+        (_, Some(1)) | (None, _) | (_, None) => Ok(()),
+        (Some(version), Some(layer)) => Err(PluginError::UnknownVersion {
+            name: name.into(),
+            version,
+            layer,
+        }),
     }
-    Ok(())
 }
 
 /// The compiled component: from the cache when it has this file for this engine, otherwise
@@ -191,6 +274,7 @@ fn check_header(name: &str, bytes: &[u8]) -> Result<(), PluginError> {
 fn compile(
     runtime: &Runtime,
     name: &str,
+    shown: &str,
     bytes: &[u8],
     hash: &ContentHash,
 ) -> Result<(Component, Compilation), PluginError> {
@@ -218,7 +302,7 @@ fn compile(
         }
     }
     let component = Component::new(engine, bytes).map_err(|e| PluginError::Compile {
-        name: name.to_string(),
+        name: shown.to_string(),
         message: format!("{e:#}"),
     })?;
     if let Some(cache) = cache
@@ -286,6 +370,19 @@ mod tests {
         let core = b"\0asm\x01\0\0\0";
         let err = check_header("core", core);
         assert!(matches!(err, Err(PluginError::NotComponent { .. })));
+    }
+
+    #[test]
+    fn a_header_of_an_unknown_version_says_so() {
+        let err = check_header("future", b"\0asm\x02\0\0\0");
+        assert!(matches!(
+            err,
+            Err(PluginError::UnknownVersion {
+                version: 2,
+                layer: 0,
+                ..
+            })
+        ));
     }
 
     #[test]

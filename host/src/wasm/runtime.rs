@@ -31,6 +31,7 @@ pub struct RuntimeConfig {
     cache_dir: Option<PathBuf>,
     cpu_shares: bool,
     cpu_slots: usize,
+    max_plugin_bytes: usize,
 }
 
 impl RuntimeConfig {
@@ -90,6 +91,12 @@ impl RuntimeConfig {
     pub fn cpu_slots(&self) -> usize {
         self.cpu_slots
     }
+
+    /// The largest plugin file (or bytes) a plugin may be loaded from.
+    #[must_use]
+    pub fn max_plugin_bytes(&self) -> usize {
+        self.max_plugin_bytes
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -105,7 +112,8 @@ impl Default for RuntimeConfig {
     /// * `cache_dir`: none — every plugin is compiled when it is loaded (the `shoal` command
     ///   uses [`default_cache_dir`](crate::default_cache_dir));
     /// * `cpu_shares`: on — CPU-bound guests share the cores between listeners by weight;
-    /// * `cpu_slots`: the machine's available parallelism (tokio's default worker count).
+    /// * `cpu_slots`: the machine's available parallelism (tokio's default worker count);
+    /// * `max_plugin_bytes`: 64 MiB (a JavaScript or Python component is ~12–20 MB).
     fn default() -> Self {
         Self {
             max_instances: Self::DEFAULT_MAX_INSTANCES,
@@ -117,6 +125,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             cpu_shares: true,
             cpu_slots: thread::available_parallelism().map_or(1, usize::from),
+            max_plugin_bytes: 64 << 20,
         }
     }
 }
@@ -204,6 +213,14 @@ impl RuntimeConfigBuilder {
         self
     }
 
+    /// The largest plugin that may be loaded, in bytes (default 64 MiB, at most 4 GiB): a file
+    /// past it is refused before it is read.
+    #[must_use]
+    pub fn max_plugin_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_plugin_bytes = bytes;
+        self
+    }
+
     /// Check the settings.
     ///
     /// # Errors
@@ -233,6 +250,12 @@ impl RuntimeConfigBuilder {
             return Err(ConfigError::new(
                 "epoch_tick",
                 "must be between 100µs and 1s",
+            ));
+        }
+        if !(1..=4 << 30).contains(&c.max_plugin_bytes) {
+            return Err(ConfigError::new(
+                "max_plugin_size",
+                "must be between 1 byte and 4GiB",
             ));
         }
         if c.keep_resident_bytes > c.max_memory_bytes {
