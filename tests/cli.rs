@@ -250,6 +250,13 @@ async fn serve_config_names_the_listener_and_field_at_fault() -> anyhow::Result<
             ),
             "is not a duration",
         ),
+        (
+            "memory",
+            format!(
+                "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\nplugin = \"{echo}\"\nmemory_limit = \"64KiB\"\n"
+            ),
+            "listener `a`: memory_limit (64KiB) is too small for echo: it needs 192KiB",
+        ),
     ];
     for (name, text, expected) in cases {
         let path = config_file(name, &text)?;

@@ -240,6 +240,7 @@ async fn init_can_greet_and_close_at_once() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn send_past_the_output_limit_is_refused_with_buffer_full() -> anyhow::Result<()> {
+    captured_logs();
     let config = shoal_host::ServerConfig::builder()
         .name("greeter")
         .output_buffer_limit(10_000)
@@ -256,6 +257,10 @@ async fn send_past_the_output_limit_is_refused_with_buffer_full() -> anyhow::Res
         read_line(&mut reader).await?,
         "flooded Some(10000) bytes until buffer-full"
     );
+    // The refusal is logged at the default level, once per connection.
+    let needle = format!("conn={_id} ");
+    let refused = log_lines_with(&["INFO", "limit reached: output_buffer_limit", &needle]);
+    assert_eq!(refused.len(), 1, "{refused:#?}");
     server.shutdown().await
 }
 

@@ -175,3 +175,50 @@ async fn a_plugin_that_cannot_load_names_its_listener() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_memory_limit_below_the_plugins_initial_memory_is_refused_at_start() -> anyhow::Result<()>
+{
+    let mut small = listener("small", any_port()?, "echo")?;
+    small.config = ServerConfig::builder()
+        .name("small")
+        .memory_limit(64 << 10)
+        .build()?;
+    let mut node = Node::from_spec(NodeSpec {
+        listeners: vec![small],
+        ..NodeSpec::default()
+    })?;
+    let error = node
+        .bind()
+        .await
+        .err()
+        .context("must be refused before serving")?;
+    let message = error.to_string();
+    assert!(message.starts_with("listener `small`: "), "{message}");
+    assert!(message.contains("memory_limit (64KiB)"), "{message}");
+    // echo links with a 3-page initial memory (plugins/.cargo/config.toml).
+    assert!(message.contains("needs 192KiB"), "{message}");
+    assert!(node.listeners().iter().all(|l| l.local_addr().is_none()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pool_too_large_to_reserve_names_the_memory_limit() -> anyhow::Result<()> {
+    let mut huge = listener("huge", any_port()?, "echo")?;
+    huge.config = ServerConfig::builder()
+        .name("huge")
+        .max_connections(16_384)
+        .memory_limit(4 << 30)
+        .build()?;
+    let error = Node::from_spec(NodeSpec {
+        listeners: vec![huge],
+        ..NodeSpec::default()
+    })
+    .err()
+    .context("must be refused")?;
+    let message = error.to_string();
+    assert!(message.contains("listener `huge`"), "{message}");
+    assert!(message.contains("memory_limit"), "{message}");
+    assert!(message.contains("address space"), "{message}");
+    Ok(())
+}

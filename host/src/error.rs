@@ -201,6 +201,17 @@ impl GuestFault {
 pub struct InstantiateError {
     pub(crate) plugin: String,
     pub(crate) message: String,
+    /// The linear memory instantiation asked for, when the memory limit refused it.
+    pub(crate) memory_needed: Option<usize>,
+}
+
+impl InstantiateError {
+    /// The linear memory (in bytes) the plugin needed to start, when the listener's
+    /// `memory_limit` was too small for it.
+    #[must_use]
+    pub fn memory_needed(&self) -> Option<usize> {
+        self.memory_needed
+    }
 }
 
 /// Why a [`Node`](crate::Node) could not be built or could not serve. Each names the
@@ -221,6 +232,14 @@ pub enum NodeError {
         listener: String,
         /// What is wrong with the plugin.
         error: PluginError,
+    },
+    /// A listener's settings cannot work with its plugin (checked at start, before binding).
+    #[error("listener `{listener}`: {reason}")]
+    Unfit {
+        /// The listener's name.
+        listener: String,
+        /// What does not fit, naming the setting and what the plugin needs.
+        reason: String,
     },
     /// Two listeners have the same name.
     #[error("two listeners are named `{0}`: names must be unique")]

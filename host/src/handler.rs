@@ -90,6 +90,14 @@ pub trait HandlerFactory: Send + Sync + 'static {
         None
     }
 
+    /// Whether handlers can be made under `config` (a Wasm plugin tries one instance under its
+    /// limits): checked once before a listener serves, so that settings that cannot work are
+    /// refused at start rather than by every connection. `Err` says why, naming the setting.
+    fn check(&self, config: &ServerConfig) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = config;
+        async { Ok(()) }
+    }
+
     /// Make the handler for one new connection.
     ///
     /// # Errors

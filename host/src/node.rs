@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::listener::ServerConfig;
 use crate::config::spec::{NodeSpec, PluginSource};
+use crate::config::units::size;
 use crate::error::{NodeError, PluginError, ServeError};
 use crate::handler::HandlerFactory;
 use crate::messages::local::Mailboxes;
@@ -53,6 +54,8 @@ pub struct Node {
     /// Started when the first plugin is loaded: a node of native listeners runs no engine.
     runtime: Option<Runtime>,
     listeners: Vec<NodeListener>,
+    /// Whether [`Node::check`] passed (at the first bind).
+    checked: bool,
 }
 
 /// One listener of a [`Node`]: its name, settings and counters.
@@ -116,6 +119,7 @@ impl Node {
             runtime_config,
             runtime: None,
             listeners: Vec::new(),
+            checked: false,
         }
     }
 
@@ -129,12 +133,18 @@ impl Node {
     /// taken; or the engine cannot start.
     pub fn from_spec(spec: NodeSpec) -> Result<Self, NodeError> {
         let instances = Self::pool_size(spec.listeners.iter().map(|l| l.config.max_connections()));
+        check_reservation(&spec, instances)?;
+        // The pool's memory slots fit the largest limit, and never less than the default: a
+        // plugin must compile for the pool even when a listener's limit is too small for it,
+        // so that the check at bind can say what it needs (each store enforces its own
+        // listener's limit).
         let memory = spec
             .listeners
             .iter()
             .map(|l| l.config.memory_limit())
             .max()
-            .unwrap_or(RuntimeConfig::default().max_memory_bytes());
+            .unwrap_or(0)
+            .max(RuntimeConfig::default().max_memory_bytes());
         let mut runtime_config = RuntimeConfig::builder();
         if let Some(max) = spec.max_plugin_size {
             runtime_config = runtime_config.max_plugin_bytes(max);
@@ -216,6 +226,7 @@ impl Node {
         if self.listener(name).is_some() {
             return Err(NodeError::DuplicateName(name.to_string()));
         }
+        self.checked = false;
         self.listeners.push(NodeListener {
             address,
             config: server.config().clone(),
@@ -247,6 +258,10 @@ impl Node {
     ///
     /// [`NodeError::Bind`] naming the listener and its address.
     pub async fn bind(&mut self) -> Result<(), NodeError> {
+        if !self.checked {
+            self.check().await?;
+            self.checked = true;
+        }
         for index in 0..self.listeners.len() {
             let listener = &mut self.listeners[index];
             if listener.bound.is_some() {
@@ -265,6 +280,35 @@ impl Node {
                     }
                     return Err(failed);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check that every listener's settings can work with its handler (a plugin starts under
+    /// its `memory_limit`, say), before anything is bound; warn about settings that will
+    /// refuse output a guest is likely to send. [`Node::bind`] runs it.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Unfit`] naming the listener, the setting and what its plugin needs.
+    pub async fn check(&self) -> Result<(), NodeError> {
+        for listener in &self.listeners {
+            let config = &listener.config;
+            if let Err(reason) = listener.server.check().await {
+                return Err(NodeError::Unfit {
+                    listener: listener.name().to_string(),
+                    reason,
+                });
+            }
+            if config.output_buffer_limit() < config.read_buffer_size() {
+                tracing::warn!(
+                    listener = listener.name(),
+                    "output_buffer_limit ({}) is smaller than read_buffer_size ({}): a guest \
+                     that sends back what it reads will have its send refused",
+                    size(&config.output_buffer_limit()),
+                    size(&config.read_buffer_size())
+                );
             }
         }
         Ok(())
@@ -333,9 +377,46 @@ impl Node {
     }
 }
 
+/// The address space a process may reserve for its instance pool's linear memories: half of
+/// x86-64's 128 TiB of user address space, leaving room for everything else.
+const POOL_ADDRESS_SPACE: u128 = 64 << 40;
+
+/// Each instance of the pool reserves two memory slots (guests built through the WASI
+/// adapter have two memories), each the largest `memory_limit` plus a 64 KiB guard: refuse a
+/// spec whose pool cannot be reserved, naming the listener that asks the most.
+fn check_reservation(spec: &NodeSpec, instances: u32) -> Result<(), NodeError> {
+    let Some(largest) = spec
+        .listeners
+        .iter()
+        .max_by_key(|l| l.config.memory_limit())
+    else {
+        return Ok(());
+    };
+    let slot = largest.config.memory_limit() as u128 + (64 << 10);
+    let needed = u128::from(instances) * 2 * slot;
+    if needed <= POOL_ADDRESS_SPACE {
+        return Ok(());
+    }
+    let tib = |bytes: u128| bytes as f64 / (1u128 << 40) as f64;
+    Err(NodeError::Unfit {
+        listener: largest.config.name().to_string(),
+        reason: format!(
+            "memory_limit ({}) × {instances} pool instances × 2 memories needs {:.0}TiB of \
+             address space to reserve, more than the {:.0}TiB a process may use: lower \
+             memory_limit or max_connections",
+            size(&largest.config.memory_limit()),
+            tib(needed),
+            tib(POOL_ADDRESS_SPACE),
+        ),
+    })
+}
+
 /// A [`Server`] of any handler factory, served through a trait object so that one node holds
 /// listeners of different factories (plugins and native code).
-trait ServeErased: Send {
+trait ServeErased: Send + Sync {
+    /// Whether the listener's handlers can be made under its settings.
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+
     fn serve(
         self: Box<Self>,
         listener: TcpListener,
@@ -344,6 +425,10 @@ trait ServeErased: Send {
 }
 
 impl<F: HandlerFactory> ServeErased for Server<F> {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(self.check())
+    }
+
     fn serve(
         self: Box<Self>,
         listener: TcpListener,

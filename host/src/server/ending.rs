@@ -173,6 +173,7 @@ mod tests {
         InstantiateError {
             plugin: "echo".into(),
             message: "pool full".into(),
+            memory_needed: None,
         }
     }
 

@@ -106,6 +106,12 @@ impl<F: HandlerFactory> Server<F> {
         &self.config
     }
 
+    /// Whether its factory can make handlers under its settings (see
+    /// [`HandlerFactory::check`]).
+    pub(crate) async fn check(&self) -> Result<(), String> {
+        self.factory.check(&self.config).await
+    }
+
     /// Most handlers its factory can have alive at once, if bounded (a plugin's instance pool).
     pub(crate) fn capacity(&self) -> Option<usize> {
         self.factory.capacity()

@@ -31,6 +31,11 @@ impl GuestLog {
         }
     }
 
+    /// The plugin's name.
+    pub(crate) fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
     /// Emit one line, unless the connection is over its rate.
     pub(crate) fn line(&mut self, level: Level, message: &str) {
         let suppressed = match self.limiter.admit(Instant::now()) {

@@ -30,6 +30,7 @@ use std::time::Duration;
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::config::listener::ServerConfig;
+use crate::config::units::size;
 use crate::conn_id;
 use crate::error::{GuestFault, InstantiateError};
 use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
@@ -105,14 +106,16 @@ impl Instance {
             Ok(UpdateDeadline::YieldCustom(1, state.cpu.yield_point()))
         });
         store.set_epoch_deadline(1);
-        let exports = plugin
-            .pre()
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| InstantiateError {
-                plugin: plugin.name().to_string(),
-                message: format!("{e:#}"),
-            })?;
+        let exports = match plugin.pre().instantiate_async(&mut store).await {
+            Ok(exports) => exports,
+            Err(e) => {
+                return Err(InstantiateError {
+                    plugin: plugin.name().to_string(),
+                    message: format!("{e:#}"),
+                    memory_needed: store.data().memory.asked(),
+                });
+            }
+        };
         Ok(Self {
             cpu: Arc::clone(store.data().cpu()),
             store,
@@ -121,6 +124,26 @@ impl Instance {
             call_timeout: settings.call_timeout,
             _plugin: plugin.clone(),
         })
+    }
+
+    /// Whether `plugin` can start under `config`'s limits: one instance made and dropped, no
+    /// export called, no connection id taken.
+    ///
+    /// # Errors
+    ///
+    /// The [`InstantiateError`] the first connection would have met (with
+    /// [`InstantiateError::memory_needed`] when `memory_limit` is too small for it).
+    pub async fn probe(plugin: &Plugin, config: &ServerConfig) -> Result<(), InstantiateError> {
+        let settings = ConnSettings::new(
+            config,
+            0,
+            Mailboxes::new(MailboxLimits::from(config)),
+            plugin.shared_name(),
+            Arc::new(Stats::default()),
+            Arc::clone(plugin.runtime().scheduler()),
+            Arc::new(CpuGroup::new(config.cpu_share())),
+        );
+        Self::with_settings(plugin, &settings).await.map(drop)
     }
 
     /// The connection id this instance was created for.
@@ -239,6 +262,21 @@ impl HandlerFactory for Plugin {
 
     fn capacity(&self) -> Option<usize> {
         usize::try_from(self.runtime().config().max_instances()).ok()
+    }
+
+    async fn check(&self, config: &ServerConfig) -> Result<(), String> {
+        Instance::probe(self, config)
+            .await
+            .map_err(|error| match error.memory_needed() {
+                Some(needed) => format!(
+                    "memory_limit ({}) is too small for {}: it needs {} of linear memory to \
+                     start",
+                    size(&config.memory_limit()),
+                    self.name(),
+                    size(&needed.next_multiple_of(1024)),
+                ),
+                None => error.to_string(),
+            })
     }
 
     async fn create(&self, conn: NewConnection<'_>) -> Result<Instance, InstantiateError> {

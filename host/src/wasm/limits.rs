@@ -16,6 +16,8 @@ use crate::wasm::cpu::ConnCpu;
 pub(crate) struct MemoryCap {
     limit: usize,
     refused: bool,
+    /// The size the first refused growth asked for.
+    asked: Option<usize>,
     /// The sizes of the instance's memories, added up: what instantiation and each allowed
     /// `memory.grow` made them. (wasmtime reports a growth that fails after the limiter
     /// allowed it — the OS refusing memory — without saying which growth it was, so such a
@@ -31,6 +33,7 @@ impl MemoryCap {
         Self {
             limit,
             refused: false,
+            asked: None,
             bytes: 0,
         }
     }
@@ -44,6 +47,11 @@ impl MemoryCap {
     pub(crate) fn refused(&self) -> Option<usize> {
         self.refused.then_some(self.limit)
     }
+
+    /// The size the first refused growth asked for (at instantiation: the initial memory).
+    pub(crate) fn asked(&self) -> Option<usize> {
+        self.asked
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -55,6 +63,9 @@ impl ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.limit;
         self.refused |= !allowed;
+        if !allowed && self.asked.is_none() {
+            self.asked = Some(desired);
+        }
         if allowed {
             self.bytes += desired.saturating_sub(current);
         }

@@ -30,6 +30,8 @@ pub(crate) struct ConnState {
     table: ResourceTable,
     pub(super) output: Vec<u8>,
     pub(super) output_limit: usize,
+    /// Whether a send was refused for the output limit yet (logged once).
+    pub(super) output_refused: bool,
     pub(super) writable: bool,
     pub(super) log: Arc<Mutex<GuestLog>>,
     stdio: [GuestStdio; 2],
@@ -120,6 +122,7 @@ impl ConnState {
             table,
             output: Vec::new(),
             output_limit: settings.output_limit,
+            output_refused: false,
             writable: true,
             log,
             stdio,
@@ -151,6 +154,14 @@ impl ConnState {
     /// The cap on the instance's memory, as wasmtime's resource limiter.
     pub(crate) fn memory_cap(&mut self) -> &mut MemoryCap {
         &mut self.memory
+    }
+
+    /// The plugin's name, for log lines about this connection.
+    pub(crate) fn plugin_name(&self) -> String {
+        self.log
+            .lock()
+            .map(|log| log.plugin().to_string())
+            .unwrap_or_default()
     }
 
     /// The guest's CPU state, shared with its call's poll wrapper and resume futures.

@@ -1,6 +1,7 @@
 //! `shoal:plugin/connection`: the guest's own connection. `send` queues bytes that the
 //! connection task writes after the call, bounded by the listener's output limit.
 
+use crate::config::units::size;
 use crate::wasm::bindings::shoal::plugin::connection;
 use crate::wasm::bindings::shoal::plugin::types::SendError;
 use crate::wasm::store::ConnState;
@@ -11,6 +12,20 @@ impl connection::Host for ConnState {
             return Err(SendError::Closed);
         }
         if self.output.len() + data.len() > self.output_limit {
+            if !self.output_refused {
+                // Once per connection, at the default level: a limit that refuses output
+                // (and so, often, ends the connection by the guest's choice) must be seen.
+                self.output_refused = true;
+                tracing::info!(
+                    conn = self.conn_id,
+                    plugin = self.plugin_name(),
+                    "limit reached: output_buffer_limit ({}): a send of {} bytes was refused \
+                     (buffer-full) with {} bytes queued",
+                    size(&self.output_limit),
+                    data.len(),
+                    self.output.len()
+                );
+            }
             return Err(SendError::BufferFull);
         }
         if self.output.is_empty() {
