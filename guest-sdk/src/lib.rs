@@ -69,7 +69,7 @@ pub mod bindings {
 }
 
 pub use bindings::shoal::plugin::types::{
-    CloseReason, ConnInfo, Envelope, Event, Level, MessageError, Next, Peer, SendError,
+    CloseReason, ConnInfo, Envelope, Event, Level, MessageError, NameError, Next, Peer, SendError,
 };
 
 /// A connection handler: one value of this type is the state of one connection.
@@ -109,7 +109,7 @@ pub fn send(data: &[u8]) -> Result<(), SendError> {
 /// FIFO per sender and receiver, nothing waits, a full mailbox refuses.
 pub mod mailbox {
     use crate::bindings::shoal::plugin::mailbox as imports;
-    use crate::{MessageError, Peer};
+    use crate::{MessageError, NameError, Peer};
 
     /// Send `payload` to connection `to` of this listener.
     ///
@@ -133,9 +133,22 @@ pub mod mailbox {
         imports::peers()
     }
 
-    /// The name [`peers`] shows for this connection (at most 256 bytes are kept).
+    /// The name [`peers`] shows for this connection (at most 256 bytes are kept). Any
+    /// name, even one another connection has: to make names unique, use [`claim_name`].
     pub fn set_name(name: &str) {
         imports::set_name(name);
+    }
+
+    /// Take `name` as this connection's name, unless another connection of the listener has
+    /// it (ignoring ASCII case) or it is another live connection's id — checked and set at
+    /// once by the host, so two connections never hold one name.
+    ///
+    /// # Errors
+    ///
+    /// [`NameError::Taken`], or [`NameError::Invalid`] for an empty or overlong (past 256
+    /// bytes) name. The name was not set.
+    pub fn claim_name(name: &str) -> Result<(), NameError> {
+        imports::claim_name(name)
     }
 }
 

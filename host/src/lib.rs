@@ -116,7 +116,9 @@ pub use error::{
 };
 pub use handler::{ConnectionHandler, HandlerFactory, NewConnection};
 pub use messages::local::Mailboxes;
-pub use messages::types::{FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, Peer};
+pub use messages::types::{
+    FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
+};
 pub use node::{Node, NodeListener};
 pub use observe::stats::{EndKind, Limit, Stats};
 pub use server::connection::serve_stream;

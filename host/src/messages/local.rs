@@ -10,7 +10,9 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
-use crate::messages::types::{MAX_NAME_BYTES, MailboxLimits, Message, MessageError, Peer};
+use crate::messages::types::{
+    MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
+};
 
 /// The registry of one listener's live connections and their mailboxes. Cloning it is cheap;
 /// every clone is the same registry.
@@ -212,6 +214,37 @@ impl Mailboxes {
         if let Some(entry) = self.entries().get_mut(&id) {
             entry.name = Some(truncate(name, MAX_NAME_BYTES).to_string());
         }
+    }
+
+    /// Give connection `id` the name `name` unless another connection has it (ignoring ASCII
+    /// case) or it is another live connection's id: looked up and set under one lock, so two
+    /// connections can never hold one name.
+    ///
+    /// # Errors
+    ///
+    /// [`NameError::Taken`], or [`NameError::Invalid`] for an empty or overlong name.
+    pub fn claim_name(&self, id: u64, name: &str) -> Result<(), NameError> {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(NameError::Invalid);
+        }
+        let mut entries = self.entries();
+        let is_other_id = name
+            .parse::<u64>()
+            .is_ok_and(|other| other != id && entries.contains_key(&other));
+        let taken = entries.iter().any(|(other, entry)| {
+            *other != id
+                && entry
+                    .name
+                    .as_deref()
+                    .is_some_and(|held| held.eq_ignore_ascii_case(name))
+        });
+        if is_other_id || taken {
+            return Err(NameError::Taken);
+        }
+        if let Some(entry) = entries.get_mut(&id) {
+            entry.name = Some(name.to_string());
+        }
+        Ok(())
     }
 
     /// Messages queued into a mailbox so far (a broadcast counts once per receiver).
@@ -465,6 +498,30 @@ mod tests {
         mailboxes.close_all();
         let woken = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         assert!(woken.expect("woken by the close").expect("the task"));
+    }
+
+    #[test]
+    fn a_name_is_held_by_one_connection_at_a_time() {
+        let mailboxes = registry(4, 64);
+        let _bob = mailboxes.register(1);
+        let _mallory = mailboxes.register(2);
+        assert_eq!(mailboxes.claim_name(1, "bob"), Ok(()));
+        assert_eq!(mailboxes.claim_name(2, "bob"), Err(NameError::Taken));
+        assert_eq!(mailboxes.claim_name(2, "BoB"), Err(NameError::Taken));
+        assert_eq!(mailboxes.claim_name(2, "1"), Err(NameError::Taken), "an id");
+        assert_eq!(
+            mailboxes.claim_name(2, "2"),
+            Ok(()),
+            "its own id is its own"
+        );
+        assert_eq!(mailboxes.claim_name(1, "bob"), Ok(()), "renaming to itself");
+        assert_eq!(mailboxes.claim_name(2, ""), Err(NameError::Invalid));
+        assert_eq!(
+            mailboxes.claim_name(2, &"x".repeat(257)),
+            Err(NameError::Invalid)
+        );
+        drop(_bob);
+        assert_eq!(mailboxes.claim_name(2, "bob"), Ok(()), "free once bob left");
     }
 
     #[test]

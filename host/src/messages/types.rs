@@ -35,6 +35,18 @@ pub enum MessageError {
     TooLarge,
 }
 
+/// Why a connection could not take a name. The name was not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Another connection of the listener has it (ignoring ASCII case), or it is another
+    /// live connection's id.
+    #[error("another connection of this listener has that name")]
+    Taken,
+    /// Empty, or longer than [`MAX_NAME_BYTES`].
+    #[error("a name is 1 to 256 bytes")]
+    Invalid,
+}
+
 /// How much one connection's mailbox may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MailboxLimits {

@@ -7,19 +7,27 @@
 //! - `/who` lists who is connected, one `* <id> <name>` line each;
 //! - on leave, the others get `* <name> left`.
 //!
-//! Lines end with `\n` (a `\r` before it is dropped); a line longer than 4 KiB is cut there.
+//! Lines end with `\n` (a `\r` before it is dropped); a line longer than 4 KiB is cut there,
+//! but a command (`/...`) longer than that is refused whole. Control characters in a line are
+//! relayed escaped (`\u{1b}`), never raw: they could retitle or clear the others' terminals.
+//! A name is unique in the room (ignoring case, and never another member's id): the host
+//! checks and sets it at once (`mailbox::claim_name`).
 
 use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Level, Next, mailbox};
 
 /// Longest line kept; the rest of a longer line starts a new one.
 const MAX_LINE: usize = 4096;
 const MAX_NAME: usize = 32;
+const TOO_LONG: &[u8] =
+    b"* a command line is at most 4096 bytes: that one was too long and is ignored\n";
 
 struct Chat {
     id: u64,
     name: String,
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
+    /// Dropping the rest of an overlong command, up to its newline.
+    discarding: bool,
 }
 
 impl Handler for Chat {
@@ -28,6 +36,7 @@ impl Handler for Chat {
             id: info.id,
             name: info.id.to_string(),
             partial: Vec::new(),
+            discarding: false,
         };
         mailbox::broadcast(format!("* {} joined\n", chat.id).as_bytes());
         let welcome = format!(
@@ -52,20 +61,41 @@ impl Handler for Chat {
 
 impl Chat {
     fn received(&mut self, mut bytes: &[u8]) -> Next {
-        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
-            self.partial.extend_from_slice(&bytes[..end]);
-            bytes = &bytes[end + 1..];
-            let line = std::mem::take(&mut self.partial);
-            if self.line(&line) == Next::Close {
-                return Next::Close;
+        while !bytes.is_empty() {
+            let newline = bytes.iter().position(|b| *b == b'\n');
+            let (chunk, ended) = match newline {
+                Some(end) => (&bytes[..end], true),
+                None => (bytes, false),
+            };
+            bytes = newline.map_or(&[][..], |end| &bytes[end + 1..]);
+            if self.discarding {
+                self.discarding = !ended;
+                continue;
             }
-        }
-        self.partial.extend_from_slice(bytes);
-        while self.partial.len() >= MAX_LINE {
-            let rest = self.partial.split_off(MAX_LINE);
-            let line = std::mem::replace(&mut self.partial, rest);
-            if self.line(&line) == Next::Close {
-                return Next::Close;
+            self.partial.extend_from_slice(chunk);
+            // Overlong: a command is refused whole, text goes out in lines of MAX_LINE.
+            let mut refused = false;
+            while self.partial.len() > MAX_LINE || (!ended && self.partial.len() == MAX_LINE) {
+                if self.partial.starts_with(b"/") {
+                    self.partial.clear();
+                    self.discarding = !ended;
+                    refused = true;
+                    if reply(TOO_LONG) == Next::Close {
+                        return Next::Close;
+                    }
+                    break;
+                }
+                let rest = self.partial.split_off(MAX_LINE);
+                let line = std::mem::replace(&mut self.partial, rest);
+                if self.line(&line) == Next::Close {
+                    return Next::Close;
+                }
+            }
+            if ended && !refused {
+                let line = std::mem::take(&mut self.partial);
+                if self.line(&line) == Next::Close {
+                    return Next::Close;
+                }
             }
         }
         Next::Continue
@@ -73,6 +103,7 @@ impl Chat {
 
     fn line(&mut self, line: &[u8]) -> Next {
         let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
+        let line = printable(&line);
         if let Some(name) = line.strip_prefix("/nick ") {
             self.rename(name.trim())
         } else if line.trim() == "/who" {
@@ -92,9 +123,11 @@ impl Chat {
         if !valid {
             return reply(b"* a name is 1 to 32 letters, digits, _ or -\n");
         }
+        if mailbox::claim_name(name).is_err() {
+            return reply(format!("* the name {name} is taken\n").as_bytes());
+        }
         mailbox::broadcast(format!("* {} is now {name}\n", self.name).as_bytes());
         self.name = name.to_string();
-        mailbox::set_name(name);
         reply(format!("* you are now {name}\n").as_bytes())
     }
 
@@ -107,6 +140,23 @@ impl Chat {
         }
         reply(list.as_bytes())
     }
+}
+
+/// `text` with every control character shown as an escape (`\t`, `\u{1b}`), so that no
+/// member can send the others' terminals a raw escape sequence.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
 }
 
 /// Send to this connection's client; close when it cannot take more.

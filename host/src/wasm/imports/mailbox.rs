@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 
-use crate::messages::types::MessageError as Refusal;
+use crate::messages::types::{MessageError as Refusal, NameError as Refused};
 use crate::wasm::bindings::shoal::plugin::mailbox;
-use crate::wasm::bindings::shoal::plugin::types::{MessageError, Peer};
+use crate::wasm::bindings::shoal::plugin::types::{MessageError, NameError, Peer};
 use crate::wasm::store::ConnState;
 
 impl mailbox::Host for ConnState {
@@ -39,5 +39,14 @@ impl mailbox::Host for ConnState {
 
     fn set_name(&mut self, name: String) {
         self.mailboxes.set_name(self.conn_id, &name);
+    }
+
+    fn claim_name(&mut self, name: String) -> Result<(), NameError> {
+        self.mailboxes
+            .claim_name(self.conn_id, &name)
+            .map_err(|error| match error {
+                Refused::Taken => NameError::Taken,
+                Refused::Invalid => NameError::Invalid,
+            })
     }
 }
