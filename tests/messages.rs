@@ -135,11 +135,18 @@ async fn nick_renames_and_who_lists_the_room() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_client_that_never_reads_does_not_stall_the_room() -> anyhow::Result<()> {
+async fn a_client_that_never_reads_is_dropped_at_its_write_timeout() -> anyhow::Result<()> {
+    let _alone = HEAVY.lock().await;
     const LINES: usize = 20_000;
     const LINE_BYTES: usize = 1000;
     const WINDOW: usize = 500;
-    let server = Server::new(plugin("chat"), config("chat")?);
+    let config = ServerConfig::builder()
+        .name("chat")
+        .pool_size(2)
+        .write_timeout(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()?;
+    let server = Server::new(plugin("chat"), config);
     let mailboxes = server.mailboxes();
     let server = TestServer::serve(server).await?;
     let (silent, silent_id) = join(&server).await?;
@@ -162,8 +169,10 @@ async fn a_client_that_never_reads_does_not_stall_the_room() -> anyhow::Result<(
         }
     });
     // 20 MB: the listener gets every line while the silent client reads nothing. Its socket
-    // buffers fill, then its mailbox (1 MiB); the next message to it is refused and it is
-    // disconnected, which the others hear as it leaving.
+    // buffers fill, and what the talker sent piles up in its mailbox until the talker is held
+    // back (flow control: the talker's client is not read while half a mailbox of its lines
+    // waits anywhere); the silent client, making no progress for its write timeout, is
+    // disconnected, which the others hear as it leaving, and the room goes on.
     let mut received = 0;
     let mut silent_left = false;
     while received < LINES || !silent_left {
@@ -178,7 +187,8 @@ async fn a_client_that_never_reads_does_not_stall_the_room() -> anyhow::Result<(
         progress.send_replace(received);
     }
     let _talker = send.await??;
-    assert!(mailboxes.refused() > 0, "no message was refused");
+    assert_eq!(server.stats.limit_hits(shoal_host::Limit::Write), 1);
+    assert_eq!(mailboxes.refused(), 0, "nobody's mailbox overflowed");
     // Bounded: the mailbox holds at most 1 MiB and a call's output 1 MiB, whatever the
     // flood. (A loose bound: the other tests run in this process at the same time.)
     let rss_after = rss_kib()?;
@@ -325,4 +335,93 @@ async fn embedder_hooks_see_opens_and_closes_and_can_message_the_connection() ->
     assert_eq!(handle.send("late"), Err(MessageError::NoSuchConnection));
     assert!(mailboxes.is_empty());
     server.shutdown().await
+}
+
+/// The floods and the test that measures the process's memory: one at a time.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `len` bytes of printable text, different all along, without a newline.
+fn flood_text(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// One chat member sends `len` bytes without a newline into a room of `readers` members who
+/// read as fast as they can: every reader must get every byte, in order (the chat relays it
+/// in 4 KiB lines), and stay connected; the sender must stay connected too.
+async fn flood_the_room(len: usize, readers: usize) -> anyhow::Result<()> {
+    let _alone = HEAVY.lock().await;
+    let server = TestServer::start_with(plugin("chat"), config("flood")?).await?;
+    let (mut sender, sender_id) = join(&server).await?;
+    let mut members = Vec::new();
+    for _ in 0..readers {
+        members.push(join(&server).await?.0);
+    }
+    // Everyone has seen everyone join: read the notices of those who came later.
+    for (n, member) in members.iter_mut().enumerate() {
+        for _ in n + 1..readers {
+            read_line(member).await?;
+        }
+    }
+    for _ in 0..readers {
+        read_line(&mut sender).await?;
+    }
+    let text = Arc::new(flood_text(len));
+    let prefix = format!("{sender_id}: ");
+    let mut reading = Vec::new();
+    for mut member in members {
+        let expected = Arc::clone(&text);
+        let prefix = prefix.clone();
+        reading.push(tokio::spawn(async move {
+            // Compared as it comes, so that twenty readers do not hold twenty copies.
+            let mut offset = 0;
+            while offset < expected.len() {
+                let line = read_line(&mut member).await?;
+                let relayed = line
+                    .strip_prefix(&prefix)
+                    .with_context(|| format!("not the sender's line: {line:.60}"))?
+                    .as_bytes();
+                let end = offset + relayed.len();
+                ensure!(
+                    expected.get(offset..end) == Some(relayed),
+                    "the relayed bytes differ from those sent at {offset}"
+                );
+                offset = end;
+            }
+            anyhow::Ok(member)
+        }));
+    }
+    let writing = Arc::clone(&text);
+    let writer = tokio::spawn(async move {
+        sender.get_mut().write_all(&writing).await?;
+        sender.get_mut().write_all(b"\n").await?;
+        anyhow::Ok(sender)
+    });
+    let mut members = Vec::new();
+    for reader in reading {
+        members.push(tokio::time::timeout(Duration::from_secs(120), reader).await???);
+    }
+    let mut sender = writer.await??;
+    // Everyone is still there: a last line reaches every reader.
+    say(&mut sender, "still here").await?;
+    for member in &mut members {
+        let mut last = read_line(member).await?;
+        if last == prefix {
+            // The newline after the flood ended an empty remainder line.
+            last = read_line(member).await?;
+        }
+        assert_eq!(last, format!("{prefix}still here"));
+    }
+    assert_eq!(server.stats.limit_hits(shoal_host::Limit::Mailbox), 0);
+    drop((sender, members));
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_mebibyte_line_reaches_twenty_readers_whole() -> anyhow::Result<()> {
+    flood_the_room(2 << 20, 20).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_mebibyte_line_reaches_twenty_readers_whole() -> anyhow::Result<()> {
+    flood_the_room(10 << 20, 20).await
 }

@@ -82,6 +82,9 @@ enum Kind {
     Chat,
     /// The Wasm echo served by the `--baseline` build.
     Baseline,
+    /// The chat plugin served by the `--baseline` build (its figures go in the baseline
+    /// column, under the chat's metric names).
+    BaselineChat,
 }
 
 impl Kind {
@@ -93,6 +96,7 @@ impl Kind {
             Kind::Ballast => "shoal Wasm echo + 64 KiB state",
             Kind::Chat => "shoal Wasm chat",
             Kind::Baseline => "baseline build's Wasm echo",
+            Kind::BaselineChat => "baseline build's Wasm chat",
         }
     }
 }
@@ -220,33 +224,45 @@ fn main() -> anyhow::Result<()> {
     } else {
         0
     };
+    let mut chat_kinds = vec![Kind::Chat];
+    if args.baseline.is_some() {
+        chat_kinds.push(Kind::BaselineChat);
+    }
     for round in 1..=broadcast_rounds {
-        eprintln!(
-            "round {round}/{}: broadcast through the chat plugin",
-            args.rounds
-        );
-        let server = Server::start(Kind::Chat, &bin_dir, &args, pinned)?;
-        let seconds = args.seconds.to_string();
-        let line = loadgen(
-            &bin_dir,
-            pinned,
-            &[
-                "broadcast",
-                "--addr",
-                &server.addr,
-                "--conns",
-                "100",
-                "--seconds",
-                &seconds,
-            ],
-        )?;
-        record(
-            &mut results,
-            Kind::Wasm,
-            "chat plugin, 1 sender → 99 receivers: messages delivered/s",
-            &line,
-            "messages_per_sec",
-        )?;
+        for &kind in &chat_kinds {
+            eprintln!(
+                "round {round}/{}: broadcast through {}",
+                args.rounds,
+                kind.label()
+            );
+            let server = Server::start(kind, &bin_dir, &args, pinned)?;
+            let seconds = args.seconds.to_string();
+            let line = loadgen(
+                &bin_dir,
+                pinned,
+                &[
+                    "broadcast",
+                    "--addr",
+                    &server.addr,
+                    "--conns",
+                    "100",
+                    "--seconds",
+                    &seconds,
+                ],
+            )?;
+            let column = if kind == Kind::Chat {
+                Kind::Wasm
+            } else {
+                Kind::Baseline
+            };
+            record(
+                &mut results,
+                column,
+                "chat plugin, 1 sender → 99 receivers: messages delivered/s",
+                &line,
+                "messages_per_sec",
+            )?;
+        }
     }
 
     let mut noisy_rows = Vec::new();
@@ -577,11 +593,15 @@ impl Server {
                 (shoal, args)
             }
             Kind::Raw => (bin_dir.join("raw-echo"), vec!["127.0.0.1:0".to_string()]),
-            Kind::Baseline => {
+            Kind::Baseline | Kind::BaselineChat => {
                 let baseline = bench.baseline.clone().context("no --baseline")?;
                 let args = ["serve", "--listen", "127.0.0.1:0"].map(String::from);
                 let mut args = args.to_vec();
-                args.push(plugin("echo.wasm"));
+                args.push(plugin(if kind == Kind::Baseline {
+                    "echo.wasm"
+                } else {
+                    "chat.wasm"
+                }));
                 (baseline, args)
             }
         };

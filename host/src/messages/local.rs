@@ -2,7 +2,7 @@
 //! bounded mailbox per connection ([`Mailboxes`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -37,6 +37,7 @@ pub struct Mailboxes {
 
 struct Registry {
     limits: MailboxLimits,
+    water: Water,
     entries: Mutex<HashMap<u64, Entry>>,
     /// Set at shutdown: every mailbox is closed and new ones are born closed.
     closed: AtomicBool,
@@ -62,15 +63,41 @@ struct Inbox {
     receiver: AtomicWaker,
     /// Cancelled when the mailbox overflows, to interrupt a receiver blocked on its client.
     overflow: CancellationToken,
+    /// How many congested mailboxes this connection, as a sender, waits on before it reads its
+    /// client again: its flow control.
+    held_back: AtomicUsize,
+    /// This connection's task, waiting to read its client again.
+    unheld: AtomicWaker,
 }
 
-#[derive(Default)]
+/// The marks of a congested mailbox, from the listener's mailbox limits: past half a mailbox
+/// (bytes or messages) it is congested, and the connections that send to it stop reading
+/// their clients; back under a quarter, they go on.
+#[derive(Debug, Clone, Copy)]
+struct Water {
+    high: (usize, usize),
+    low: (usize, usize),
+}
+
+impl Water {
+    fn of(limits: MailboxLimits) -> Self {
+        let high = ((limits.bytes / 2).max(1), (limits.messages / 2).max(1));
+        Self {
+            high,
+            low: (high.0 / 2, high.1 / 2),
+        }
+    }
+}
+
 struct Queue {
     messages: VecDeque<Message>,
     bytes: usize,
     /// Set once the mailbox takes nothing more (it overflowed, or the server is shutting
     /// down): the receiver handles what is queued, then sees the end of its mailbox.
     closed: bool,
+    water: Water,
+    /// The senders held back while this mailbox is congested.
+    holding_back: Vec<Arc<Inbox>>,
 }
 
 /// Queues grown past this many slots by a burst give their memory back once drained.
@@ -89,13 +116,60 @@ impl Inbox {
 }
 
 impl Queue {
+    fn new(closed: bool, water: Water) -> Self {
+        Self {
+            messages: VecDeque::new(),
+            bytes: 0,
+            closed,
+            water,
+            holding_back: Vec::new(),
+        }
+    }
+
     fn pop(&mut self) -> Option<Message> {
         let message = self.messages.pop_front()?;
         self.bytes -= message.payload.len();
         if self.messages.is_empty() && self.messages.capacity() > KEPT_QUEUE_SLOTS {
             self.messages = VecDeque::new();
         }
+        if !self.holding_back.is_empty()
+            && self.bytes <= self.water.low.0
+            && self.messages.len() <= self.water.low.1
+        {
+            self.release_senders();
+        }
         Some(message)
+    }
+
+    /// Past the high-water mark, `sender` (once per congestion) waits for this mailbox to
+    /// drain before it reads its client again.
+    fn hold_back(&mut self, sender: &Arc<Inbox>) {
+        let congested = self.bytes > self.water.high.0 || self.messages.len() > self.water.high.1;
+        if congested
+            && !self
+                .holding_back
+                .iter()
+                .any(|held| Arc::ptr_eq(held, sender))
+        {
+            sender.held_back.fetch_add(1, Ordering::AcqRel);
+            self.holding_back.push(Arc::clone(sender));
+        }
+    }
+
+    /// The senders held back by this mailbox go on.
+    fn release_senders(&mut self) {
+        for sender in self.holding_back.drain(..) {
+            if sender.held_back.fetch_sub(1, Ordering::AcqRel) == 1 {
+                sender.unheld.wake();
+            }
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // The receiver is gone: it holds nobody back any more.
+        self.release_senders();
     }
 }
 
@@ -110,6 +184,7 @@ impl Mailboxes {
         Self {
             inner: Arc::new(Registry {
                 limits,
+                water: Water::of(limits),
                 entries: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 delivered: AtomicU64::new(0),
@@ -124,12 +199,11 @@ impl Mailboxes {
         // Checked under the lock `close_all` takes, so no mailbox is left open at shutdown.
         let closed = self.inner.closed.load(Ordering::Acquire);
         let inbox = Arc::new(Inbox {
-            queue: Mutex::new(Queue {
-                closed,
-                ..Queue::default()
-            }),
+            queue: Mutex::new(Queue::new(closed, self.inner.water)),
             receiver: AtomicWaker::new(),
             overflow: CancellationToken::new(),
+            held_back: AtomicUsize::new(0),
+            unheld: AtomicWaker::new(),
         });
         let entry = Entry {
             inbox: Arc::clone(&inbox),
@@ -140,6 +214,7 @@ impl Mailboxes {
             id,
             inbox,
             registry: self.clone(),
+            paused: false,
         }
     }
 
@@ -164,7 +239,8 @@ impl Mailboxes {
         }
         let entries = self.entries();
         let entry = entries.get(&to).ok_or(MessageError::NoSuchConnection)?;
-        self.deliver(entry, from, payload)
+        let sender = entries.get(&from).map(|sender| &sender.inbox);
+        self.deliver(entry, from, sender, payload)
     }
 
     /// Queue `payload` for every connection of the listener except `from`; returns how many
@@ -174,10 +250,11 @@ impl Mailboxes {
             return 0;
         }
         let entries = self.entries();
+        let sender = entries.get(&from).map(|sender| &sender.inbox);
         entries
             .iter()
             .filter(|(id, _)| **id != from)
-            .filter(|(_, entry)| self.deliver(entry, from, payload.clone()).is_ok())
+            .filter(|(_, entry)| self.deliver(entry, from, sender, payload.clone()).is_ok())
             .count()
     }
 
@@ -259,7 +336,15 @@ impl Mailboxes {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
-    fn deliver(&self, entry: &Entry, from: u64, payload: Bytes) -> Result<(), MessageError> {
+    /// Queue `payload` in `entry`'s mailbox; `sender`, the sending connection's inbox (none
+    /// for the host program), is held back if the mailbox is congested.
+    fn deliver(
+        &self,
+        entry: &Entry,
+        from: u64,
+        sender: Option<&Arc<Inbox>>,
+        payload: Bytes,
+    ) -> Result<(), MessageError> {
         let inbox = &entry.inbox;
         let mut queue = inbox.queue();
         let limits = &self.inner.limits;
@@ -272,6 +357,9 @@ impl Mailboxes {
             // only the message that fills an empty queue needs to wake it.
             let wake = queue.messages.is_empty();
             queue.messages.push_back(Message { from, payload });
+            if let Some(sender) = sender {
+                queue.hold_back(sender);
+            }
             drop(queue);
             if wake {
                 inbox.receiver.wake();
@@ -317,6 +405,8 @@ pub(crate) struct Mailbox {
     id: u64,
     inbox: Arc<Inbox>,
     registry: Mailboxes,
+    /// Past the high-water mark of what it sent, until back under the low one.
+    paused: bool,
 }
 
 impl Mailbox {
@@ -343,6 +433,34 @@ impl Mailbox {
     /// The next message if one is waiting.
     pub(crate) fn try_recv(&mut self) -> Option<Message> {
         self.inbox.queue().pop()
+    }
+
+    /// Whether the connection may read its client: not while a mailbox it sent to is
+    /// congested (past half full), until that mailbox is back under a quarter. A flood then
+    /// slows its sender instead of filling its receivers' mailboxes.
+    pub(crate) fn may_read(&mut self) -> bool {
+        self.paused = self.inbox.held_back.load(Ordering::Acquire) > 0;
+        !self.paused
+    }
+
+    /// Whether the connection is holding back from reading its client (see
+    /// [`Mailbox::may_read`]).
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Wait until no congested mailbox holds the connection back (a future that does not
+    /// borrow the mailbox, so that it can race [`Mailbox::recv`]).
+    pub(crate) fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let inbox = Arc::clone(&self.inbox);
+        std::future::poll_fn(move |cx| {
+            inbox.unheld.register(cx.waker());
+            if inbox.held_back.load(Ordering::Acquire) == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     /// Cancelled once the mailbox overflowed: a receiver blocked writing to a client that does

@@ -269,6 +269,8 @@ enum Input {
     Data(Vec<u8>),
     Message(Message),
     MailboxClosed,
+    /// What it sent has drained from the others' mailboxes: it may read its client again.
+    Drained,
 }
 
 /// Read, `handle`, write, until the guest, the client or the server ends the connection.
@@ -311,6 +313,10 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
         let input = tokio::select! {
             biased;
             () = &mut idle => {
+                if mailbox.is_paused() {
+                    // Not reading its client is the server's doing, not the client's silence.
+                    last_input = Instant::now();
+                }
                 let deadline = last_input + config.idle_timeout();
                 if Instant::now() >= deadline {
                     return Ending::Idle;
@@ -329,6 +335,10 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
             Ok(Input::Data(buffer)) => {
                 last_input = Instant::now();
                 Event::Data(buffer)
+            }
+            Ok(Input::Drained) => {
+                last_input = Instant::now();
+                continue;
             }
             Ok(Input::Message(message)) => {
                 next = match handle_messages(guest, mailbox, message).await {
@@ -388,12 +398,21 @@ async fn handle_messages(
 }
 
 /// The next chunk from the stream or message from the mailbox, whichever comes first (in
-/// random order when both are ready, so neither can starve the other).
+/// random order when both are ready, so neither can starve the other). While what the
+/// connection sent waits in others' mailboxes past the high-water mark, the stream is not
+/// read (its client is slowed by TCP) until the messages drain.
 async fn next_input<T: Transport>(
     stream: &mut T,
     mailbox: &mut Mailbox,
     read_size: usize,
 ) -> io::Result<Input> {
+    if !mailbox.may_read() {
+        let drained = mailbox.drained();
+        return Ok(tokio::select! {
+            message = mailbox.recv() => message.map_or(Input::MailboxClosed, Input::Message),
+            () = drained => Input::Drained,
+        });
+    }
     tokio::select! {
         read = read_lent(stream, read_size) => read.map(Input::Data),
         message = mailbox.recv() => Ok(message.map_or(Input::MailboxClosed, Input::Message)),
