@@ -373,17 +373,43 @@ async fn a_server_with_the_largest_acceptor_pool_stops_on_sigterm() -> anyhow::R
 }
 
 #[tokio::test]
-async fn check_refuses_a_fifo_without_waiting_for_a_writer() -> anyhow::Result<()> {
-    let fifo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cli-fifo-{}.wasm", std::process::id()));
+async fn check_and_serve_refuse_a_fifo_and_a_huge_file_at_once() -> anyhow::Result<()> {
+    let scratch = |name: &str| {
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cli-{}-{name}", std::process::id()))
+    };
+    let fifo = scratch("fifo.wasm");
     let _ = std::fs::remove_file(&fifo);
     let made = Command::new("mkfifo").arg(&fifo).status().await?;
     anyhow::ensure!(made.success(), "mkfifo");
-    let output = shoal(&["check", fifo.to_str().context("utf-8 path")?]).await;
+    // A component header, then a sparse gibibyte.
+    let huge = scratch("huge.wasm");
+    std::fs::write(&huge, b"\0asm\x0d\0\x01\0")?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&huge)?
+        .set_len(1 << 30)?;
+    let cases = [
+        (&fifo, "is not a regular file"),
+        (&huge, "larger than the 64MiB a plugin may be"),
+    ];
+    let mut outputs = Vec::new();
+    for (path, _) in &cases {
+        let path = path.to_str().context("utf-8 path")?;
+        // Opening a FIFO waits for a writer; reading a gibibyte takes a while: neither may
+        // happen, so both commands answer well within the 60 s `shoal` allows.
+        outputs.push(shoal(&["check", path]).await);
+        outputs.push(shoal(&["serve", "--listen", "127.0.0.1:0", path]).await);
+    }
     std::fs::remove_file(&fifo)?;
-    let output = output?;
-    assert!(!output.status.success(), "must fail: {output:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("is not a regular file"), "{stderr}");
+    std::fs::remove_file(&huge)?;
+    for (index, output) in outputs.into_iter().enumerate() {
+        let output = output?;
+        let (path, expected) = &cases[index / 2];
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    }
     Ok(())
 }

@@ -4,6 +4,8 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod mutate;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -305,4 +307,20 @@ impl ShoalProcess {
         tokio::time::sleep(Duration::from_millis(100)).await;
         Ok(self.log.lock().map(|log| log.clone()).unwrap_or_default())
     }
+}
+
+/// Property-test settings: `cases` cases from a fixed seed, so every run tries the same
+/// inputs and a failure reproduces (`PROPTEST_CASES` and `PROPTEST_RNG_SEED` override both);
+/// no failure files are written into the source tree.
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let mut config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = cases;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(0x5ea1_0012);
+    }
+    config.failure_persistence = None;
+    config
 }

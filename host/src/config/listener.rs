@@ -14,6 +14,9 @@ pub mod bounds {
     use std::ops::RangeInclusive;
     use std::time::Duration;
 
+    /// Bytes of a listener's name (it is written into each of its log lines and handed to
+    /// every guest).
+    pub const NAME_BYTES: RangeInclusive<usize> = 1..=256;
     /// Acceptor tasks of one listener: more than the cores could ever use.
     pub const POOL_SIZE: RangeInclusive<usize> = 1..=1024;
     /// Connections of one listener (far past what one process can hold: ~19k sockets here).
@@ -395,6 +398,15 @@ impl ServerConfigBuilder {
         let c = &self.config;
         if c.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if c.name.len() > *bounds::NAME_BYTES.end() {
+            let reason = format!("must be at most {} bytes", bounds::NAME_BYTES.end());
+            return Err(ConfigError::new("name", reason));
+        }
+        if let Some(control) = c.name.chars().find(|c| c.is_control()) {
+            // A newline in a name would forge lines in the log.
+            let reason = format!("must not contain a control character (it has {control:?})");
+            return Err(ConfigError::new("name", reason));
         }
         check("pool_size", c.pool_size, &bounds::POOL_SIZE, count)?;
         check(

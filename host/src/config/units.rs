@@ -114,6 +114,15 @@ pub(crate) fn size(value: &usize) -> String {
     }
 }
 
+/// A size in a sentence: `16MiB`, or `13705 bytes` where no unit writes it exactly.
+pub(crate) fn size_in_words(value: &usize) -> String {
+    match size(value) {
+        text if text.ends_with('B') => text,
+        _ if *value == 1 => "1 byte".to_string(),
+        text => format!("{text} bytes"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +137,9 @@ mod tests {
         assert_eq!(ByteSize::parse("64KiB"), Ok(ByteSize(64 << 10)));
         assert_eq!(ByteSize::parse("100"), Ok(ByteSize(100)));
         assert!(ByteSize::parse("1TB").is_err());
+        assert_eq!(size_in_words(&13705), "13705 bytes");
+        assert_eq!(size_in_words(&1), "1 byte");
+        assert_eq!(size_in_words(&(64 << 20)), "64MiB");
     }
 
     #[test]

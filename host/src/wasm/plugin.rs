@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 
-use crate::config::units::size;
+use crate::config::units::size_in_words;
 use crate::error::PluginError;
 use crate::wasm::bindings::PluginPre;
 use crate::wasm::cache::Lookup;
@@ -115,8 +115,8 @@ impl Plugin {
         if bytes.len() > max {
             return Err(PluginError::TooLarge {
                 path: name.into(),
-                size: size(&bytes.len()),
-                max: size(&max),
+                size: size_in_words(&bytes.len()),
+                max: size_in_words(&max),
             });
         }
         load(runtime, Arc::from(name), name, bytes, Instant::now())
@@ -179,8 +179,9 @@ fn read_plugin_file(path: &Path, max: usize) -> Result<Vec<u8>, PluginError> {
     }
     let too_large = |len: u64| PluginError::TooLarge {
         path: path.to_path_buf(),
-        size: usize::try_from(len).map_or_else(|_| format!("{len} bytes"), |len| size(&len)),
-        max: size(&max),
+        size: usize::try_from(len)
+            .map_or_else(|_| format!("{len} bytes"), |len| size_in_words(&len)),
+        max: size_in_words(&max),
     };
     if usize::try_from(meta.len()).map_or(true, |len| len > max) {
         return Err(too_large(meta.len()));
@@ -303,7 +304,7 @@ fn compile(
     }
     let component = Component::new(engine, bytes).map_err(|e| PluginError::Compile {
         name: shown.to_string(),
-        message: format!("{e:#}"),
+        message: one_line(&format!("{e:#}")),
     })?;
     if let Some(cache) = cache
         && let Err(error) = cache.store(hash, &component)
@@ -355,9 +356,25 @@ fn link(
     })
 }
 
+/// `message` on one line: wasmtime writes some (a bad magic number's bytes) over many, and
+/// one error must stay one line of the log.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compile_error_is_one_line() {
+        let message =
+            "bad magic number - expected=[\n    0x0,\n    0x61,\n] actual=[\n    0x41,\n]";
+        assert_eq!(
+            one_line(message),
+            "bad magic number - expected=[ 0x0, 0x61, ] actual=[ 0x41, ]"
+        );
+    }
 
     #[test]
     fn text_is_not_wasm() {
