@@ -425,3 +425,56 @@ async fn a_two_mebibyte_line_reaches_twenty_readers_whole() -> anyhow::Result<()
 async fn a_ten_mebibyte_line_reaches_twenty_readers_whole() -> anyhow::Result<()> {
     flood_the_room(10 << 20, 20).await
 }
+
+/// One chat member sends `lines` short lines at once (a read of the host holds thousands, so
+/// one `handle` call broadcasts thousands of messages, past what a mailbox holds) into a
+/// room of `readers` members who read as fast as they can: every reader gets every line, in
+/// order, and stays connected; the sender is slowed, not dropped.
+async fn flood_with_short_lines(lines: usize, readers: usize) -> anyhow::Result<()> {
+    let _alone = HEAVY.lock().await;
+    let server = TestServer::start_with(plugin("chat"), config("short-lines")?).await?;
+    let (mut sender, sender_id) = join(&server).await?;
+    let mut members = Vec::new();
+    for _ in 0..readers {
+        members.push(join(&server).await?.0);
+    }
+    for (n, member) in members.iter_mut().enumerate() {
+        for _ in n + 1..readers {
+            read_line(member).await?;
+        }
+    }
+    for _ in 0..readers {
+        read_line(&mut sender).await?;
+    }
+    let mut reading = Vec::new();
+    for mut member in members {
+        reading.push(tokio::spawn(async move {
+            for n in 0..lines {
+                let line = read_line(&mut member).await?;
+                ensure!(
+                    line == format!("{sender_id}: {n}"),
+                    "line {n}: got {line:?}"
+                );
+            }
+            anyhow::Ok(member)
+        }));
+    }
+    let text: String = (0..lines).map(|n| format!("{n}\n")).collect();
+    sender.get_mut().write_all(text.as_bytes()).await?;
+    let mut members = Vec::new();
+    for reader in reading {
+        members.push(tokio::time::timeout(Duration::from_secs(120), reader).await???);
+    }
+    say(&mut sender, "still here").await?;
+    for member in &mut members {
+        assert_eq!(read_line(member).await?, format!("{sender_id}: still here"));
+    }
+    assert_eq!(server.stats.limit_hits(shoal_host::Limit::Mailbox), 0);
+    drop((sender, members));
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_short_lines_reach_twenty_readers_in_order() -> anyhow::Result<()> {
+    flood_with_short_lines(50_000, 20).await
+}

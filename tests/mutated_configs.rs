@@ -600,7 +600,7 @@ proptest! {
             return Ok(());
         }
         // Otherwise the first listener with a value that cannot work is named.
-        for listener in &listeners {
+        for (index, listener) in listeners.iter().enumerate() {
             let outside: Vec<&str> = listener
                 .values
                 .iter()
@@ -617,7 +617,12 @@ proptest! {
             else {
                 panic!("{fields:?} of {:?} must be refused:\n{text}\n{parsed:?}", listener.name);
             };
-            prop_assert_eq!(named, listener.name.text());
+            // An unnamed listener is named by its place in the file.
+            let label = match listener.name {
+                Name::Empty => format!("#{}", index + 1),
+                _ => listener.name.text().to_string(),
+            };
+            prop_assert_eq!(named, &label);
             prop_assert!(fields.contains(&field.as_str()), "{} not in {:?}", field, fields);
             prop_assert!(!reason.is_empty());
             return Ok(());

@@ -51,6 +51,10 @@ struct Args {
     /// baseline" ratio of its own.
     #[arg(long, value_name = "SHOAL")]
     baseline: Option<PathBuf>,
+    /// The plugins the `--baseline` build serves, built from its own commit (a plugin of
+    /// today may import what an older host does not have). Default: `--plugins`.
+    #[arg(long, value_name = "DIR")]
+    baseline_plugins: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -229,39 +233,49 @@ fn main() -> anyhow::Result<()> {
         chat_kinds.push(Kind::BaselineChat);
     }
     for round in 1..=broadcast_rounds {
+        // Every other round in the opposite order, as the load rounds.
+        chat_kinds.reverse();
         for &kind in &chat_kinds {
             eprintln!(
                 "round {round}/{}: broadcast through {}",
                 args.rounds,
                 kind.label()
             );
-            let server = Server::start(kind, &bin_dir, &args, pinned)?;
-            let seconds = args.seconds.to_string();
-            let line = loadgen(
-                &bin_dir,
-                pinned,
-                &[
-                    "broadcast",
-                    "--addr",
-                    &server.addr,
-                    "--conns",
-                    "100",
-                    "--seconds",
-                    &seconds,
-                ],
-            )?;
             let column = if kind == Kind::Chat {
                 Kind::Wasm
             } else {
                 Kind::Baseline
             };
-            record(
-                &mut results,
-                column,
-                "chat plugin, 1 sender → 99 receivers: messages delivered/s",
-                &line,
-                "messages_per_sec",
-            )?;
+            // Paced (the sender at most 256 lines ahead of the slowest receiver), then a
+            // flood (never waiting): the flood is what flow control is for.
+            for (window, delivered, flood) in [
+                ("256", BROADCAST_PACED, false),
+                ("0", BROADCAST_FLOOD, true),
+            ] {
+                let server = Server::start(kind, &bin_dir, &args, pinned)?;
+                let seconds = args.seconds.to_string();
+                let line = loadgen(
+                    &bin_dir,
+                    pinned,
+                    &[
+                        "broadcast",
+                        "--addr",
+                        &server.addr,
+                        "--conns",
+                        "100",
+                        "--seconds",
+                        &seconds,
+                        "--window",
+                        window,
+                    ],
+                )?;
+                record(&mut results, column, delivered, &line, "messages_per_sec")?;
+                if flood {
+                    record(&mut results, column, FLOOD_DROPPED, &line, "dropped")?;
+                    let sender = "sender_dropped";
+                    record(&mut results, column, FLOOD_SENDER_DROPPED, &line, sender)?;
+                }
+            }
         }
     }
 
@@ -564,6 +578,12 @@ async fn lifecycles<F: HandlerFactory>(
     Ok(samples)
 }
 
+const BROADCAST_PACED: &str = "chat plugin, 1 sender → 99 receivers (paced): messages delivered/s";
+const BROADCAST_FLOOD: &str = "chat plugin, 1 sender → 99 receivers (flood): messages delivered/s";
+const FLOOD_DROPPED: &str = "chat plugin, 1 sender → 99 receivers (flood): receivers dropped";
+const FLOOD_SENDER_DROPPED: &str =
+    "chat plugin, 1 sender → 99 receivers (flood): sender dropped (of 1)";
+
 /// A server process, stopped when dropped.
 struct Server {
     child: Child,
@@ -597,11 +617,13 @@ impl Server {
                 let baseline = bench.baseline.clone().context("no --baseline")?;
                 let args = ["serve", "--listen", "127.0.0.1:0"].map(String::from);
                 let mut args = args.to_vec();
-                args.push(plugin(if kind == Kind::Baseline {
+                let plugins = bench.baseline_plugins.as_ref().unwrap_or(&bench.plugins);
+                let name = if kind == Kind::Baseline {
                     "echo.wasm"
                 } else {
                     "chat.wasm"
-                }));
+                };
+                args.push(plugins.join(name).display().to_string());
                 (baseline, args)
             }
         };

@@ -61,6 +61,7 @@ enum Scenario {
         conns: usize,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Lines the sender may be ahead of the slowest receiver; 0 floods (never waits).
         #[arg(long, default_value_t = 256)]
         window: u64,
     },
@@ -285,30 +286,54 @@ async fn broadcast(
     let deadline = start + duration;
     let mut at_start = None;
     let mut sent = 0u64;
+    let mut sender_dropped = 0;
     while Instant::now() < deadline {
         if at_start.is_none() && Instant::now() >= start {
             at_start = Some(total(&received));
         }
-        if sent - slowest(&received) >= window {
+        if window > 0 && sent - slowest(&received) >= window {
             progress.notified().await;
             continue;
         }
         sent += 1;
-        sender
-            .get_mut()
-            .write_all(format!("line {sent}\n").as_bytes())
-            .await?;
+        let line = format!("line {sent}\n");
+        // A flood fills the socket until the server reads again: wait no later than the end.
+        let write = sender.get_mut().write_all(line.as_bytes());
+        match tokio::time::timeout_at(deadline.into(), write).await {
+            Ok(Ok(())) => {}
+            // The server closed the sender (a limit it reached): reported, not fatal.
+            Ok(Err(_)) => {
+                sender_dropped = 1;
+                break;
+            }
+            Err(_) => break,
+        }
+        if window == 0 {
+            // One task thread: a flood that never blocks would starve the receivers.
+            tokio::task::yield_now().await;
+        }
     }
     let delivered = total(&received) - at_start.unwrap_or(0);
+    // A receiver whose stream ended was dropped by the server; one that saw a gap or a
+    // line out of order failed its check.
+    let (mut dropped, mut gaps) = (0, 0);
+    for reader in readers {
+        if reader.is_finished() {
+            match reader.await {
+                Ok(Ok(())) => dropped += 1,
+                _ => gaps += 1,
+            }
+        } else {
+            reader.abort();
+        }
+    }
     println!(
-        "messages_per_sec={:.0} sent={sent} receivers={}",
+        "messages_per_sec={:.0} sent={sent} receivers={} dropped={dropped} gaps={gaps} \
+         sender_dropped={sender_dropped}",
         delivered as f64 / duration.as_secs_f64(),
         conns - 1
     );
     drop(sender);
-    for reader in readers {
-        reader.abort();
-    }
     Ok(())
 }
 

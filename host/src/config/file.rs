@@ -166,7 +166,12 @@ impl NodeSpec {
         }
         let mut specs: Vec<ListenerSpec> = Vec::new();
         for entry in file.listeners {
-            let name = entry.name.clone();
+            // How errors name the listener: by its name, or by its place when it has none.
+            let name = if entry.name.is_empty() {
+                format!("#{}", specs.len() + 1)
+            } else {
+                entry.name.clone()
+            };
             if specs.iter().any(|spec| spec.config.name() == name) {
                 return Err(invalid(
                     &name,
@@ -403,6 +408,13 @@ mod tests {
         assert!(message.contains("invalid `address`"), "{message}");
         let message = error(&TWO.replace("\"chat\"", "\"echo\""));
         assert!(message.contains("invalid `name`"), "{message}");
+        let message = error(&TWO.replace("\"chat\"", "\"\""));
+        assert!(
+            message.contains("listener `#2`: invalid `name`: must not be empty"),
+            "an unnamed listener is named by its place: {message}"
+        );
+        let message = error(&TWO.replace("\"chat\"", "\"ch\\nat\""));
+        assert!(message.contains("control character"), "{message}");
         let message = error(&TWO.replace("127.0.0.1:7001", "localhost"));
         assert!(
             message.contains("is not an IP address and port"),

@@ -13,23 +13,28 @@ use tokio_util::sync::CancellationToken;
 use crate::messages::types::{
     MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
 };
+use crate::messages::waits::{MailboxWaits, WaitGraph};
 
 /// The registry of one listener's live connections and their mailboxes. Cloning it is cheap;
 /// every clone is the same registry.
 ///
 /// Every [`Server`](crate::Server) owns one [`Mailboxes`] registry, so messages never cross
 /// listeners. A connection registers when it is accepted and its mailbox is removed when it
-/// ends. Sending copies nothing but a reference-counted payload into the receiver's queue
-/// and never waits, so a slow or stuck receiver costs its senders nothing.
+/// ends. Sending copies nothing but a reference-counted payload into the receiver's queue.
+///
+/// Flow control: a connection that sends to a mailbox more than half full stops reading its
+/// client until that mailbox is back under a quarter; a guest's send to a *full* mailbox
+/// waits for room (its call timeout leaves the wait out), unless the wait would close a
+/// cycle of waits. Sends from the host program ([`Mailboxes::send`],
+/// [`Mailboxes::broadcast`]) never wait.
 ///
 /// Messages from one sender to one receiver keep their order (one FIFO queue per receiver,
 /// filled by one sender call at a time), and a connection never goes on with a gap: when a
-/// message does not fit in a mailbox (its [`MailboxLimits`]), the message is refused
-/// ([`MessageError::MailboxFull`]), the mailbox is closed to new messages, and its connection
-/// ends with `close(limit("mailbox full"))` once it has handled what the mailbox holds. A
-/// receiver either gets every message sent to it, in order, or is disconnected — the policy
-/// of a BEAM chat server that drops a client that cannot keep up, with a bound on memory
-/// instead of an unbounded process mailbox.
+/// message cannot be queued (its [`MailboxLimits`] reached and no wait possible), the message
+/// is refused ([`MessageError::MailboxFull`]), the mailbox is closed to new messages, and its
+/// connection ends with `close(limit("mailbox full"))` once it has handled what the mailbox
+/// holds. A receiver either gets every message sent to it, in order, or is disconnected, with
+/// a bound on memory instead of an unbounded process mailbox.
 #[derive(Clone)]
 pub struct Mailboxes {
     inner: Arc<Registry>,
@@ -43,6 +48,10 @@ struct Registry {
     closed: AtomicBool,
     delivered: AtomicU64,
     refused: AtomicU64,
+    /// Sends that waited for room in a full mailbox.
+    waited: AtomicU64,
+    /// Who waits for room in whose mailbox.
+    waits: WaitGraph,
 }
 
 struct Entry {
@@ -68,6 +77,9 @@ struct Inbox {
     held_back: AtomicUsize,
     /// This connection's task, waiting to read its client again.
     unheld: AtomicWaker,
+    /// Senders waiting for room in this mailbox, woken as it drains below its high-water
+    /// mark (a `Notify`: there may be many, and they are rare).
+    room: tokio::sync::Notify,
 }
 
 /// The marks of a congested mailbox, from the listener's mailbox limits: past half a mailbox
@@ -98,6 +110,24 @@ struct Queue {
     water: Water,
     /// The senders held back while this mailbox is congested.
     holding_back: Vec<Arc<Inbox>>,
+    /// Senders waiting in a call for room in this mailbox.
+    waiting_senders: usize,
+    /// The receiver has ended: nothing is delivered here any more.
+    gone: bool,
+}
+
+/// The mailboxes a broadcast goes to, by connection id.
+type Receivers = Vec<(u64, Arc<Inbox>)>;
+
+/// What became of a message offered to a mailbox.
+enum Offer {
+    Queued,
+    /// It does not fit now.
+    Full,
+    /// The mailbox takes nothing more (it overflowed, or the server is shutting down).
+    Closed,
+    /// The receiver has ended.
+    Gone,
 }
 
 /// Queues grown past this many slots by a burst give their memory back once drained.
@@ -112,6 +142,33 @@ impl Inbox {
     fn close(&self) {
         self.queue().closed = true;
         self.receiver.wake();
+        self.room.notify_waiters();
+    }
+
+    /// Wait until `len` more bytes fit (or the mailbox closes).
+    async fn room_for(&self, len: usize, limits: MailboxLimits) {
+        self.queue().waiting_senders += 1;
+        let _counted = WaitingSender(self);
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before looking, so that a drain after the look wakes this wait.
+            notified.as_mut().enable();
+            if self.queue().takes(len, limits) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One sender counted in [`Queue::waiting_senders`] while it waits (and if its call is
+/// dropped mid-wait).
+struct WaitingSender<'a>(&'a Inbox);
+
+impl Drop for WaitingSender<'_> {
+    fn drop(&mut self) {
+        self.0.queue().waiting_senders -= 1;
     }
 }
 
@@ -123,7 +180,23 @@ impl Queue {
             closed,
             water,
             holding_back: Vec::new(),
+            waiting_senders: 0,
+            gone: false,
         }
+    }
+
+    /// Whether a message of `len` bytes would be queued now (or the mailbox is closed, which
+    /// no wait can change).
+    fn takes(&self, len: usize, limits: MailboxLimits) -> bool {
+        self.closed || (self.messages.len() < limits.messages && self.bytes + len <= limits.bytes)
+    }
+
+    /// Whether senders wait for room that this mailbox, drained below its high-water mark,
+    /// now has.
+    fn has_room_for_waiters(&self) -> bool {
+        self.waiting_senders > 0
+            && self.bytes <= self.water.high.0
+            && self.messages.len() <= self.water.high.1
     }
 
     fn pop(&mut self) -> Option<Message> {
@@ -189,6 +262,8 @@ impl Mailboxes {
                 closed: AtomicBool::new(false),
                 delivered: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                waited: AtomicU64::new(0),
+                waits: WaitGraph::default(),
             }),
         }
     }
@@ -204,6 +279,7 @@ impl Mailboxes {
             overflow: CancellationToken::new(),
             held_back: AtomicUsize::new(0),
             unheld: AtomicWaker::new(),
+            room: tokio::sync::Notify::new(),
         });
         let entry = Entry {
             inbox: Arc::clone(&inbox),
@@ -228,7 +304,8 @@ impl Mailboxes {
         }
     }
 
-    /// Queue `payload` for connection `to`, as sent by `from`.
+    /// Queue `payload` for connection `to`, as sent by `from` (the host program, say). Never
+    /// waits: a full mailbox refuses the message and closes (see the type's docs).
     ///
     /// # Errors
     ///
@@ -237,25 +314,93 @@ impl Mailboxes {
         if payload.len() > self.inner.limits.bytes {
             return Err(MessageError::TooLarge);
         }
-        let entries = self.entries();
-        let entry = entries.get(&to).ok_or(MessageError::NoSuchConnection)?;
-        let sender = entries.get(&from).map(|sender| &sender.inbox);
-        self.deliver(entry, from, sender, payload)
+        let (inbox, sender) = self.route(from, to)?;
+        match self.offer(&inbox, from, sender.as_ref(), &payload) {
+            Offer::Queued => Ok(()),
+            Offer::Gone => Err(MessageError::NoSuchConnection),
+            Offer::Full | Offer::Closed => Err(self.overflow(&inbox)),
+        }
     }
 
     /// Queue `payload` for every connection of the listener except `from`; returns how many
-    /// mailboxes took it.
+    /// mailboxes took it. Never waits, as [`Mailboxes::send`].
     pub fn broadcast(&self, from: u64, payload: &Bytes) -> usize {
         if payload.len() > self.inner.limits.bytes {
             return 0;
         }
+        let (receivers, sender) = self.receivers(from);
+        receivers
+            .iter()
+            .filter(
+                |(_, inbox)| match self.offer(inbox, from, sender.as_ref(), payload) {
+                    Offer::Queued => true,
+                    Offer::Gone => false,
+                    Offer::Full | Offer::Closed => {
+                        self.overflow(inbox);
+                        false
+                    }
+                },
+            )
+            .count()
+    }
+
+    /// [`Mailboxes::send`] from a connection's guest: where the receiver's mailbox is full,
+    /// the call waits for room (its call timeout does not count the wait, `waits` records
+    /// it) instead of refusing — unless waiting would close a cycle of waits, and then the
+    /// receiver overflows as with `send`.
+    pub(crate) async fn send_waiting(
+        &self,
+        from: u64,
+        to: u64,
+        payload: Bytes,
+        waits: &MailboxWaits,
+    ) -> Result<(), MessageError> {
+        if payload.len() > self.inner.limits.bytes {
+            return Err(MessageError::TooLarge);
+        }
+        let (inbox, sender) = self.route(from, to)?;
+        self.deliver_waiting(&inbox, from, to, sender.as_ref(), &payload, waits)
+            .await
+    }
+
+    /// [`Mailboxes::broadcast`] from a connection's guest, waiting for room as
+    /// [`Mailboxes::send_waiting`] does, one receiver after the other.
+    pub(crate) async fn broadcast_waiting(
+        &self,
+        from: u64,
+        payload: Bytes,
+        waits: &MailboxWaits,
+    ) -> usize {
+        if payload.len() > self.inner.limits.bytes {
+            return 0;
+        }
+        let (receivers, sender) = self.receivers(from);
+        let mut delivered = 0;
+        for (to, inbox) in &receivers {
+            let sent = self.deliver_waiting(inbox, from, *to, sender.as_ref(), &payload, waits);
+            delivered += usize::from(sent.await.is_ok());
+        }
+        delivered
+    }
+
+    /// The mailbox of `to`, and the sender's own inbox (none for the host program).
+    fn route(&self, from: u64, to: u64) -> Result<(Arc<Inbox>, Option<Arc<Inbox>>), MessageError> {
         let entries = self.entries();
-        let sender = entries.get(&from).map(|sender| &sender.inbox);
-        entries
+        let inbox = entries.get(&to).ok_or(MessageError::NoSuchConnection)?;
+        let sender = entries.get(&from).map(|sender| Arc::clone(&sender.inbox));
+        Ok((Arc::clone(&inbox.inbox), sender))
+    }
+
+    /// Every mailbox but `from`'s, and `from`'s own inbox.
+    fn receivers(&self, from: u64) -> (Receivers, Option<Arc<Inbox>>) {
+        let entries = self.entries();
+        let sender = entries.get(&from).map(|sender| Arc::clone(&sender.inbox));
+        let receivers = entries
             .iter()
             .filter(|(id, _)| **id != from)
-            .filter(|(_, entry)| self.deliver(entry, from, sender, payload.clone()).is_ok())
-            .count()
+            .map(|(id, entry)| (*id, Arc::clone(&entry.inbox)))
+            .collect();
+        (receivers, sender)
     }
 
     /// The open connections of the listener, in id order.
@@ -336,49 +481,93 @@ impl Mailboxes {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
-    /// Queue `payload` in `entry`'s mailbox; `sender`, the sending connection's inbox (none
-    /// for the host program), is held back if the mailbox is congested.
-    fn deliver(
+    /// Times a guest's send found a mailbox full and waited for room (flow control).
+    #[must_use]
+    pub fn waited(&self) -> u64 {
+        self.inner.waited.load(Ordering::Relaxed)
+    }
+
+    /// Offer `payload` to `inbox` until it is queued: while the mailbox is full, wait for
+    /// room where the wait graph allows it; otherwise overflow the mailbox.
+    async fn deliver_waiting(
         &self,
-        entry: &Entry,
+        inbox: &Arc<Inbox>,
+        from: u64,
+        to: u64,
+        sender: Option<&Arc<Inbox>>,
+        payload: &Bytes,
+        waits: &MailboxWaits,
+    ) -> Result<(), MessageError> {
+        loop {
+            match self.offer(inbox, from, sender, payload) {
+                Offer::Queued => return Ok(()),
+                Offer::Gone => return Err(MessageError::NoSuchConnection),
+                Offer::Closed => return Err(self.overflow(inbox)),
+                Offer::Full => {}
+            }
+            let edge = sender.and_then(|_| self.inner.waits.begin(from, to));
+            let Some(_edge) = edge else {
+                return Err(self.overflow(inbox));
+            };
+            self.inner.waited.fetch_add(1, Ordering::Relaxed);
+            let _waiting = waits.begin();
+            inbox.room_for(payload.len(), self.inner.limits).await;
+        }
+    }
+
+    /// Queue `payload` in `inbox` if it fits; `sender`, the sending connection's inbox (none
+    /// for the host program), is held back if the mailbox is congested.
+    fn offer(
+        &self,
+        inbox: &Inbox,
         from: u64,
         sender: Option<&Arc<Inbox>>,
-        payload: Bytes,
-    ) -> Result<(), MessageError> {
-        let inbox = &entry.inbox;
+        payload: &Bytes,
+    ) -> Offer {
         let mut queue = inbox.queue();
-        let limits = &self.inner.limits;
-        let fits = !queue.closed
-            && queue.messages.len() < limits.messages
-            && queue.bytes + payload.len() <= limits.bytes;
-        if fits {
-            queue.bytes += payload.len();
-            // The receiver waits only after finding its queue empty (under this lock), so
-            // only the message that fills an empty queue needs to wake it.
-            let wake = queue.messages.is_empty();
-            queue.messages.push_back(Message { from, payload });
-            if let Some(sender) = sender {
-                queue.hold_back(sender);
-            }
-            drop(queue);
-            if wake {
-                inbox.receiver.wake();
-            }
-            self.inner.delivered.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        if queue.gone {
+            return Offer::Gone;
         }
-        // Over the byte limit, over the message limit, or closed: to the sender all three
-        // are a mailbox that takes nothing more. The receiver has now missed a message, so
-        // its mailbox closes and its connection ends rather than go on with a gap — unless
-        // the server is shutting down, which ends every connection anyway.
-        if !self.inner.closed.load(Ordering::Acquire) {
-            queue.closed = true;
-            drop(queue);
+        if queue.closed {
+            return Offer::Closed;
+        }
+        let limits = &self.inner.limits;
+        if queue.messages.len() >= limits.messages || queue.bytes + payload.len() > limits.bytes {
+            return Offer::Full;
+        }
+        queue.bytes += payload.len();
+        // The receiver waits only after finding its queue empty (under this lock), so only
+        // the message that fills an empty queue needs to wake it.
+        let wake = queue.messages.is_empty();
+        queue.messages.push_back(Message {
+            from,
+            payload: payload.clone(),
+        });
+        if let Some(sender) = sender {
+            queue.hold_back(sender);
+        }
+        drop(queue);
+        if wake {
             inbox.receiver.wake();
+        }
+        self.inner.delivered.fetch_add(1, Ordering::Relaxed);
+        Offer::Queued
+    }
+
+    /// A message did not fit in `inbox` (over the byte limit, over the message limit, or
+    /// closed: to the sender all three are a mailbox that takes nothing more). The receiver
+    /// has now missed a message, so its mailbox closes and its connection ends rather than
+    /// go on with a gap — unless the server is shutting down, which ends every connection
+    /// anyway.
+    fn overflow(&self, inbox: &Inbox) -> MessageError {
+        if !self.inner.closed.load(Ordering::Acquire) {
+            inbox.queue().closed = true;
+            inbox.receiver.wake();
+            inbox.room.notify_waiters();
             inbox.overflow.cancel();
             self.inner.refused.fetch_add(1, Ordering::Relaxed);
         }
-        Err(MessageError::MailboxFull)
+        MessageError::MailboxFull
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
@@ -424,7 +613,14 @@ impl Mailbox {
         // One lock for both checks: messages queued before the close come first.
         let mut queue = self.inbox.queue();
         match queue.pop() {
-            Some(message) => Poll::Ready(Some(message)),
+            Some(message) => {
+                let room = queue.has_room_for_waiters();
+                drop(queue);
+                if room {
+                    self.inbox.room.notify_waiters();
+                }
+                Poll::Ready(Some(message))
+            }
             None if queue.closed => Poll::Ready(None),
             None => Poll::Pending,
         }
@@ -432,7 +628,14 @@ impl Mailbox {
 
     /// The next message if one is waiting.
     pub(crate) fn try_recv(&mut self) -> Option<Message> {
-        self.inbox.queue().pop()
+        let mut queue = self.inbox.queue();
+        let message = queue.pop();
+        let room = queue.has_room_for_waiters();
+        drop(queue);
+        if room {
+            self.inbox.room.notify_waiters();
+        }
+        message
     }
 
     /// Whether the connection may read its client: not while a mailbox it sent to is
@@ -473,6 +676,12 @@ impl Mailbox {
     /// Queued messages are dropped with the mailbox.
     pub(crate) fn unregister(&self) {
         self.registry.entries().remove(&self.id);
+        let mut queue = self.inbox.queue();
+        queue.gone = true;
+        queue.closed = true;
+        drop(queue);
+        // Senders waiting for room here go on: the receiver has ended.
+        self.inbox.room.notify_waiters();
     }
 }
 
@@ -499,6 +708,18 @@ mod tests {
 
     use super::*;
 
+    /// Poll `future` once.
+    async fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        let mut future = Some(future);
+        std::future::poll_fn(|cx| {
+            let polled = future
+                .as_mut()
+                .map_or(Poll::Pending, |f| f.as_mut().poll(cx));
+            Poll::Ready(polled)
+        })
+        .await
+    }
+
     fn registry(messages: usize, bytes: usize) -> Mailboxes {
         Mailboxes::new(MailboxLimits { messages, bytes })
     }
@@ -514,6 +735,83 @@ mod tests {
             let message = inbox.recv().await.expect("a message");
             assert_eq!((message.from, message.payload.as_ref()), (1, &[n][..]));
         }
+    }
+
+    #[tokio::test]
+    async fn a_guest_send_to_a_full_mailbox_waits_for_room_and_keeps_the_order() {
+        let mailboxes = registry(2, 1 << 10);
+        let _sender = mailboxes.register(1);
+        let mut inbox = mailboxes.register(2);
+        let waits = MailboxWaits::default();
+        for payload in ["a", "b"] {
+            assert_eq!(mailboxes.send(1, 2, Bytes::from(payload)), Ok(()));
+        }
+        let third = mailboxes.send_waiting(1, 2, Bytes::from("c"), &waits);
+        let mut third = std::pin::pin!(third);
+        assert!(
+            poll_once(third.as_mut()).await.is_pending(),
+            "waits while full"
+        );
+        assert_eq!(mailboxes.waited(), 1);
+        let first = inbox.recv().await.map(|m| m.payload);
+        assert_eq!(first, Some(Bytes::from("a")));
+        assert_eq!(third.await, Ok(()), "room once drained");
+        for expected in ["b", "c"] {
+            let next = inbox.recv().await.map(|m| m.payload);
+            assert_eq!(next, Some(Bytes::from(expected)));
+        }
+        assert_eq!(mailboxes.refused(), 0);
+        assert!(!inbox.overflow_signal().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn two_guests_never_wait_on_each_other() {
+        let mailboxes = registry(1, 1 << 10);
+        let one = mailboxes.register(1);
+        let two = mailboxes.register(2);
+        let waits = [MailboxWaits::default(), MailboxWaits::default()];
+        assert_eq!(mailboxes.send(9, 1, Bytes::from("x")), Ok(()));
+        assert_eq!(mailboxes.send(9, 2, Bytes::from("y")), Ok(()));
+        let one_to_two = mailboxes.send_waiting(1, 2, Bytes::from("1"), &waits[0]);
+        let mut one_to_two = std::pin::pin!(one_to_two);
+        assert!(poll_once(one_to_two.as_mut()).await.is_pending());
+        // 2 waiting on 1, which waits on 2, would wait forever: 1's mailbox overflows.
+        let two_to_one = mailboxes
+            .send_waiting(2, 1, Bytes::from("2"), &waits[1])
+            .await;
+        assert_eq!(two_to_one, Err(MessageError::MailboxFull));
+        assert!(one.overflow_signal().is_cancelled());
+        assert!(!two.overflow_signal().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_ends_releases_its_waiting_senders() {
+        let mailboxes = registry(1, 1 << 10);
+        let _sender = mailboxes.register(1);
+        let receiver = mailboxes.register(2);
+        let waits = MailboxWaits::default();
+        assert_eq!(mailboxes.send(1, 2, Bytes::from("a")), Ok(()));
+        let waiting = mailboxes.broadcast_waiting(1, Bytes::from("b"), &waits);
+        let mut waiting = std::pin::pin!(waiting);
+        assert!(poll_once(waiting.as_mut()).await.is_pending());
+        drop(receiver);
+        assert_eq!(waiting.await, 0, "the receiver is gone");
+        assert_eq!(mailboxes.refused(), 0);
+    }
+
+    #[tokio::test]
+    async fn shutdown_releases_waiting_senders() {
+        let mailboxes = registry(1, 1 << 10);
+        let _sender = mailboxes.register(1);
+        let _receiver = mailboxes.register(2);
+        let waits = MailboxWaits::default();
+        assert_eq!(mailboxes.send(1, 2, Bytes::from("a")), Ok(()));
+        let waiting = mailboxes.send_waiting(1, 2, Bytes::from("b"), &waits);
+        let mut waiting = std::pin::pin!(waiting);
+        assert!(poll_once(waiting.as_mut()).await.is_pending());
+        mailboxes.close_all();
+        assert_eq!(waiting.await, Err(MessageError::MailboxFull));
+        assert_eq!(mailboxes.refused(), 0, "shutdown is no overflow");
     }
 
     #[tokio::test]

@@ -3,3 +3,4 @@
 
 pub(crate) mod local;
 pub(crate) mod types;
+pub(crate) mod waits;

@@ -6,4 +6,9 @@ wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
     exports: { default: async },
+    // A send to a full mailbox waits for room (flow control between connections).
+    imports: {
+        "shoal:plugin/mailbox.send": async,
+        "shoal:plugin/mailbox.broadcast": async,
+    },
 });

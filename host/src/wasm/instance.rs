@@ -36,6 +36,7 @@ use crate::error::{GuestFault, InstantiateError};
 use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
 use crate::messages::local::Mailboxes;
 use crate::messages::types::MailboxLimits;
+use crate::messages::waits::MailboxWaits;
 use crate::observe::stats::Stats;
 use crate::wasm::bindings::Plugin as PluginWorld;
 use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
@@ -54,6 +55,8 @@ pub struct Instance {
     call_timeout: Duration,
     /// The guest's CPU state (also in the store), for the call's poll wrapper.
     cpu: Arc<ConnCpu>,
+    /// Time the guest's calls waited for room in mailboxes: left out of the call timeout.
+    mailbox_waits: Arc<MailboxWaits>,
     /// Keeps the runtime, and so its epoch ticker, alive as long as the instance.
     _plugin: Plugin,
 }
@@ -118,6 +121,7 @@ impl Instance {
         };
         Ok(Self {
             cpu: Arc::clone(store.data().cpu()),
+            mailbox_waits: Arc::clone(store.data().mailbox_waits()),
             store,
             exports,
             conn_id: settings.conn_id,
@@ -195,7 +199,8 @@ impl Instance {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_init(&mut self.store, info);
-        let result = within_call_timeout(self.call_timeout, &self.cpu, call).await;
+        let result =
+            within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
         result?.map_err(|e| self.fault(&e))
     }
@@ -209,7 +214,8 @@ impl Instance {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_handle(&mut self.store, event);
-        let result = within_call_timeout(self.call_timeout, &self.cpu, call).await;
+        let result =
+            within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
         result?.map_err(|e| self.fault(&e))
     }
@@ -223,7 +229,8 @@ impl Instance {
         self.start_call();
         let handler = self.exports.shoal_plugin_handler();
         let call = handler.call_close(&mut self.store, reason);
-        let result = within_call_timeout(self.call_timeout, &self.cpu, call).await;
+        let result =
+            within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
         result?.map_err(|e| self.fault(&e))
     }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
+use tokio::time::Instant;
+
 use crate::error::GuestFault;
+use crate::messages::waits::MailboxWaits;
 use crate::wasm::cpu::ConnCpu;
 
 /// The per-instance cap on linear memory (and a bound on tables), as wasmtime's resource
@@ -151,6 +154,7 @@ impl std::error::Error for CpuBudgetExceeded {}
 pub(crate) async fn within_call_timeout<R>(
     timeout: Duration,
     cpu: &ConnCpu,
+    mailbox_waits: &MailboxWaits,
     call: impl Future<Output = wasmtime::Result<R>>,
 ) -> Result<wasmtime::Result<R>, GuestFault> {
     let mut call = std::pin::pin!(call);
@@ -166,15 +170,69 @@ pub(crate) async fn within_call_timeout<R>(
     if let Poll::Ready(result) = first {
         return Ok(result);
     }
-    let deadline = tokio::time::Instant::now() + timeout;
-    tokio::time::timeout_at(deadline, std::future::poll_fn(poll))
-        .await
-        .map_err(|_| GuestFault::CallTimeout(timeout))
+    let started = Instant::now();
+    let waited_before = mailbox_waits.waited(started);
+    let mut running = std::pin::pin!(std::future::poll_fn(poll));
+    let mut deadline = started + timeout;
+    loop {
+        if let Ok(result) = tokio::time::timeout_at(deadline, running.as_mut()).await {
+            return Ok(result);
+        }
+        // Time spent waiting for room in a receiver's mailbox is flow control, not the
+        // guest's: the deadline moves out by it.
+        let now = Instant::now();
+        let waited = mailbox_waits.waited(now).saturating_sub(waited_before);
+        let counted = now
+            .saturating_duration_since(started)
+            .saturating_sub(waited);
+        if counted >= timeout {
+            return Err(GuestFault::CallTimeout(timeout));
+        }
+        deadline = now + (timeout - counted);
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::wasm::cpu::{CpuGroup, CpuScheduler, TickClock};
+
+    fn conn_cpu() -> ConnCpu {
+        let clock = Arc::new(TickClock::new(Duration::from_millis(1)));
+        let scheduler = Arc::new(CpuScheduler::new(clock, 1, true));
+        ConnCpu::new(scheduler, Arc::new(CpuGroup::new(1)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_call_timeout_leaves_out_waits_for_mailbox_room() {
+        let (cpu, waits) = (conn_cpu(), MailboxWaits::default());
+        // 80 ms waiting for room, then 50 ms of other waiting: 50 ms counted of 100.
+        let call = async {
+            tokio::task::yield_now().await;
+            {
+                let _waiting = waits.begin();
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            wasmtime::Result::Ok(())
+        };
+        let timeout = Duration::from_millis(100);
+        let result = within_call_timeout(timeout, &cpu, &waits, call).await;
+        assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+        // The same 130 ms spent otherwise is past the timeout.
+        let call = async {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(130)).await;
+            wasmtime::Result::Ok(())
+        };
+        let result = within_call_timeout(timeout, &cpu, &waits, call).await;
+        assert!(
+            matches!(result, Err(GuestFault::CallTimeout(_))),
+            "{result:?}"
+        );
+    }
 
     #[test]
     fn a_call_may_use_its_budget_in_ticks_and_no_more() {

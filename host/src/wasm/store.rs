@@ -11,6 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::listener::ServerConfig;
 use crate::messages::local::Mailboxes;
+use crate::messages::waits::MailboxWaits;
 use crate::observe::stats::{ConnectionCpu, Live, LiveKind, Stats};
 use crate::wasm::bindings::shoal::plugin::types::Level;
 use crate::wasm::capabilities::Capabilities;
@@ -40,6 +41,9 @@ pub(crate) struct ConnState {
     pub(super) cpu: Arc<ConnCpu>,
     /// Its CPU time, for itself and its listener's stats.
     pub(super) cpu_total: ConnectionCpu,
+    /// Time its calls waited for room in other connections' mailboxes (not counted by the
+    /// call timeout).
+    pub(super) mailbox_waits: Arc<MailboxWaits>,
     _live: Live,
 }
 
@@ -132,6 +136,7 @@ impl ConnState {
                 Arc::clone(&settings.cpu_group),
             )),
             cpu_total: ConnectionCpu::new(Arc::clone(&settings.stats), settings.conn_id),
+            mailbox_waits: Arc::default(),
             _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
         }
     }
@@ -167,6 +172,10 @@ impl ConnState {
     /// The guest's CPU state, shared with its call's poll wrapper and resume futures.
     pub(crate) fn cpu(&self) -> &Arc<ConnCpu> {
         &self.cpu
+    }
+
+    pub(crate) fn mailbox_waits(&self) -> &Arc<MailboxWaits> {
+        &self.mailbox_waits
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! - on join, every other client gets `* <id> joined`;
 //! - each line a client sends reaches every other client as `<name>: <line>` (the name is
-//!   the connection id until `/nick`);
+//!   the connection id until `/nick`); the lines of one chunk travel as one message;
 //! - `/nick NAME` renames (others get `* <old> is now NAME`);
 //! - `/who` lists who is connected, one `* <id> <name>` line each;
 //! - on leave, the others get `* <name> left`.
@@ -17,6 +17,10 @@ use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Level, Next, mailbox};
 
 /// Longest line kept; the rest of a longer line starts a new one.
 const MAX_LINE: usize = 4096;
+/// The lines of one chunk go to the room in messages of about this size: one broadcast per
+/// chunk rather than per line (a chunk of short lines would otherwise cost thousands of
+/// messages per member).
+const BATCH: usize = 32 * 1024;
 const MAX_NAME: usize = 32;
 const TOO_LONG: &[u8] =
     b"* a command line is at most 4096 bytes: that one was too long and is ignored\n";
@@ -28,6 +32,8 @@ struct Chat {
     partial: Vec<u8>,
     /// Dropping the rest of an overlong command, up to its newline.
     discarding: bool,
+    /// Lines for the room, sent together at the end of the chunk (or sooner, see `BATCH`).
+    outgoing: Vec<u8>,
 }
 
 impl Handler for Chat {
@@ -37,6 +43,7 @@ impl Handler for Chat {
             name: info.id.to_string(),
             partial: Vec::new(),
             discarding: false,
+            outgoing: Vec::new(),
         };
         mailbox::broadcast(format!("* {} joined\n", chat.id).as_bytes());
         let welcome = format!(
@@ -48,7 +55,12 @@ impl Handler for Chat {
 
     fn handle(&mut self, event: Event) -> Next {
         match event {
-            Event::Data(bytes) => self.received(&bytes),
+            Event::Data(bytes) => {
+                let next = self.received(&bytes);
+                // Whatever happens next, the lines already read reach the room.
+                self.flush();
+                next
+            }
             // Other members' lines and notices arrive formatted: pass them on.
             Event::Message(envelope) => reply(&envelope.payload),
         }
@@ -109,12 +121,26 @@ impl Chat {
         } else if line.trim() == "/who" {
             self.who()
         } else {
-            mailbox::broadcast(format!("{}: {line}\n", self.name).as_bytes());
+            self.outgoing
+                .extend_from_slice(format!("{}: {line}\n", self.name).as_bytes());
+            if self.outgoing.len() >= BATCH {
+                self.flush();
+            }
             Next::Continue
         }
     }
 
+    /// Send the room the lines gathered so far.
+    fn flush(&mut self) {
+        if !self.outgoing.is_empty() {
+            mailbox::broadcast(&self.outgoing);
+            self.outgoing.clear();
+        }
+    }
+
     fn rename(&mut self, name: &str) -> Next {
+        // The lines before the rename go out under the old name, first.
+        self.flush();
         let valid = !name.is_empty()
             && name.len() <= MAX_NAME
             && name
@@ -131,7 +157,8 @@ impl Chat {
         reply(format!("* you are now {name}\n").as_bytes())
     }
 
-    fn who(&self) -> Next {
+    fn who(&mut self) -> Next {
+        self.flush();
         let mut list = String::new();
         for peer in mailbox::peers() {
             let name = peer.name.unwrap_or_else(|| peer.id.to_string());

@@ -9,9 +9,10 @@ use crate::wasm::bindings::shoal::plugin::types::{MessageError, NameError, Peer}
 use crate::wasm::store::ConnState;
 
 impl mailbox::Host for ConnState {
-    fn send(&mut self, to: u64, payload: Vec<u8>) -> Result<(), MessageError> {
+    async fn send(&mut self, to: u64, payload: Vec<u8>) -> Result<(), MessageError> {
         self.mailboxes
-            .send(self.conn_id, to, Bytes::from(payload))
+            .send_waiting(self.conn_id, to, Bytes::from(payload), &self.mailbox_waits)
+            .await
             .map_err(|error| match error {
                 Refusal::NoSuchConnection => MessageError::NoSuchConnection,
                 Refusal::MailboxFull => MessageError::MailboxFull,
@@ -19,10 +20,11 @@ impl mailbox::Host for ConnState {
             })
     }
 
-    fn broadcast(&mut self, payload: Vec<u8>) -> u32 {
+    async fn broadcast(&mut self, payload: Vec<u8>) -> u32 {
         let delivered = self
             .mailboxes
-            .broadcast(self.conn_id, &Bytes::from(payload));
+            .broadcast_waiting(self.conn_id, Bytes::from(payload), &self.mailbox_waits)
+            .await;
         u32::try_from(delivered).unwrap_or(u32::MAX)
     }
 
