@@ -6,25 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use anyhow::Context;
-use support::{TestServer, read_line};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use support::{ChatClient, TestServer, join_chat, read_line};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-type Client = BufReader<TcpStream>;
-
-/// Join the chat: the client and its id (from the welcome line), with the join notices of
-/// those who come later still to read.
-async fn join(server: &TestServer) -> anyhow::Result<(Client, u64)> {
-    let mut client = BufReader::new(server.connect().await?);
-    let welcome = read_line(&mut client).await?;
-    let id = welcome
-        .strip_prefix("* welcome, you are ")
-        .and_then(|rest| rest.split(';').next())
-        .with_context(|| format!("welcome line: {welcome:?}"))?
-        .parse()?;
-    Ok((client, id))
-}
+type Client = ChatClient;
 
 async fn say(client: &mut Client, bytes: &[u8]) -> anyhow::Result<()> {
     client.get_mut().write_all(bytes).await?;
@@ -42,8 +27,8 @@ async fn silent(client: &mut Client) -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_name_in_use_cannot_be_taken() -> anyhow::Result<()> {
     let server = TestServer::start("chat").await?;
-    let (mut bob, bob_id) = join(&server).await?;
-    let (mut mallory, mallory_id) = join(&server).await?;
+    let (mut bob, bob_id) = join_chat(&server).await?;
+    let (mut mallory, mallory_id) = join_chat(&server).await?;
     assert_eq!(read_line(&mut bob).await?, format!("* {mallory_id} joined"));
     say(&mut bob, b"/nick bob\n").await?;
     assert_eq!(read_line(&mut bob).await?, "* you are now bob");
@@ -67,8 +52,8 @@ async fn a_name_in_use_cannot_be_taken() -> anyhow::Result<()> {
 #[tokio::test]
 async fn control_characters_never_reach_a_terminal_raw() -> anyhow::Result<()> {
     let server = TestServer::start("chat").await?;
-    let (mut reader, _) = join(&server).await?;
-    let (mut writer, writer_id) = join(&server).await?;
+    let (mut reader, _) = join_chat(&server).await?;
+    let (mut writer, writer_id) = join_chat(&server).await?;
     read_line(&mut reader).await?; // the writer's join
     say(&mut writer, b"hi \x1b]0;pwned\x07 there\n").await?;
     let line = read_line(&mut reader).await?;
@@ -84,8 +69,8 @@ async fn control_characters_never_reach_a_terminal_raw() -> anyhow::Result<()> {
 #[tokio::test]
 async fn an_overlong_command_is_refused_whole() -> anyhow::Result<()> {
     let server = TestServer::start("chat").await?;
-    let (mut reader, _) = join(&server).await?;
-    let (mut writer, writer_id) = join(&server).await?;
+    let (mut reader, _) = join_chat(&server).await?;
+    let (mut writer, writer_id) = join_chat(&server).await?;
     read_line(&mut reader).await?; // the writer's join
     let mut command = b"/nick ".to_vec();
     command.extend(std::iter::repeat_n(b'a', 1 << 20));

@@ -11,23 +11,12 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use shoal_host::{ConnectionHandle, MessageError, Server, ServerConfig};
-use support::{TestServer, plugin, read_line, read_to_end, rss_kib, wait_for};
+use support::{
+    ChatClient, TestServer, join_chat, plugin, read_line, read_to_end, rss_kib, wait_for,
+};
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
-type Client = BufReader<TcpStream>;
-
-/// Join the chat: returns the client and its id (from the welcome line).
-async fn join(server: &TestServer) -> anyhow::Result<(Client, u64)> {
-    let mut client = BufReader::new(server.connect().await?);
-    let welcome = read_line(&mut client).await?;
-    let id = welcome
-        .strip_prefix("* welcome, you are ")
-        .and_then(|rest| rest.split(';').next())
-        .with_context(|| format!("welcome line: {welcome:?}"))?
-        .parse()?;
-    Ok((client, id))
-}
+type Client = ChatClient;
 
 async fn say(client: &mut Client, line: &str) -> anyhow::Result<()> {
     client
@@ -54,7 +43,7 @@ async fn twenty_clients_every_line_reaches_the_nineteen_others_once_in_order() -
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         // Reading the welcome means `init` ran, so its join notice is already queued.
-        clients.push(join(&server).await?);
+        clients.push(join_chat(&server).await?);
     }
     let ids: Vec<u64> = clients.iter().map(|(_, id)| *id).collect();
     let mut tasks = Vec::new();
@@ -106,8 +95,8 @@ async fn twenty_clients_every_line_reaches_the_nineteen_others_once_in_order() -
 #[tokio::test]
 async fn nick_renames_and_who_lists_the_room() -> anyhow::Result<()> {
     let server = TestServer::start("chat").await?;
-    let (mut alice, alice_id) = join(&server).await?;
-    let (mut bob, bob_id) = join(&server).await?;
+    let (mut alice, alice_id) = join_chat(&server).await?;
+    let (mut bob, bob_id) = join_chat(&server).await?;
     assert_eq!(read_line(&mut alice).await?, format!("* {bob_id} joined"));
 
     say(&mut bob, "/nick bob").await?;
@@ -149,9 +138,9 @@ async fn a_client_that_never_reads_is_dropped_at_its_write_timeout() -> anyhow::
     let server = Server::new(plugin("chat"), config);
     let mailboxes = server.mailboxes();
     let server = TestServer::serve(server).await?;
-    let (silent, silent_id) = join(&server).await?;
-    let (mut talker, _) = join(&server).await?;
-    let (mut listener, _) = join(&server).await?;
+    let (silent, silent_id) = join_chat(&server).await?;
+    let (mut talker, _) = join_chat(&server).await?;
+    let (mut listener, _) = join_chat(&server).await?;
 
     let rss_before = rss_kib()?;
     let line = "x".repeat(LINE_BYTES);
@@ -268,9 +257,9 @@ async fn messages_never_cross_listeners() -> anyhow::Result<()> {
     // The chat on two listeners: a line on one is not heard on the other.
     let lobby = TestServer::start_with(plugin("chat"), config("lobby")?).await?;
     let back = TestServer::start_with(plugin("chat"), config("back-room")?).await?;
-    let (mut lobby_a, _) = join(&lobby).await?;
-    let (mut lobby_b, lobby_b_id) = join(&lobby).await?;
-    let (mut back_a, back_a_id) = join(&back).await?;
+    let (mut lobby_a, _) = join_chat(&lobby).await?;
+    let (mut lobby_b, lobby_b_id) = join_chat(&lobby).await?;
+    let (mut back_a, back_a_id) = join_chat(&back).await?;
     assert_eq!(
         read_line(&mut lobby_a).await?,
         format!("* {lobby_b_id} joined")
@@ -285,7 +274,7 @@ async fn messages_never_cross_listeners() -> anyhow::Result<()> {
         read_line(&mut back_a).await?,
         format!("* {back_a_id} {back_a_id} (you)")
     );
-    let (_back_b, back_b_id) = join(&back).await?;
+    let (_back_b, back_b_id) = join_chat(&back).await?;
     assert_eq!(
         read_line(&mut back_a).await?,
         format!("* {back_b_id} joined"),
@@ -345,16 +334,16 @@ fn flood_text(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
-/// One chat member sends `len` bytes without a newline into a room of `readers` members who
-/// read as fast as they can: every reader must get every byte, in order (the chat relays it
-/// in 4 KiB lines), and stay connected; the sender must stay connected too.
-async fn flood_the_room(len: usize, readers: usize) -> anyhow::Result<()> {
-    let _alone = HEAVY.lock().await;
-    let server = TestServer::start_with(plugin("chat"), config("flood")?).await?;
-    let (mut sender, sender_id) = join(&server).await?;
+/// A chat room of a sender and `readers` members, each having read every join notice.
+async fn room(
+    name: &str,
+    readers: usize,
+) -> anyhow::Result<(TestServer, Client, u64, Vec<Client>)> {
+    let server = TestServer::start_with(plugin("chat"), config(name)?).await?;
+    let (mut sender, sender_id) = join_chat(&server).await?;
     let mut members = Vec::new();
     for _ in 0..readers {
-        members.push(join(&server).await?.0);
+        members.push(join_chat(&server).await?.0);
     }
     // Everyone has seen everyone join: read the notices of those who came later.
     for (n, member) in members.iter_mut().enumerate() {
@@ -365,6 +354,15 @@ async fn flood_the_room(len: usize, readers: usize) -> anyhow::Result<()> {
     for _ in 0..readers {
         read_line(&mut sender).await?;
     }
+    Ok((server, sender, sender_id, members))
+}
+
+/// One chat member sends `len` bytes without a newline into a room of `readers` members who
+/// read as fast as they can: every reader must get every byte, in order (the chat relays it
+/// in 4 KiB lines), and stay connected; the sender must stay connected too.
+async fn flood_the_room(len: usize, readers: usize) -> anyhow::Result<()> {
+    let _alone = HEAVY.lock().await;
+    let (server, mut sender, sender_id, members) = room("flood", readers).await?;
     let text = Arc::new(flood_text(len));
     let prefix = format!("{sender_id}: ");
     let mut reading = Vec::new();
@@ -432,20 +430,7 @@ async fn a_ten_mebibyte_line_reaches_twenty_readers_whole() -> anyhow::Result<()
 /// order, and stays connected; the sender is slowed, not dropped.
 async fn flood_with_short_lines(lines: usize, readers: usize) -> anyhow::Result<()> {
     let _alone = HEAVY.lock().await;
-    let server = TestServer::start_with(plugin("chat"), config("short-lines")?).await?;
-    let (mut sender, sender_id) = join(&server).await?;
-    let mut members = Vec::new();
-    for _ in 0..readers {
-        members.push(join(&server).await?.0);
-    }
-    for (n, member) in members.iter_mut().enumerate() {
-        for _ in n + 1..readers {
-            read_line(member).await?;
-        }
-    }
-    for _ in 0..readers {
-        read_line(&mut sender).await?;
-    }
+    let (server, mut sender, sender_id, members) = room("short-lines", readers).await?;
     let mut reading = Vec::new();
     for mut member in members {
         reading.push(tokio::spawn(async move {

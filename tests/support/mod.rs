@@ -324,3 +324,19 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
     config.failure_persistence = None;
     config
 }
+
+/// A member of a chat room served by the chat plugin.
+pub type ChatClient = BufReader<TcpStream>;
+
+/// Join the chat: the client and its id (from the welcome line), with the join notices of
+/// those who come later still to read.
+pub async fn join_chat(server: &TestServer) -> anyhow::Result<(ChatClient, u64)> {
+    let mut client = BufReader::new(server.connect().await?);
+    let welcome = read_line(&mut client).await?;
+    let id = welcome
+        .strip_prefix("* welcome, you are ")
+        .and_then(|rest| rest.split(';').next())
+        .with_context(|| format!("welcome line: {welcome:?}"))?
+        .parse()?;
+    Ok((client, id))
+}

@@ -116,8 +116,15 @@ struct Queue {
     gone: bool,
 }
 
-/// The mailboxes a broadcast goes to, by connection id.
-type Receivers = Vec<(u64, Arc<Inbox>)>;
+/// What a broadcast's first pass over the mailboxes did.
+struct Offered {
+    /// Mailboxes that took the message.
+    delivered: usize,
+    /// Those that were full (or closed), by connection id.
+    full: Vec<(u64, Arc<Inbox>)>,
+    /// The sending connection's inbox (none for the host program).
+    sender: Option<Arc<Inbox>>,
+}
 
 /// What became of a message offered to a mailbox.
 enum Offer {
@@ -328,20 +335,11 @@ impl Mailboxes {
         if payload.len() > self.inner.limits.bytes {
             return 0;
         }
-        let (receivers, sender) = self.receivers(from);
-        receivers
-            .iter()
-            .filter(
-                |(_, inbox)| match self.offer(inbox, from, sender.as_ref(), payload) {
-                    Offer::Queued => true,
-                    Offer::Gone => false,
-                    Offer::Full | Offer::Closed => {
-                        self.overflow(inbox);
-                        false
-                    }
-                },
-            )
-            .count()
+        let offered = self.offer_to_all(from, payload);
+        for (_, inbox) in &offered.full {
+            self.overflow(inbox);
+        }
+        offered.delivered
     }
 
     /// [`Mailboxes::send`] from a connection's guest: where the receiver's mailbox is full,
@@ -374,10 +372,12 @@ impl Mailboxes {
         if payload.len() > self.inner.limits.bytes {
             return 0;
         }
-        let (receivers, sender) = self.receivers(from);
-        let mut delivered = 0;
-        for (to, inbox) in &receivers {
-            let sent = self.deliver_waiting(inbox, from, *to, sender.as_ref(), &payload, waits);
+        let offered = self.offer_to_all(from, &payload);
+        let mut delivered = offered.delivered;
+        // Rare: only the mailboxes that were full are waited on, one after the other.
+        for (to, inbox) in &offered.full {
+            let sender = offered.sender.as_ref();
+            let sent = self.deliver_waiting(inbox, from, *to, sender, &payload, waits);
             delivered += usize::from(sent.await.is_ok());
         }
         delivered
@@ -391,16 +391,26 @@ impl Mailboxes {
         Ok((Arc::clone(&inbox.inbox), sender))
     }
 
-    /// Every mailbox but `from`'s, and `from`'s own inbox.
-    fn receivers(&self, from: u64) -> (Receivers, Option<Arc<Inbox>>) {
+    /// Offer `payload` to every mailbox but `from`'s, under the registry's lock (a broadcast
+    /// reaches the connections open at one moment): how many took it, and those that were
+    /// full, for the caller to wait on or overflow.
+    fn offer_to_all(&self, from: u64, payload: &Bytes) -> Offered {
         let entries = self.entries();
         let sender = entries.get(&from).map(|sender| Arc::clone(&sender.inbox));
-        let receivers = entries
-            .iter()
-            .filter(|(id, _)| **id != from)
-            .map(|(id, entry)| (*id, Arc::clone(&entry.inbox)))
-            .collect();
-        (receivers, sender)
+        let mut offered = Offered {
+            delivered: 0,
+            full: Vec::new(),
+            sender: None,
+        };
+        for (id, entry) in entries.iter().filter(|(id, _)| **id != from) {
+            match self.offer(&entry.inbox, from, sender.as_ref(), payload) {
+                Offer::Queued => offered.delivered += 1,
+                Offer::Gone => {}
+                Offer::Full | Offer::Closed => offered.full.push((*id, Arc::clone(&entry.inbox))),
+            }
+        }
+        offered.sender = sender;
+        offered
     }
 
     /// The open connections of the listener, in id order.
