@@ -225,6 +225,20 @@ pub enum NodeError {
     /// The engine settings derived from the listeners cannot work.
     #[error("cannot configure the Wasm engine: {0}")]
     RuntimeConfig(ConfigError),
+    /// No listener of the node has this name.
+    #[error("no listener is named `{0}`")]
+    NoSuchListener(String),
+    /// The listener serves native code, not a plugin that can be swapped.
+    #[error("listener `{0}` does not serve a plugin that can be swapped")]
+    NotSwappable(String),
+    /// A plugin was refused as a listener's new version; the current version stays.
+    #[error("listener `{listener}`: not swapped: {error}")]
+    Swap {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        error: SwapError,
+    },
     /// A listener's plugin could not be loaded.
     #[error("listener `{listener}`: {error}")]
     Plugin {
@@ -261,5 +275,29 @@ pub enum NodeError {
         listener: String,
         /// What went wrong.
         error: ServeError,
+    },
+}
+
+/// Why a plugin was not made current. The current version stays.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SwapError {
+    /// The plugin cannot start under the listener's settings (its memory, say).
+    #[error("{plugin} cannot serve under the listener's settings: {reason}")]
+    Unfit {
+        /// The plugin's name.
+        plugin: String,
+        /// What it needs, naming the setting.
+        reason: String,
+    },
+    /// The probe connection's `init` or `close` trapped or ran past a limit.
+    #[error("{plugin} failed its probe: `{export}` {fault}")]
+    Probe {
+        /// The plugin's name.
+        plugin: String,
+        /// The export that failed: `init` or `close`.
+        export: &'static str,
+        /// What stopped it.
+        fault: GuestFault,
     },
 }

@@ -60,6 +60,12 @@ pub trait ConnectionHandler: Send + 'static {
     fn cpu_time(&self) -> Duration {
         Duration::ZERO
     }
+
+    /// The version of its listener's plugin the handler runs, when the listener has
+    /// versions ([`Versions`](crate::Versions)); logged with the connection.
+    fn version(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What a handler factory knows about the connection it makes a handler for.

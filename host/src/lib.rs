@@ -78,6 +78,8 @@
 //!   * `spec`: [`NodeSpec`], what a node is built from;
 //!   * `file`: `shoal.toml`, read into a [`NodeSpec`];
 //!   * `units`: durations and sizes as a person writes them.
+//! * `versions` — a listener's plugin versions ([`Versions`]): the current one, the older
+//!   ones still serving, and the swap that replaces the current one after a probe.
 //! * `observe/` — what an operator sees:
 //!   * `stats`: [`Stats`], live counters and every connection by how it ended.
 
@@ -90,6 +92,7 @@ pub mod native;
 mod node;
 mod observe;
 mod server;
+mod versions;
 mod wasm;
 
 /// The low-level API, for embedders who manage connections themselves: listen, accept and
@@ -113,18 +116,20 @@ pub use config::listener::{ServerConfig, ServerConfigBuilder, bounds};
 pub use config::spec::{ListenerSpec, NodeSpec, PluginSource};
 pub use error::{
     ConfigError, GuestFault, InstantiateError, NodeError, PluginError, RuntimeError, ServeError,
+    SwapError,
 };
 pub use handler::{ConnectionHandler, HandlerFactory, NewConnection};
 pub use messages::local::Mailboxes;
 pub use messages::types::{
     FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
 };
-pub use node::{Node, NodeListener};
+pub use node::{Node, NodeHandle, NodeListener};
 pub use observe::stats::{EndKind, Limit, Stats};
 pub use server::connection::serve_stream;
 pub use server::hooks::ConnectionHandle;
 pub use server::listener::{Server, serve};
 pub use server::transport::Transport;
+pub use versions::{VersionInfo, VersionedInstance, Versions};
 pub use wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
 pub use wasm::cache::default_cache_dir;
 pub use wasm::capabilities::{Capabilities, ReadOnlyDir};

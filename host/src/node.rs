@@ -17,6 +17,7 @@ use crate::handler::HandlerFactory;
 use crate::messages::local::Mailboxes;
 use crate::observe::stats::Stats;
 use crate::server::listener::{Server, pool_shortfall};
+use crate::versions::{VersionInfo, Versions};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::runtime::{Runtime, RuntimeConfig};
 
@@ -68,6 +69,8 @@ pub struct NodeListener {
     capacity: Option<usize>,
     server: Box<dyn ServeErased>,
     bound: Option<TcpListener>,
+    /// Its plugin's versions, when it serves a plugin that can be swapped.
+    versions: Option<Versions>,
 }
 
 impl NodeListener {
@@ -107,6 +110,114 @@ impl NodeListener {
     #[must_use]
     pub fn mailboxes(&self) -> Mailboxes {
         self.mailboxes.clone()
+    }
+
+    /// Its plugin's versions, when it serves a plugin ([`Node::add_plugin`]).
+    #[must_use]
+    pub fn versions(&self) -> Option<&Versions> {
+        self.versions.as_ref()
+    }
+}
+
+/// Swaps plugins and reads versions while a [`Node`] serves ([`Node::handle`]). Cloning it
+/// is cheap.
+#[derive(Clone)]
+pub struct NodeHandle {
+    runtime: Option<Runtime>,
+    /// Each listener's settings and versions, in the node's order.
+    listeners: Arc<Vec<(ServerConfig, Option<Versions>)>>,
+}
+
+impl NodeHandle {
+    /// See [`Node::swap`]. A refusal is logged too.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::swap`].
+    pub async fn swap(&self, listener: &str, plugin: Plugin) -> Result<VersionInfo, NodeError> {
+        let name = plugin.name().to_string();
+        let swapped = self.swap_plugin(listener, plugin).await;
+        if let Err(error) = &swapped {
+            tracing::warn!(listener, plugin = name, "{error}");
+        }
+        swapped
+    }
+
+    /// Load the plugin file at `path` on the node's engine (through its compile cache, on a
+    /// blocking thread: accepting never waits on a compile) and make it listener
+    /// `listener`'s current version, as [`Node::swap`]. A refusal is logged with the file.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::swap`], and [`NodeError::Plugin`] when the file cannot be loaded.
+    pub async fn swap_file(
+        &self,
+        listener: &str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Result<VersionInfo, NodeError> {
+        let path = path.into();
+        let swapped = self.load_and_swap(listener, path.clone()).await;
+        if let Err(error) = &swapped {
+            tracing::warn!(listener, file = %path.display(), "{error}");
+        }
+        swapped
+    }
+
+    async fn load_and_swap(
+        &self,
+        listener: &str,
+        path: std::path::PathBuf,
+    ) -> Result<VersionInfo, NodeError> {
+        self.find(listener)?;
+        let runtime = self
+            .runtime
+            .clone()
+            .ok_or_else(|| NodeError::NotSwappable(listener.to_string()))?;
+        let plugin_error = |error| NodeError::Plugin {
+            listener: listener.to_string(),
+            error,
+        };
+        let loaded = tokio::task::spawn_blocking(move || Plugin::from_file(&runtime, path))
+            .await
+            .map_err(|join| {
+                plugin_error(PluginError::Compile {
+                    name: listener.to_string(),
+                    message: format!("the loading thread stopped: {join}"),
+                })
+            })?;
+        self.swap_plugin(listener, loaded.map_err(plugin_error)?)
+            .await
+    }
+
+    async fn swap_plugin(&self, listener: &str, plugin: Plugin) -> Result<VersionInfo, NodeError> {
+        let (config, versions) = self.find(listener)?;
+        versions
+            .swap(plugin, config)
+            .await
+            .map_err(|error| NodeError::Swap {
+                listener: listener.to_string(),
+                error,
+            })
+    }
+
+    /// Listener `listener`'s versions: the current one and the older ones still serving.
+    #[must_use]
+    pub fn versions(&self, listener: &str) -> Option<Vec<VersionInfo>> {
+        self.find(listener)
+            .ok()
+            .map(|(_, versions)| versions.list())
+    }
+
+    fn find(&self, listener: &str) -> Result<(&ServerConfig, &Versions), NodeError> {
+        let (config, versions) = self
+            .listeners
+            .iter()
+            .find(|(config, _)| config.name() == listener)
+            .ok_or_else(|| NodeError::NoSuchListener(listener.to_string()))?;
+        let versions = versions
+            .as_ref()
+            .ok_or_else(|| NodeError::NotSwappable(listener.to_string()))?;
+        Ok((config, versions))
     }
 }
 
@@ -168,7 +279,7 @@ impl Node {
                     },
                     other => other,
                 })?;
-            node.add(listener.address, Server::new(plugin, listener.config))?;
+            node.add_plugin(listener.address, plugin, listener.config)?;
         }
         Ok(node)
     }
@@ -235,8 +346,56 @@ impl Node {
             capacity: server.capacity(),
             server: Box::new(server.without_pool_check()),
             bound: None,
+            versions: None,
         });
         Ok(())
+    }
+
+    /// Add a listener that will serve `plugin` on `address` with `config`, and whose plugin
+    /// can be replaced while it serves ([`Node::swap`]).
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::DuplicateName`] when a listener of this node has the same name.
+    pub fn add_plugin(
+        &mut self,
+        address: SocketAddr,
+        plugin: Plugin,
+        config: ServerConfig,
+    ) -> Result<(), NodeError> {
+        let versions = Versions::new(plugin);
+        self.add(address, Server::new(versions.clone(), config))?;
+        if let Some(listener) = self.listeners.last_mut() {
+            listener.versions = Some(versions);
+        }
+        Ok(())
+    }
+
+    /// Make `plugin` the current version of listener `listener`: new connections get it,
+    /// open ones stay on theirs (see [`Versions::swap`] for the checks it passes first).
+    /// While the node serves, swap through a [`Node::handle`].
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::NoSuchListener`], [`NodeError::NotSwappable`] for a listener added with
+    /// [`Node::add`], or [`NodeError::Swap`] saying why the plugin was refused (the current
+    /// version stays).
+    pub async fn swap(&self, listener: &str, plugin: Plugin) -> Result<VersionInfo, NodeError> {
+        self.handle().swap(listener, plugin).await
+    }
+
+    /// A handle to swap plugins and read versions while the node serves.
+    #[must_use]
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle {
+            runtime: self.runtime.clone(),
+            listeners: Arc::new(
+                self.listeners
+                    .iter()
+                    .map(|l| (l.config.clone(), l.versions.clone()))
+                    .collect(),
+            ),
+        }
     }
 
     /// The listener named `name`.

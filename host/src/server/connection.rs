@@ -104,6 +104,8 @@ struct Who<'a> {
     conn: u64,
     peer: &'a str,
     plugin: &'a str,
+    /// The plugin version the connection runs, when its listener has versions.
+    version: Option<u64>,
 }
 
 /// Log an event about a connection, with its `conn`, `peer` and `plugin` fields.
@@ -114,6 +116,7 @@ macro_rules! log_conn {
             conn = $who.conn,
             peer = $who.peer,
             plugin = $who.plugin,
+            version = $who.version,
             $($rest)+
         )
     };
@@ -140,10 +143,11 @@ async fn serve<F: HandlerFactory, T: Transport>(
             .unwrap_or_else(|| address(stream.local_addr())),
         listener: config.name().to_string(),
     };
-    let who = Who {
+    let mut who = Who {
         conn: id,
         peer: &info.peer,
         plugin: ctx.factory.name(),
+        version: None,
     };
     // Registered before `init`, so that `init` can already message the others (a chat's
     // join notice) and list itself among the peers.
@@ -166,6 +170,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
             return linger_close(&mut stream).await;
         }
     };
+    who.version = guest.version();
     let hooks = &ctx.hooks;
     let mut handle = None;
     let ending = match Box::pin(guest.init(&info)).await {

@@ -138,6 +138,15 @@ impl Instance {
     /// The [`InstantiateError`] the first connection would have met (with
     /// [`InstantiateError::memory_needed`] when `memory_limit` is too small for it).
     pub async fn probe(plugin: &Plugin, config: &ServerConfig) -> Result<(), InstantiateError> {
+        Self::for_probe(plugin, config).await.map(drop)
+    }
+
+    /// An instance of `plugin` under `config`'s limits for a probe connection: id 0 (no
+    /// connection id taken), alone in a registry of its own, charged to no listener.
+    pub(crate) async fn for_probe(
+        plugin: &Plugin,
+        config: &ServerConfig,
+    ) -> Result<Self, InstantiateError> {
         let settings = ConnSettings::new(
             config,
             0,
@@ -147,7 +156,7 @@ impl Instance {
             Arc::clone(plugin.runtime().scheduler()),
             Arc::new(CpuGroup::new(config.cpu_share())),
         );
-        Self::with_settings(plugin, &settings).await.map(drop)
+        Self::with_settings(plugin, &settings).await
     }
 
     /// The connection id this instance was created for.
