@@ -267,3 +267,88 @@ async fn a_swap_under_load_loses_no_connection_and_no_byte() -> anyhow::Result<(
     );
     server.shutdown().await
 }
+
+/// A node serving the plugin file at `path` as listener `echo`, watching it.
+async fn serve_watched(
+    path: &std::path::Path,
+) -> anyhow::Result<(Serving, shoal_host::PluginWatch)> {
+    let config = ServerConfig::builder()
+        .name("echo")
+        .max_connections(400)
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()?;
+    let spec = NodeSpec {
+        listeners: vec![ListenerSpec {
+            address: "127.0.0.1:0".parse()?,
+            plugin: PluginSource::File(path.to_path_buf()),
+            config,
+        }],
+        ..NodeSpec::default()
+    };
+    let mut node = Node::from_spec(spec)?;
+    node.bind().await?;
+    let addr = node.listeners()[0].local_addr().context("bound")?;
+    let handle = node.handle();
+    let watch = handle.watch()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(node.serve(async {
+        let _ = stopped.await;
+    }));
+    Ok((
+        Serving {
+            addr,
+            handle,
+            stop,
+            task,
+        },
+        watch,
+    ))
+}
+
+/// A folder of this test's own, emptied first.
+fn scratch_folder(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("swap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    std::fs::create_dir_all(&folder)?;
+    Ok(folder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_file_replaced_by_a_rename_becomes_the_new_version() -> anyhow::Result<()> {
+    let folder = scratch_folder("rename")?;
+    let live = folder.join("echo.wasm");
+    std::fs::copy(plugin_path("echo"), &live)?;
+    let (server, _watch) = serve_watched(&live).await?;
+    let (mut old, version) = connect_and_tell_version(server.addr).await?;
+    assert_eq!(version, 1);
+    // As a deploy tool does it: write a temporary file beside it, then rename it over.
+    let temporary = folder.join(".echo.wasm.tmp");
+    std::fs::copy(plugin_path("echo-v2"), &temporary)?;
+    std::fs::rename(&temporary, &live)?;
+    wait_for("version 2 to be current", || {
+        server
+            .versions()
+            .iter()
+            .any(|(number, _, current)| *number == 2 && *current)
+    })
+    .await?;
+    let (_new, version) = connect_and_tell_version(server.addr).await?;
+    assert_eq!(version, 2);
+    assert_eq!(echo(&mut old, b"kept v1").await?, b"kept v1");
+    // Rewritten in place with the same bytes: no new version.
+    std::fs::write(&live, std::fs::read(plugin_path("echo-v2"))?)?;
+    tokio::time::sleep(shoal_host::SETTLE * 3).await;
+    assert_eq!(server.versions().last().map(|v| v.0), Some(2));
+    // A broken file written in place is refused; version 2 stays.
+    std::fs::write(&live, b"half a plugin")?;
+    tokio::time::sleep(shoal_host::SETTLE * 3).await;
+    assert_eq!(
+        server.versions().last().map(|v| (v.0, v.2)),
+        Some((2, true))
+    );
+    drop((old, _new));
+    server.shutdown().await?;
+    std::fs::remove_dir_all(&folder)?;
+    Ok(())
+}

@@ -225,6 +225,9 @@ pub enum NodeError {
     /// The engine settings derived from the listeners cannot work.
     #[error("cannot configure the Wasm engine: {0}")]
     RuntimeConfig(ConfigError),
+    /// The OS refused to watch a plugin file's folder.
+    #[error("cannot watch the plugin files: {0}")]
+    Watch(String),
     /// No listener of the node has this name.
     #[error("no listener is named `{0}`")]
     NoSuchListener(String),
@@ -291,7 +294,7 @@ pub enum SwapError {
         reason: String,
     },
     /// The probe connection's `init` or `close` trapped or ran past a limit.
-    #[error("{plugin} failed its probe: `{export}` {fault}")]
+    #[error("{plugin} failed its probe: in `{export}`, {fault}")]
     Probe {
         /// The plugin's name.
         plugin: String,

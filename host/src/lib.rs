@@ -80,6 +80,7 @@
 //!   * `units`: durations and sizes as a person writes them.
 //! * `versions` — a listener's plugin versions ([`Versions`]): the current one, the older
 //!   ones still serving, and the swap that replaces the current one after a probe.
+//! * `watch` — plugin files watched for changes, settled, then swapped in.
 //! * `observe/` — what an operator sees:
 //!   * `stats`: [`Stats`], live counters and every connection by how it ended.
 
@@ -94,6 +95,7 @@ mod observe;
 mod server;
 mod versions;
 mod wasm;
+mod watch;
 
 /// The low-level API, for embedders who manage connections themselves: listen, accept and
 /// receive on one socket without the acceptor pool, and run a plugin on a socket of their own.
@@ -138,3 +140,4 @@ pub use wasm::digest::ContentHash;
 pub use wasm::instance::Instance;
 pub use wasm::plugin::{Compilation, HANDLER_EXPORT, LoadReport, Plugin};
 pub use wasm::runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};
+pub use watch::{PluginWatch, SETTLE};

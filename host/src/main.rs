@@ -56,6 +56,11 @@ enum Command {
         native_echo: bool,
         #[command(flatten)]
         cache: CacheArgs,
+        /// Do not watch plugin files: by default, a plugin file that is rewritten (or
+        /// replaced by a rename) becomes its listener's new version once it passes a probe,
+        /// while open connections finish on the old one.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check that a component implements the shoal:plugin world, and say what is missing.
     Check {
@@ -102,8 +107,9 @@ fn main() -> ExitCode {
         Command::Serve {
             config: Some(path),
             cache,
+            no_watch,
             ..
-        } => serve_config(&path, cache),
+        } => serve_config(&path, cache, Watch(!no_watch)),
         Command::Serve {
             config: None,
             listen,
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
             plugin,
             native_echo,
             cache,
+            no_watch,
         } => {
             let one = OneListener {
                 listen,
@@ -120,7 +127,7 @@ fn main() -> ExitCode {
                 plugin,
                 native_echo,
             };
-            serve_one(one, cache)
+            serve_one(one, cache, Watch(!no_watch))
         }
         Command::Check { plugin } => check(&plugin),
     };
@@ -142,7 +149,11 @@ struct OneListener {
     native_echo: bool,
 }
 
-fn serve_one(one: OneListener, cache: CacheArgs) -> anyhow::Result<()> {
+/// Whether plugin files are watched for new versions.
+#[derive(Clone, Copy)]
+struct Watch(bool);
+
+fn serve_one(one: OneListener, cache: CacheArgs, watch: Watch) -> anyhow::Result<()> {
     let config = ServerConfig::builder()
         .pool_size(one.pool_size)
         .max_connections(one.max_connections)
@@ -174,14 +185,14 @@ fn serve_one(one: OneListener, cache: CacheArgs) -> anyhow::Result<()> {
             other => anyhow::Error::new(other),
         })?
     };
-    run(node, Announce::AddressOnly)
+    run(node, Announce::AddressOnly, watch)
 }
 
 /// `shoal serve --config FILE`: every listener of the file in one node.
-fn serve_config(path: &Path, cache: CacheArgs) -> anyhow::Result<()> {
+fn serve_config(path: &Path, cache: CacheArgs, watch: Watch) -> anyhow::Result<()> {
     let mut spec = NodeSpec::load(path)?;
     spec.cache_dir = cache.dir(spec.cache_dir.take());
-    run(Node::from_spec(spec)?, Announce::WithName)
+    run(Node::from_spec(spec)?, Announce::WithName, watch)
 }
 
 /// How the ready lines name each listener.
@@ -194,7 +205,7 @@ enum Announce {
 }
 
 /// Bind every listener, say where each listens, serve until SIGINT or SIGTERM.
-fn run(mut node: Node, announce: Announce) -> anyhow::Result<()> {
+fn run(mut node: Node, announce: Announce, watch: Watch) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     tokio.block_on(async {
         match (node.bind().await, announce) {
@@ -211,6 +222,11 @@ fn run(mut node: Node, announce: Announce) -> anyhow::Result<()> {
             (Err(error), _) => return Err(error.into()),
         }
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
+        // Kept until the node stops: dropping it stops the watch.
+        let _watching = match watch {
+            Watch(true) => Some(node.handle().watch()?),
+            Watch(false) => None,
+        };
         // Tests and scripts wait for these lines to know the server is ready.
         for listener in node.listeners() {
             let Some(local) = listener.local_addr() else {

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use crate::server::listener::{Server, pool_shortfall};
 use crate::versions::{VersionInfo, Versions};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::runtime::{Runtime, RuntimeConfig};
+use crate::watch::{self, PluginWatch};
 
 /// The Wasm engine and every listener of one process. It sizes the instance pool,
 /// loads each plugin (through the compile cache), binds every address, serves, and stops
@@ -71,6 +73,8 @@ pub struct NodeListener {
     bound: Option<TcpListener>,
     /// Its plugin's versions, when it serves a plugin that can be swapped.
     versions: Option<Versions>,
+    /// The file its plugin was loaded from, if any: watched by [`NodeHandle::watch`].
+    plugin_file: Option<PathBuf>,
 }
 
 impl NodeListener {
@@ -124,8 +128,14 @@ impl NodeListener {
 #[derive(Clone)]
 pub struct NodeHandle {
     runtime: Option<Runtime>,
-    /// Each listener's settings and versions, in the node's order.
-    listeners: Arc<Vec<(ServerConfig, Option<Versions>)>>,
+    /// Each listener's settings, versions and plugin file, in the node's order.
+    listeners: Arc<Vec<HandleListener>>,
+}
+
+struct HandleListener {
+    config: ServerConfig,
+    versions: Option<Versions>,
+    plugin_file: Option<PathBuf>,
 }
 
 impl NodeHandle {
@@ -163,11 +173,13 @@ impl NodeHandle {
         swapped
     }
 
-    async fn load_and_swap(
-        &self,
-        listener: &str,
-        path: std::path::PathBuf,
-    ) -> Result<VersionInfo, NodeError> {
+    async fn load_and_swap(&self, listener: &str, path: PathBuf) -> Result<VersionInfo, NodeError> {
+        let plugin = self.load(listener, path).await?;
+        self.swap_plugin(listener, plugin).await
+    }
+
+    /// Load the plugin file at `path` for `listener` on a blocking thread.
+    async fn load(&self, listener: &str, path: PathBuf) -> Result<Plugin, NodeError> {
         self.find(listener)?;
         let runtime = self
             .runtime
@@ -177,6 +189,7 @@ impl NodeHandle {
             listener: listener.to_string(),
             error,
         };
+        let shown = path.display().to_string();
         let loaded = tokio::task::spawn_blocking(move || Plugin::from_file(&runtime, path))
             .await
             .map_err(|join| {
@@ -185,8 +198,15 @@ impl NodeHandle {
                     message: format!("the loading thread stopped: {join}"),
                 })
             })?;
-        self.swap_plugin(listener, loaded.map_err(plugin_error)?)
-            .await
+        let plugin = loaded.map_err(plugin_error)?;
+        tracing::info!(
+            listener,
+            plugin = plugin.name(),
+            hash = %plugin.content_hash(),
+            "{}",
+            plugin.load_report().describe(&shown)
+        );
+        Ok(plugin)
     }
 
     async fn swap_plugin(&self, listener: &str, plugin: Plugin) -> Result<VersionInfo, NodeError> {
@@ -209,15 +229,64 @@ impl NodeHandle {
     }
 
     fn find(&self, listener: &str) -> Result<(&ServerConfig, &Versions), NodeError> {
-        let (config, versions) = self
+        let found = self
             .listeners
             .iter()
-            .find(|(config, _)| config.name() == listener)
+            .find(|l| l.config.name() == listener)
             .ok_or_else(|| NodeError::NoSuchListener(listener.to_string()))?;
-        let versions = versions
+        let versions = found
+            .versions
             .as_ref()
             .ok_or_else(|| NodeError::NotSwappable(listener.to_string()))?;
-        Ok((config, versions))
+        Ok((&found.config, versions))
+    }
+
+    /// Watch the plugin file of every listener whose plugin came from a file: when one is
+    /// rewritten or replaced by a rename and has settled ([`SETTLE`](crate::watch::SETTLE)),
+    /// it is loaded and swapped in as [`NodeHandle::swap_file`] does — unless its content is
+    /// that of the current version already. Failures are logged; the current version stays.
+    /// Watching stops when the returned value is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Watch`] when the OS refuses a watch.
+    pub fn watch(&self) -> Result<PluginWatch, NodeError> {
+        let files: Vec<(String, PathBuf)> = self
+            .listeners
+            .iter()
+            .filter(|l| l.versions.is_some())
+            .filter_map(|l| Some((l.config.name().to_string(), l.plugin_file.clone()?)))
+            .collect();
+        let handle = self.clone();
+        watch::watch(files, move |listener, path| {
+            let handle = handle.clone();
+            async move {
+                handle.swap_file_if_changed(&listener, path).await;
+            }
+        })
+        .map_err(|error| NodeError::Watch(error.to_string()))
+    }
+
+    /// [`NodeHandle::swap_file`], unless the file holds the current version's content (it was
+    /// touched, or written back unchanged).
+    async fn swap_file_if_changed(&self, listener: &str, path: PathBuf) {
+        let loaded = match self.load(listener, path.clone()).await {
+            Ok(plugin) => plugin,
+            Err(error) => {
+                tracing::warn!(listener, file = %path.display(), "{error}");
+                return;
+            }
+        };
+        let unchanged = self
+            .find(listener)
+            .is_ok_and(|(_, versions)| versions.current().hash == *loaded.content_hash());
+        if unchanged {
+            tracing::debug!(listener, file = %path.display(), "plugin file unchanged");
+            return;
+        }
+        if let Err(error) = self.swap_plugin(listener, loaded).await {
+            tracing::warn!(listener, file = %path.display(), "{error}");
+        }
     }
 }
 
@@ -280,6 +349,11 @@ impl Node {
                     other => other,
                 })?;
             node.add_plugin(listener.address, plugin, listener.config)?;
+            if let (PluginSource::File(path), Some(added)) =
+                (listener.plugin, node.listeners.last_mut())
+            {
+                added.plugin_file = Some(path);
+            }
         }
         Ok(node)
     }
@@ -347,6 +421,7 @@ impl Node {
             server: Box::new(server.without_pool_check()),
             bound: None,
             versions: None,
+            plugin_file: None,
         });
         Ok(())
     }
@@ -392,7 +467,11 @@ impl Node {
             listeners: Arc::new(
                 self.listeners
                     .iter()
-                    .map(|l| (l.config.clone(), l.versions.clone()))
+                    .map(|l| HandleListener {
+                        config: l.config.clone(),
+                        versions: l.versions.clone(),
+                        plugin_file: l.plugin_file.clone(),
+                    })
                     .collect(),
             ),
         }
