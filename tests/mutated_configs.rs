@@ -30,7 +30,7 @@ fn example() -> anyhow::Result<String> {
 }
 
 /// Every field a `ConfigFileError::Invalid` may name.
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 19] = [
     "name",
     "address",
     "plugin",
@@ -47,6 +47,8 @@ const FIELDS: [&str; 17] = [
     "mailbox_bytes",
     "memory_limit",
     "cpu_share",
+    "rollback_window",
+    "rollback_fault_ratio",
     "read_only_dir",
 ];
 
@@ -92,6 +94,12 @@ fn assert_within_bounds(config: &ServerConfig) {
         "{name}"
     );
     assert!(bounds::CPU_SHARE.contains(&config.cpu_share()), "{name}");
+    assert!(
+        bounds::ROLLBACK_WINDOW.contains(&config.rollback_window()),
+        "{name}"
+    );
+    let ratio = config.rollback_fault_ratio();
+    assert!(bounds::ROLLBACK_FAULT_RATIO.contains(&ratio), "{name}");
 }
 
 /// How far a mutant got.
@@ -275,6 +283,11 @@ fn settings() -> Vec<Setting> {
                 max: u64::from(u32::MAX),
             },
             read: |c| u64::from(c.cpu_share()),
+        },
+        Setting {
+            key: "rollback_window",
+            kind: count(&bounds::ROLLBACK_WINDOW),
+            read: |c| c.rollback_window() as u64,
         },
         Setting {
             key: "cpu_budget_per_call",

@@ -352,3 +352,82 @@ async fn a_plugin_file_replaced_by_a_rename_becomes_the_new_version() -> anyhow:
     std::fs::remove_dir_all(&folder)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_in_a_crash_loop_is_rolled_back_and_not_taken_again() -> anyhow::Result<()> {
+    let config = ServerConfig::builder()
+        .name("echo")
+        .max_connections(400)
+        // Rolled back once more than half of its first 4 connections fault: at the third.
+        .rollback(4, 0.5)
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()?;
+    let spec = NodeSpec {
+        listeners: vec![ListenerSpec {
+            address: "127.0.0.1:0".parse()?,
+            plugin: PluginSource::File(plugin_path("echo")),
+            config,
+        }],
+        ..NodeSpec::default()
+    };
+    let mut node = Node::from_spec(spec)?;
+    node.bind().await?;
+    let addr = node.listeners()[0].local_addr().context("bound")?;
+    let handle = node.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(node.serve(async {
+        let _ = stopped.await;
+    }));
+    let server = Serving {
+        addr,
+        handle,
+        stop,
+        task,
+    };
+    // trap-on passes its probe (its `init` is fine) and traps on any chunk with "trap".
+    let swapped = server
+        .handle
+        .swap_file("echo", plugin_path("trap-on"))
+        .await?;
+    assert_eq!(swapped.number, 2);
+    for n in 0..3 {
+        let mut client = TcpStream::connect(addr).await?;
+        client.write_all(b"trap\n").await?;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .with_context(|| format!("connection {n} ends at its trap"))??;
+    }
+    wait_for("the rollback", || {
+        server
+            .versions()
+            .iter()
+            .any(|(number, _, current)| *number == 1 && *current)
+    })
+    .await?;
+    // Version 1 serves again: "trap" is echoed, not trapped on.
+    let mut client = TcpStream::connect(addr).await?;
+    assert_eq!(echo(&mut client, b"trap\n").await?, b"trap\n");
+    // The same content is refused now; another is taken.
+    let again = server
+        .handle
+        .swap_file("echo", plugin_path("trap-on"))
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(NodeError::Swap {
+                error: SwapError::RolledBack { .. },
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    let next = server
+        .handle
+        .swap_file("echo", plugin_path("echo-v2"))
+        .await?;
+    assert!(next.current && next.number == 3, "{next:?}");
+    drop(client);
+    server.shutdown().await
+}

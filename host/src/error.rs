@@ -293,6 +293,14 @@ pub enum SwapError {
         /// What it needs, naming the setting.
         reason: String,
     },
+    /// This content was rolled back after a crash loop; it is refused until the file changes.
+    #[error(
+        "{plugin} was rolled back after a crash loop: the same content is refused until the file changes"
+    )]
+    RolledBack {
+        /// The plugin's name.
+        plugin: String,
+    },
     /// The probe connection's `init` or `close` trapped or ran past a limit.
     #[error("{plugin} failed its probe: in `{export}`, {fault}")]
     Probe {

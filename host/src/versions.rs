@@ -55,6 +55,10 @@ struct Shared {
     name: String,
     /// The instance pool's size (all versions share the node's engine).
     capacity: Option<usize>,
+    /// The version that was current before the current one, kept to roll back to.
+    previous: Mutex<Option<Arc<Version>>>,
+    /// The content of the last version rolled back: refused until the file changes.
+    rolled_back: Mutex<Option<ContentHash>>,
 }
 
 struct Version {
@@ -63,6 +67,20 @@ struct Version {
     loaded_at: SystemTime,
     /// Connections running on it now.
     live: AtomicUsize,
+    /// Connections it has been given so far (each one's place in that order).
+    opened: AtomicUsize,
+    /// Of its first `watch.window` connections, those that faulted.
+    faulted: AtomicUsize,
+    /// When a crash loop rolls it back; `None` for a first version, which has nothing to
+    /// roll back to.
+    watch: Option<RollbackWatch>,
+}
+
+/// A new version's first connections, watched for faults.
+#[derive(Clone, Copy)]
+struct RollbackWatch {
+    window: usize,
+    fault_ratio: f64,
 }
 
 /// One version of a listener's plugin, as [`Versions::list`] reports it.
@@ -81,6 +99,8 @@ pub struct VersionInfo {
     pub live_connections: usize,
     /// Whether new connections get it.
     pub current: bool,
+    /// How many of its first connections (those watched for a crash loop) faulted.
+    pub faulted_connections: usize,
 }
 
 impl Versions {
@@ -89,7 +109,7 @@ impl Versions {
     pub fn new(plugin: Plugin) -> Self {
         let name = plugin.name().to_string();
         let capacity = HandlerFactory::capacity(&plugin);
-        let first = Arc::new(Version::new(1, plugin));
+        let first = Arc::new(Version::new(1, plugin, None));
         Self {
             shared: Arc::new(Shared {
                 made: Mutex::new(vec![Arc::downgrade(&first)]),
@@ -98,6 +118,8 @@ impl Versions {
                 swapping: tokio::sync::Mutex::new(()),
                 name,
                 capacity,
+                previous: Mutex::new(None),
+                rolled_back: Mutex::new(None),
             }),
         }
     }
@@ -118,6 +140,11 @@ impl Versions {
         config: &ServerConfig,
     ) -> Result<VersionInfo, SwapError> {
         let _one_at_a_time = self.shared.swapping.lock().await;
+        if *lock(&self.shared.rolled_back) == Some(*plugin.content_hash()) {
+            return Err(SwapError::RolledBack {
+                plugin: plugin.name().to_string(),
+            });
+        }
         if let Err(reason) = HandlerFactory::check(&plugin, config).await {
             return Err(SwapError::Unfit {
                 plugin: plugin.name().to_string(),
@@ -126,13 +153,19 @@ impl Versions {
         }
         probe(&plugin, config).await?;
         let number = self.shared.next_number.fetch_add(1, Ordering::Relaxed);
-        let version = Arc::new(Version::new(number, plugin));
+        let watch = RollbackWatch {
+            window: config.rollback_window(),
+            fault_ratio: config.rollback_fault_ratio(),
+        };
+        let version = Arc::new(Version::new(number, plugin, Some(watch)));
         {
             let mut made = self.shared.made();
             made.retain(|version| version.strong_count() > 0);
             made.push(Arc::downgrade(&version));
         }
         let previous = self.shared.current.swap(Arc::clone(&version));
+        *lock(&self.shared.previous) = Some(Arc::clone(&previous));
+        *lock(&self.shared.rolled_back) = None;
         tracing::info!(
             listener = config.name(),
             plugin = version.plugin.name(),
@@ -168,18 +201,63 @@ impl Versions {
 
 impl Shared {
     fn made(&self) -> MutexGuard<'_, Vec<Weak<Version>>> {
-        // Each critical section is a few vector operations that cannot panic half-way.
-        self.made.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.made)
+    }
+
+    /// One of `version`'s connections (the `place`-th it was given) faulted: past the
+    /// version's fault ratio, while it is still current, the previous version is made current
+    /// again and the faulty content refused until its file changes.
+    fn faulted(&self, version: &Arc<Version>, place: usize, listener: &str) {
+        let Some(watch) = version.watch else {
+            return;
+        };
+        if place >= watch.window {
+            return;
+        }
+        let faulted = version.faulted.fetch_add(1, Ordering::Relaxed) + 1;
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        if (faulted as f64) <= watch.fault_ratio * watch.window as f64 {
+            return;
+        }
+        let Some(previous) = lock(&self.previous).take() else {
+            return;
+        };
+        let replaced = self
+            .current
+            .compare_and_swap(version, Arc::clone(&previous));
+        if !Arc::ptr_eq(&replaced, version) {
+            // Another swap came first: this version is no longer current.
+            return;
+        }
+        *lock(&self.rolled_back) = Some(*version.plugin.content_hash());
+        tracing::warn!(
+            listener,
+            plugin = version.plugin.name(),
+            hash = %version.plugin.content_hash(),
+            "version {} rolled back to version {}: {faulted} of its first {} connections \
+             faulted; its content is refused until the file changes",
+            version.number,
+            previous.number,
+            watch.window,
+        );
     }
 }
 
+/// A lock whose critical sections cannot panic half-way.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Version {
-    fn new(number: u64, plugin: Plugin) -> Self {
+    fn new(number: u64, plugin: Plugin, watch: Option<RollbackWatch>) -> Self {
         Self {
             number,
             plugin,
             loaded_at: SystemTime::now(),
             live: AtomicUsize::new(0),
+            opened: AtomicUsize::new(0),
+            faulted: AtomicUsize::new(0),
+            watch,
         }
     }
 
@@ -191,6 +269,7 @@ impl Version {
             loaded_at: self.loaded_at,
             live_connections: self.live.load(Ordering::Relaxed),
             current,
+            faulted_connections: self.faulted.load(Ordering::Relaxed),
         }
     }
 }
@@ -232,6 +311,24 @@ async fn probe(plugin: &Plugin, config: &ServerConfig) -> Result<(), SwapError> 
 pub struct VersionedInstance {
     instance: Instance,
     version: Arc<Version>,
+    /// Its place among the version's connections.
+    place: usize,
+    /// Counted as faulted already.
+    faulted: bool,
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+}
+
+impl VersionedInstance {
+    /// Pass a call's result on, counting a fault against the version.
+    fn watch<T>(&mut self, result: Result<T, GuestFault>) -> Result<T, GuestFault> {
+        if result.is_err() && !self.faulted {
+            self.faulted = true;
+            self.shared
+                .faulted(&self.version, self.place, &self.listener);
+        }
+        result
+    }
 }
 
 impl Drop for VersionedInstance {
@@ -258,23 +355,42 @@ impl HandlerFactory for Versions {
 
     async fn create(&self, conn: NewConnection<'_>) -> Result<VersionedInstance, InstantiateError> {
         let version = self.shared.current.load_full();
-        let instance = version.plugin.create(conn).await?;
+        let place = version.opened.fetch_add(1, Ordering::Relaxed);
+        let listener: Arc<str> = Arc::from(conn.config.name());
+        let instance = match version.plugin.create(conn).await {
+            Ok(instance) => instance,
+            Err(error) => {
+                // A version that cannot even start its instances is as faulty.
+                self.shared.faulted(&version, place, &listener);
+                return Err(error);
+            }
+        };
         version.live.fetch_add(1, Ordering::Relaxed);
-        Ok(VersionedInstance { instance, version })
+        Ok(VersionedInstance {
+            instance,
+            version,
+            place,
+            faulted: false,
+            shared: Arc::clone(&self.shared),
+            listener,
+        })
     }
 }
 
 impl ConnectionHandler for VersionedInstance {
     async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
-        self.instance.init(info).await
+        let result = self.instance.init(info).await;
+        self.watch(result)
     }
 
     async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
-        self.instance.handle(event).await
+        let result = self.instance.handle(event).await;
+        self.watch(result)
     }
 
     async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
-        self.instance.close(reason).await
+        let result = self.instance.close(reason).await;
+        self.watch(result)
     }
 
     fn output(&self) -> &[u8] {

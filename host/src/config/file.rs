@@ -80,6 +80,8 @@ struct ListenerEntry {
     mailbox_messages: Option<usize>,
     mailbox_bytes: Option<ByteSize>,
     cpu_share: Option<u32>,
+    rollback_window: Option<usize>,
+    rollback_fault_ratio: Option<f64>,
     #[serde(default)]
     capabilities: CapabilitiesEntry,
 }
@@ -265,6 +267,14 @@ impl ListenerEntry {
         }
         if let Some(value) = self.cpu_share {
             builder = builder.cpu_share(value);
+        }
+        if self.rollback_window.is_some() || self.rollback_fault_ratio.is_some() {
+            let defaults = ServerConfig::default();
+            builder = builder.rollback(
+                self.rollback_window.unwrap_or(defaults.rollback_window()),
+                self.rollback_fault_ratio
+                    .unwrap_or(defaults.rollback_fault_ratio()),
+            );
         }
         let grants = self.capabilities;
         let mut capabilities = Capabilities::default();

@@ -46,6 +46,10 @@ pub mod bounds {
     pub const LOG_RATE: RangeInclusive<u32> = 0..=10_000;
     /// Guest log lines in a burst.
     pub const LOG_BURST: RangeInclusive<u32> = 0..=100_000;
+    /// The first connections of a new plugin version watched for faults.
+    pub const ROLLBACK_WINDOW: RangeInclusive<usize> = 1..=100_000;
+    /// The share of those that may fault before the version is rolled back.
+    pub const ROLLBACK_FAULT_RATIO: RangeInclusive<f64> = 0.0..=1.0;
 }
 
 /// `value` of `field` within `range`, or the error that says the range (written by `show`).
@@ -98,6 +102,8 @@ pub struct ServerConfig {
     shutdown_timeout: Duration,
     guest_log_lines_per_second: u32,
     guest_log_burst: u32,
+    rollback_window: usize,
+    rollback_fault_ratio: f64,
 }
 
 impl ServerConfig {
@@ -181,6 +187,20 @@ impl ServerConfig {
         self.guest_log_burst
     }
 
+    /// How many of a new version's first connections are watched for faults.
+    #[must_use]
+    pub fn rollback_window(&self) -> usize {
+        self.rollback_window
+    }
+
+    /// The share of a new version's first [`rollback_window`](Self::rollback_window)
+    /// connections that may fault (trap, CPU budget, call timeout, memory limit); past it the
+    /// previous version is made current again.
+    #[must_use]
+    pub fn rollback_fault_ratio(&self) -> f64 {
+        self.rollback_fault_ratio
+    }
+
     /// Most messages one connection's mailbox holds.
     #[must_use]
     pub fn mailbox_messages(&self) -> usize {
@@ -241,7 +261,9 @@ impl Default for ServerConfig {
     ///   it cannot exceed the runtime's `max_memory_bytes`);
     /// * `capabilities`: none — no environment variable, configuration value or file.
     /// * `shutdown_timeout`: 15 s;
-    /// * guest log: 20 lines per second per connection after a burst of 100.
+    /// * guest log: 20 lines per second per connection after a burst of 100;
+    /// * rollback: a new version whose first 20 connections fault more than half the time
+    ///   (`rollback_window`, `rollback_fault_ratio` 0.5) is replaced by the previous one.
     fn default() -> Self {
         Self {
             name: "default".to_string(),
@@ -261,6 +283,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(15),
             guest_log_lines_per_second: 20,
             guest_log_burst: 100,
+            rollback_window: 20,
+            rollback_fault_ratio: 0.5,
         }
     }
 }
@@ -347,6 +371,15 @@ impl ServerConfigBuilder {
     pub fn guest_log_rate(mut self, lines_per_second: u32, burst: u32) -> Self {
         self.config.guest_log_lines_per_second = lines_per_second;
         self.config.guest_log_burst = burst;
+        self
+    }
+
+    /// A new version is rolled back when more than `fault_ratio` of its first `window`
+    /// connections fault (defaults 20 and 0.5).
+    #[must_use]
+    pub fn rollback(mut self, window: usize, fault_ratio: f64) -> Self {
+        self.config.rollback_window = window;
+        self.config.rollback_fault_ratio = fault_ratio;
         self
     }
 
@@ -453,6 +486,10 @@ impl ServerConfigBuilder {
             &bounds::LOG_BURST,
             count,
         )?;
+        let window = &bounds::ROLLBACK_WINDOW;
+        check("rollback_window", c.rollback_window, window, count)?;
+        let ratio = &bounds::ROLLBACK_FAULT_RATIO;
+        check("rollback_fault_ratio", c.rollback_fault_ratio, ratio, count)?;
         if let Some(dir) = c.capabilities.dir() {
             if !dir.guest.starts_with('/') {
                 return Err(ConfigError::new(
