@@ -80,6 +80,7 @@
 //!   * `units`: durations and sizes as a person writes them.
 //! * `versions` — a listener's plugin versions ([`Versions`]): the current one, the older
 //!   ones still serving, and the swap that replaces the current one after a probe.
+//! * `node_handle` — [`NodeHandle`]: swaps and config reloads while a node serves.
 //! * `watch` — plugin files watched for changes, settled, then swapped in.
 //! * `observe/` — what an operator sees:
 //!   * `stats`: [`Stats`], live counters and every connection by how it ended.
@@ -91,6 +92,7 @@ mod handler;
 mod messages;
 pub mod native;
 mod node;
+mod node_handle;
 mod observe;
 mod server;
 mod versions;
@@ -125,7 +127,8 @@ pub use messages::local::Mailboxes;
 pub use messages::types::{
     FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
 };
-pub use node::{Node, NodeHandle, NodeListener};
+pub use node::{Node, NodeListener};
+pub use node_handle::NodeHandle;
 pub use observe::stats::{EndKind, Limit, Stats};
 pub use server::connection::serve_stream;
 pub use server::hooks::ConnectionHandle;

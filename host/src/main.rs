@@ -185,14 +185,19 @@ fn serve_one(one: OneListener, cache: CacheArgs, watch: Watch) -> anyhow::Result
             other => anyhow::Error::new(other),
         })?
     };
-    run(node, Announce::AddressOnly, watch)
+    run(node, Announce::AddressOnly, watch, None)
 }
 
 /// `shoal serve --config FILE`: every listener of the file in one node.
 fn serve_config(path: &Path, cache: CacheArgs, watch: Watch) -> anyhow::Result<()> {
     let mut spec = NodeSpec::load(path)?;
     spec.cache_dir = cache.dir(spec.cache_dir.take());
-    run(Node::from_spec(spec)?, Announce::WithName, watch)
+    run(
+        Node::from_spec(spec)?,
+        Announce::WithName,
+        watch,
+        Some(path.to_path_buf()),
+    )
 }
 
 /// How the ready lines name each listener.
@@ -205,7 +210,14 @@ enum Announce {
 }
 
 /// Bind every listener, say where each listens, serve until SIGINT or SIGTERM.
-fn run(mut node: Node, announce: Announce, watch: Watch) -> anyhow::Result<()> {
+/// Bind every listener, say where each listens, serve until SIGINT or SIGTERM; with a config
+/// file, re-read it on SIGHUP.
+fn run(
+    mut node: Node,
+    announce: Announce,
+    watch: Watch,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     tokio.block_on(async {
         match (node.bind().await, announce) {
@@ -222,11 +234,38 @@ fn run(mut node: Node, announce: Announce, watch: Watch) -> anyhow::Result<()> {
             (Err(error), _) => return Err(error.into()),
         }
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
+        let handle = node.handle();
         // Kept until the node stops: dropping it stops the watch.
-        let _watching = match watch {
-            Watch(true) => Some(node.handle().watch()?),
+        let mut watching = match watch {
+            Watch(true) => Some(handle.watch()?),
             Watch(false) => None,
         };
+        let hangups = reload_signal().context("cannot install the SIGHUP handler")?;
+        let reloading = tokio::spawn(async move {
+            let Some(path) = config else {
+                return;
+            };
+            let mut hangups = hangups;
+            while hangups.recv().await.is_some() {
+                let spec = match NodeSpec::load(&path) {
+                    Ok(spec) => spec,
+                    Err(error) => {
+                        tracing::error!("SIGHUP: {error}; nothing changed");
+                        continue;
+                    }
+                };
+                tracing::info!(file = %path.display(), "SIGHUP: reloading the config");
+                handle.reload(spec).await;
+                // The plugin files may have changed with the config.
+                if watching.is_some() {
+                    watching = None;
+                    match handle.watch() {
+                        Ok(watch) => watching = Some(watch),
+                        Err(error) => tracing::error!("{error}"),
+                    }
+                }
+            }
+        });
         // Tests and scripts wait for these lines to know the server is ready.
         for listener in node.listeners() {
             let Some(local) = listener.local_addr() else {
@@ -238,9 +277,17 @@ fn run(mut node: Node, announce: Announce, watch: Watch) -> anyhow::Result<()> {
             }
         }
         std::io::stdout().flush()?;
-        node.serve(shutdown).await?;
+        let served = node.serve(shutdown).await;
+        reloading.abort();
+        served?;
         Ok(())
     })
+}
+
+/// SIGHUP, as a stream: a config reload each.
+#[cfg(unix)]
+fn reload_signal() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
 /// A future that resolves on SIGINT or SIGTERM. The handlers are installed by this call, before

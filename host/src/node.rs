@@ -2,11 +2,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -16,12 +15,12 @@ use crate::config::units::size;
 use crate::error::{NodeError, PluginError, ServeError};
 use crate::handler::HandlerFactory;
 use crate::messages::local::Mailboxes;
+use crate::node_handle::{HandleListener, NodeHandle, ServeErased, Start};
 use crate::observe::stats::Stats;
 use crate::server::listener::{Server, pool_shortfall};
 use crate::versions::{VersionInfo, Versions};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::runtime::{Runtime, RuntimeConfig};
-use crate::watch::{self, PluginWatch};
 
 /// The Wasm engine and every listener of one process. It sizes the instance pool,
 /// loads each plugin (through the compile cache), binds every address, serves, and stops
@@ -59,6 +58,15 @@ pub struct Node {
     listeners: Vec<NodeListener>,
     /// Whether [`Node::check`] passed (at the first bind).
     checked: bool,
+    /// What handles see and change of the listeners while the node serves.
+    shared: Arc<Mutex<Vec<HandleListener>>>,
+    /// Listeners added while serving (by a reload), for `serve` to start.
+    starts: (
+        mpsc::UnboundedSender<Start>,
+        Option<mpsc::UnboundedReceiver<Start>>,
+    ),
+    /// Cancelled when the node stops; each listener's token is a child of it.
+    stop: CancellationToken,
 }
 
 /// One listener of a [`Node`]: its name, settings and counters.
@@ -73,8 +81,8 @@ pub struct NodeListener {
     bound: Option<TcpListener>,
     /// Its plugin's versions, when it serves a plugin that can be swapped.
     versions: Option<Versions>,
-    /// The file its plugin was loaded from, if any: watched by [`NodeHandle::watch`].
-    plugin_file: Option<PathBuf>,
+    /// Cancelled to stop this listener alone (a reload removed it); a child of the node's.
+    stop: CancellationToken,
 }
 
 impl NodeListener {
@@ -123,183 +131,20 @@ impl NodeListener {
     }
 }
 
-/// Swaps plugins and reads versions while a [`Node`] serves ([`Node::handle`]). Cloning it
-/// is cheap.
-#[derive(Clone)]
-pub struct NodeHandle {
-    runtime: Option<Runtime>,
-    /// Each listener's settings, versions and plugin file, in the node's order.
-    listeners: Arc<Vec<HandleListener>>,
-}
-
-struct HandleListener {
-    config: ServerConfig,
-    versions: Option<Versions>,
-    plugin_file: Option<PathBuf>,
-}
-
-impl NodeHandle {
-    /// See [`Node::swap`]. A refusal is logged too.
-    ///
-    /// # Errors
-    ///
-    /// As [`Node::swap`].
-    pub async fn swap(&self, listener: &str, plugin: Plugin) -> Result<VersionInfo, NodeError> {
-        let name = plugin.name().to_string();
-        let swapped = self.swap_plugin(listener, plugin).await;
-        if let Err(error) = &swapped {
-            tracing::warn!(listener, plugin = name, "{error}");
-        }
-        swapped
-    }
-
-    /// Load the plugin file at `path` on the node's engine (through its compile cache, on a
-    /// blocking thread: accepting never waits on a compile) and make it listener
-    /// `listener`'s current version, as [`Node::swap`]. A refusal is logged with the file.
-    ///
-    /// # Errors
-    ///
-    /// As [`Node::swap`], and [`NodeError::Plugin`] when the file cannot be loaded.
-    pub async fn swap_file(
-        &self,
-        listener: &str,
-        path: impl Into<std::path::PathBuf>,
-    ) -> Result<VersionInfo, NodeError> {
-        let path = path.into();
-        let swapped = self.load_and_swap(listener, path.clone()).await;
-        if let Err(error) = &swapped {
-            tracing::warn!(listener, file = %path.display(), "{error}");
-        }
-        swapped
-    }
-
-    async fn load_and_swap(&self, listener: &str, path: PathBuf) -> Result<VersionInfo, NodeError> {
-        let plugin = self.load(listener, path).await?;
-        self.swap_plugin(listener, plugin).await
-    }
-
-    /// Load the plugin file at `path` for `listener` on a blocking thread.
-    async fn load(&self, listener: &str, path: PathBuf) -> Result<Plugin, NodeError> {
-        self.find(listener)?;
-        let runtime = self
-            .runtime
-            .clone()
-            .ok_or_else(|| NodeError::NotSwappable(listener.to_string()))?;
-        let plugin_error = |error| NodeError::Plugin {
-            listener: listener.to_string(),
-            error,
-        };
-        let shown = path.display().to_string();
-        let loaded = tokio::task::spawn_blocking(move || Plugin::from_file(&runtime, path))
-            .await
-            .map_err(|join| {
-                plugin_error(PluginError::Compile {
-                    name: listener.to_string(),
-                    message: format!("the loading thread stopped: {join}"),
-                })
-            })?;
-        let plugin = loaded.map_err(plugin_error)?;
-        tracing::info!(
-            listener,
-            plugin = plugin.name(),
-            hash = %plugin.content_hash(),
-            "{}",
-            plugin.load_report().describe(&shown)
-        );
-        Ok(plugin)
-    }
-
-    async fn swap_plugin(&self, listener: &str, plugin: Plugin) -> Result<VersionInfo, NodeError> {
-        let (config, versions) = self.find(listener)?;
-        versions
-            .swap(plugin, config)
-            .await
-            .map_err(|error| NodeError::Swap {
-                listener: listener.to_string(),
-                error,
-            })
-    }
-
-    /// Listener `listener`'s versions: the current one and the older ones still serving.
-    #[must_use]
-    pub fn versions(&self, listener: &str) -> Option<Vec<VersionInfo>> {
-        self.find(listener)
-            .ok()
-            .map(|(_, versions)| versions.list())
-    }
-
-    fn find(&self, listener: &str) -> Result<(&ServerConfig, &Versions), NodeError> {
-        let found = self
-            .listeners
-            .iter()
-            .find(|l| l.config.name() == listener)
-            .ok_or_else(|| NodeError::NoSuchListener(listener.to_string()))?;
-        let versions = found
-            .versions
-            .as_ref()
-            .ok_or_else(|| NodeError::NotSwappable(listener.to_string()))?;
-        Ok((&found.config, versions))
-    }
-
-    /// Watch the plugin file of every listener whose plugin came from a file: when one is
-    /// rewritten or replaced by a rename and has settled ([`SETTLE`](crate::watch::SETTLE)),
-    /// it is loaded and swapped in as [`NodeHandle::swap_file`] does — unless its content is
-    /// that of the current version already. Failures are logged; the current version stays.
-    /// Watching stops when the returned value is dropped.
-    ///
-    /// # Errors
-    ///
-    /// [`NodeError::Watch`] when the OS refuses a watch.
-    pub fn watch(&self) -> Result<PluginWatch, NodeError> {
-        let files: Vec<(String, PathBuf)> = self
-            .listeners
-            .iter()
-            .filter(|l| l.versions.is_some())
-            .filter_map(|l| Some((l.config.name().to_string(), l.plugin_file.clone()?)))
-            .collect();
-        let handle = self.clone();
-        watch::watch(files, move |listener, path| {
-            let handle = handle.clone();
-            async move {
-                handle.swap_file_if_changed(&listener, path).await;
-            }
-        })
-        .map_err(|error| NodeError::Watch(error.to_string()))
-    }
-
-    /// [`NodeHandle::swap_file`], unless the file holds the current version's content (it was
-    /// touched, or written back unchanged).
-    async fn swap_file_if_changed(&self, listener: &str, path: PathBuf) {
-        let loaded = match self.load(listener, path.clone()).await {
-            Ok(plugin) => plugin,
-            Err(error) => {
-                tracing::warn!(listener, file = %path.display(), "{error}");
-                return;
-            }
-        };
-        let unchanged = self
-            .find(listener)
-            .is_ok_and(|(_, versions)| versions.current().hash == *loaded.content_hash());
-        if unchanged {
-            tracing::debug!(listener, file = %path.display(), "plugin file unchanged");
-            return;
-        }
-        if let Err(error) = self.swap_plugin(listener, loaded).await {
-            tracing::warn!(listener, file = %path.display(), "{error}");
-        }
-    }
-}
-
 impl Node {
     /// An empty node whose Wasm engine (started when the first plugin is loaded) has
     /// `runtime_config`. Listeners are added with [`Node::add`].
     #[must_use]
     pub fn new(runtime_config: RuntimeConfig) -> Self {
+        let (started, starts) = mpsc::unbounded_channel();
         Self {
             runtime_config,
             runtime: None,
             listeners: Vec::new(),
             checked: false,
+            shared: Arc::default(),
+            starts: (started, Some(starts)),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -350,7 +195,7 @@ impl Node {
                 })?;
             node.add_plugin(listener.address, plugin, listener.config)?;
             if let (PluginSource::File(path), Some(added)) =
-                (listener.plugin, node.listeners.last_mut())
+                (listener.plugin, node.shared_listeners().last_mut())
             {
                 added.plugin_file = Some(path);
             }
@@ -412,6 +257,16 @@ impl Node {
             return Err(NodeError::DuplicateName(name.to_string()));
         }
         self.checked = false;
+        let stop = self.stop.child_token();
+        self.shared_listeners().push(HandleListener {
+            address,
+            config: server.config().clone(),
+            settings: server.settings(),
+            versions: None,
+            plugin_file: None,
+            stop: stop.clone(),
+            local: std::sync::OnceLock::new(),
+        });
         self.listeners.push(NodeListener {
             address,
             config: server.config().clone(),
@@ -421,7 +276,7 @@ impl Node {
             server: Box::new(server.without_pool_check()),
             bound: None,
             versions: None,
-            plugin_file: None,
+            stop,
         });
         Ok(())
     }
@@ -440,6 +295,9 @@ impl Node {
     ) -> Result<(), NodeError> {
         let versions = Versions::new(plugin);
         self.add(address, Server::new(versions.clone(), config))?;
+        if let Some(listener) = self.shared_listeners().last_mut() {
+            listener.versions = Some(versions.clone());
+        }
         if let Some(listener) = self.listeners.last_mut() {
             listener.versions = Some(versions);
         }
@@ -459,22 +317,21 @@ impl Node {
         self.handle().swap(listener, plugin).await
     }
 
-    /// A handle to swap plugins and read versions while the node serves.
+    /// A handle to swap plugins, reload the config and read versions while the node serves.
+    /// Take it once the listeners are added: they share it.
     #[must_use]
     pub fn handle(&self) -> NodeHandle {
         NodeHandle {
             runtime: self.runtime.clone(),
-            listeners: Arc::new(
-                self.listeners
-                    .iter()
-                    .map(|l| HandleListener {
-                        config: l.config.clone(),
-                        versions: l.versions.clone(),
-                        plugin_file: l.plugin_file.clone(),
-                    })
-                    .collect(),
-            ),
+            listeners: Arc::clone(&self.shared),
+            starts: self.starts.0.clone(),
+            stop: self.stop.clone(),
         }
+    }
+
+    fn shared_listeners(&self) -> MutexGuard<'_, Vec<HandleListener>> {
+        // Each critical section is a lookup or one vector operation.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The listener named `name`.
@@ -506,7 +363,16 @@ impl Node {
                 continue;
             }
             match TcpListener::bind(listener.address).await {
-                Ok(bound) => listener.bound = Some(bound),
+                Ok(bound) => {
+                    if let (Ok(local), Some(shared)) = (bound.local_addr(), self.shared.lock().ok())
+                        && let Some(entry) = shared
+                            .iter()
+                            .find(|l| l.config.name() == listener.config.name())
+                    {
+                        let _ = entry.local.set(local);
+                    }
+                    listener.bound = Some(bound);
+                }
                 Err(error) => {
                     let failed = NodeError::Bind {
                         listener: listener.name().to_string(),
@@ -563,28 +429,35 @@ impl Node {
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         self.bind().await?;
         self.warn_if_pool_too_small();
-        let stop = CancellationToken::new();
+        let mut starts = self.starts.1.take();
         let mut running = JoinSet::new();
         for listener in self.listeners {
             let Some(bound) = listener.bound else {
                 continue;
             };
             let name = listener.config.name().to_string();
-            let serving = listener.server.serve(bound, stop.clone());
+            let serving = listener.server.serve(bound, listener.stop);
             running.spawn(async move { (name, serving.await) });
         }
-        shutdown.await;
-        stop.cancel();
         let mut first_error = None;
-        while let Some(ended) = running.join_next().await {
-            match ended {
-                Ok((_, Ok(()))) => {}
-                Ok((listener, Err(error))) => {
-                    tracing::error!(listener, "listener stopped: {error}");
-                    first_error.get_or_insert(NodeError::Serve { listener, error });
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(start) = async { starts.as_mut()?.recv().await } => {
+                    let Start { name, server, bound, stop } = start;
+                    let serving = server.serve(bound, stop);
+                    running.spawn(async move { (name, serving.await) });
                 }
-                Err(join) => tracing::error!("a listener's task failed: {join}"),
+                Some(ended) = running.join_next(), if !running.is_empty() => {
+                    // A listener removed by a reload ends here, having drained.
+                    record_end(ended, &mut first_error);
+                }
             }
+        }
+        self.stop.cancel();
+        while let Some(ended) = running.join_next().await {
+            record_end(ended, &mut first_error);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -649,30 +522,18 @@ fn check_reservation(spec: &NodeSpec, instances: u32) -> Result<(), NodeError> {
     })
 }
 
-/// A [`Server`] of any handler factory, served through a trait object so that one node holds
-/// listeners of different factories (plugins and native code).
-trait ServeErased: Send + Sync {
-    /// Whether the listener's handlers can be made under its settings.
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
-
-    fn serve(
-        self: Box<Self>,
-        listener: TcpListener,
-        stop: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>;
-}
-
-impl<F: HandlerFactory> ServeErased for Server<F> {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(self.check())
-    }
-
-    fn serve(
-        self: Box<Self>,
-        listener: TcpListener,
-        stop: CancellationToken,
-    ) -> Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>> {
-        Box::pin(Server::serve(*self, listener, stop.cancelled_owned()))
+/// A listener's serving task ended: log an error, keeping the first for `serve` to return.
+fn record_end(
+    ended: Result<(String, Result<(), ServeError>), tokio::task::JoinError>,
+    first_error: &mut Option<NodeError>,
+) {
+    match ended {
+        Ok((_, Ok(()))) => {}
+        Ok((listener, Err(error))) => {
+            tracing::error!(listener, "listener stopped: {error}");
+            first_error.get_or_insert(NodeError::Serve { listener, error });
+        }
+        Err(join) => tracing::error!("a listener's task failed: {join}"),
     }
 }
 

@@ -238,6 +238,8 @@ pub fn rss_kib() -> anyhow::Result<u64> {
 pub struct ShoalProcess {
     child: tokio::process::Child,
     pub addrs: std::collections::HashMap<String, std::net::SocketAddr>,
+    /// The config file it serves (rewrite it, then send `HUP`).
+    pub config: std::path::PathBuf,
     log: Arc<Mutex<String>>,
 }
 
@@ -284,7 +286,17 @@ impl ShoalProcess {
             let listener = listener.trim_matches(['(', ')']).to_string();
             addrs.insert(listener, addr.parse()?);
         }
-        Ok(Self { child, addrs, log })
+        Ok(Self {
+            child,
+            addrs,
+            config: path,
+            log,
+        })
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 
     /// Send the process a signal by name (`STOP`, `CONT`, `TERM`).

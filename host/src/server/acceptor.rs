@@ -37,7 +37,7 @@ pub(crate) struct AcceptorPool<F> {
 /// Returns once every acceptor has stopped, so the listener is no longer used.
 pub(crate) async fn supervise<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) {
     let mut acceptors = JoinSet::new();
-    for started in 0..pool.ctx.config.pool_size() {
+    for started in 0..pool.ctx.config.load().pool_size() {
         // However many acceptors start, shutdown is heard between them: a large pool never
         // holds the thread or the stop.
         if pool.ctx.shutdown.is_cancelled() {

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use arc_swap::ArcSwap;
+
 use crate::config::listener::ServerConfig;
 use crate::conn_id;
 use crate::error::GuestFault;
@@ -30,7 +32,9 @@ use crate::wasm::cpu::CpuGroup;
 
 /// What every connection of one listener shares.
 pub(crate) struct ConnectionContext<F> {
-    pub(crate) config: ServerConfig,
+    /// The listener's settings: each connection takes them as they are when it starts
+    /// (a reload changes them for new connections only).
+    pub(crate) config: Arc<ArcSwap<ServerConfig>>,
     pub(crate) factory: F,
     pub(crate) stats: Arc<Stats>,
     /// The listener's registry of connections: messages never leave it.
@@ -85,7 +89,7 @@ pub async fn serve_stream<F: HandlerFactory, T: Transport>(
     config: &ServerConfig,
 ) {
     let ctx = ConnectionContext {
-        config: config.clone(),
+        config: Arc::new(ArcSwap::from_pointee(config.clone())),
         factory,
         stats: Arc::new(Stats::default()),
         mailboxes: Mailboxes::new(MailboxLimits::from(config)),
@@ -133,7 +137,8 @@ async fn serve<F: HandlerFactory, T: Transport>(
     peer: String,
     ended: &AtomicBool,
 ) {
-    let config = &ctx.config;
+    let settings = ctx.config.load_full();
+    let config = &*settings;
     let info = ConnInfo {
         id,
         peer,
@@ -181,7 +186,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
             if let (Some(on_open), Some(handle)) = (&hooks.on_open, &handle) {
                 on_open(handle);
             }
-            event_loop(ctx, &mut guest, &mut stream, &mut mailbox, next).await
+            event_loop(ctx, config, &mut guest, &mut stream, &mut mailbox, next).await
         }
         Ok(Err(refusal)) => Ending::Refused(refusal),
         Err(fault) => Ending::Fault {
@@ -282,12 +287,12 @@ enum Input {
 /// Stream data and mailbox messages are taken in turn, one call at a time.
 async fn event_loop<F: HandlerFactory, T: Transport>(
     ctx: &ConnectionContext<F>,
+    config: &ServerConfig,
     guest: &mut F::Handler,
     stream: &mut T,
     mailbox: &mut Mailbox,
     mut next: Next,
 ) -> Ending {
-    let config = &ctx.config;
     let handle_fault = |fault| Ending::Fault {
         export: Export::Handle,
         fault,
@@ -481,7 +486,7 @@ mod tests {
         let ctx = Arc::new(ConnectionContext {
             mailboxes: Mailboxes::new(MailboxLimits::from(&config)),
             cpu_group: Arc::new(CpuGroup::new(1)),
-            config,
+            config: Arc::new(ArcSwap::from_pointee(config)),
             factory: crate::native::Echo,
             stats: Arc::default(),
             hooks: Hooks::default(),

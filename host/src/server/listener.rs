@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,8 @@ use crate::wasm::plugin::Plugin;
 /// config)` runs the native echo baseline behind the same acceptor pool and connection task.
 pub struct Server<F = Plugin> {
     config: ServerConfig,
+    /// The settings connections start with: `config`, or what a reload put in its place.
+    settings: Arc<ArcSwap<ServerConfig>>,
     factory: F,
     stats: Arc<Stats>,
     mailboxes: Mailboxes,
@@ -61,6 +64,7 @@ impl<F: HandlerFactory> Server<F> {
         Self {
             mailboxes: Mailboxes::new(MailboxLimits::from(&config)),
             cpu_group: Arc::new(CpuGroup::new(config.cpu_share())),
+            settings: Arc::new(ArcSwap::from_pointee(config.clone())),
             config,
             factory,
             stats: Arc::default(),
@@ -106,6 +110,11 @@ impl<F: HandlerFactory> Server<F> {
         &self.config
     }
 
+    /// The settings new connections start with, which a reload replaces.
+    pub(crate) fn settings(&self) -> Arc<ArcSwap<ServerConfig>> {
+        Arc::clone(&self.settings)
+    }
+
     /// Whether its factory can make handlers under its settings (see
     /// [`HandlerFactory::check`]).
     pub(crate) async fn check(&self) -> Result<(), String> {
@@ -147,7 +156,7 @@ impl<F: HandlerFactory> Server<F> {
             tracing::warn!("{warning}");
         }
         let ctx = Arc::new(ConnectionContext {
-            config: self.config,
+            config: self.settings,
             factory: self.factory,
             stats: self.stats,
             mailboxes: self.mailboxes,
@@ -165,7 +174,8 @@ impl<F: HandlerFactory> Server<F> {
             connections: connections.clone(),
             hard_stop: hard_stop.clone(),
         });
-        tracing::info!(%local, plugin = ctx.factory.name(), listener = ctx.config.name(), "serving");
+        let name = self.config.name();
+        tracing::info!(%local, plugin = ctx.factory.name(), listener = name, "serving");
 
         let supervisor = tokio::spawn(acceptor::supervise(Arc::clone(&pool)));
         // If this future is dropped before `shutdown` resolves, the detached acceptors and
