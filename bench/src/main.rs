@@ -43,7 +43,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "compile,lifecycle,load,memory,broadcast,noisy"
+        default_value = "compile,lifecycle,load,memory,broadcast,noisy,swap"
     )]
     scenarios: Vec<Scenario>,
     /// Another build's `shoal` binary (an earlier commit, say) to run the load scenarios
@@ -61,6 +61,9 @@ struct Args {
 enum Scenario {
     /// In-process: each plugin compiled cold, and loaded from the compile cache.
     Compile,
+    /// Hot swap: echo load on 1,000 connections while the plugin file is replaced every
+    /// second, against the same load without swaps.
+    Swap,
     /// In-process lifecycle: create, `init`, `close`, drop.
     Lifecycle,
     /// Connection rate, and round trips with latency at 512 and 64 bytes.
@@ -284,7 +287,15 @@ fn main() -> anyhow::Result<()> {
         noisy_rows = noisy_neighbour(&args, &bin_dir, pinned)?;
     }
 
+    let mut swap_results = Results::new();
+    if args.scenarios.contains(&Scenario::Swap) {
+        hot_swap(&args, &bin_dir, pinned, &mut swap_results)?;
+    }
+
     let mut report = report(&args, pinned, &mut results);
+    if !swap_results.is_empty() {
+        report.push_str(&swap_report(&mut swap_results));
+    }
     if !noisy_rows.is_empty() {
         report.push_str(&noisy_report(&mut noisy_rows));
     }
@@ -806,6 +817,128 @@ fn noisy_neighbour(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<
 
 /// Start `shoal serve --config` with the two tenants of `config`: the server (its address
 /// the echo tenant's) and the spin tenant's address.
+const SWAP_P99: &str = "hot swap, 1,000 conns × 512 B: p99 latency µs";
+const SWAP_RATE: &str = "hot swap, 1,000 conns × 512 B: round trips/s";
+const SWAP_FAILED: &str = "hot swap: failed connections + mismatched echoes";
+const SWAP_FIRST: &str = "hot swap: rename → first connection on it, ms (first swap: compiled)";
+const SWAP_CACHED: &str = "hot swap: rename → first connection on it, ms (median, from cache)";
+
+/// The `swap` scenario's table: each metric without swaps and with a swap every second,
+/// medians over rounds.
+fn swap_report(results: &mut Results) -> String {
+    let mut out = String::from(
+        "\nHot swap: 1,000 connections × 512 B echo for 10 s, without swaps and with the plugin \
+         file replaced by a rename every second (echo ↔ echo-v2); medians of the rounds.\n\n\
+         | metric | without swaps | a swap every second |\n|---|---|---|\n",
+    );
+    for metric in [SWAP_RATE, SWAP_P99, SWAP_FAILED, SWAP_FIRST, SWAP_CACHED] {
+        let mut cell = |kind| {
+            results
+                .get_mut(&(kind, metric))
+                .and_then(|values| median(values))
+                .map_or_else(|| "–".to_string(), |v| format!("{v:.1}"))
+        };
+        let (without, with) = (cell(Kind::Native), cell(Kind::Wasm));
+        out.push_str(&format!("| {metric} | {without} | {with} |\n"));
+    }
+    out
+}
+
+/// The `swap` scenario: `shoal serve --config` on a copy of the echo plugin, 1,000
+/// connections of 512 B echo load for 10 s, and (in turn with a run without) the file
+/// replaced by a rename every second, alternating echo and echo-v2. The compile cache starts
+/// empty, so the first swap compiles and the later ones load from the cache. The Wasm echo
+/// column is the run with swaps; the native column, the same load without.
+fn hot_swap(
+    args: &Args,
+    bin_dir: &Path,
+    pinned: bool,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let plugins = std::fs::canonicalize(&args.plugins)?;
+    let folder = std::env::current_dir()?.join("target/bench/swap");
+    for round in 1..=args.rounds {
+        let order = if round % 2 == 0 {
+            ["1", "0"]
+        } else {
+            ["0", "1"]
+        };
+        for every in order {
+            eprintln!("round {round}/{}: hot swap every {every} s", args.rounds);
+            let _ = std::fs::remove_dir_all(&folder);
+            std::fs::create_dir_all(&folder)?;
+            let live = folder.join("echo.wasm");
+            std::fs::copy(plugins.join("echo.wasm"), &live)?;
+            let config = folder.join("swap.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[[listener]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\n\
+                     plugin = \"{}\"\nmax_connections = 2000\n",
+                    live.display()
+                ),
+            )?;
+            let mut child = pin(pinned, "1", &bin_dir.join("shoal"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .arg("--cache-dir")
+                .arg(folder.join("cache"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?);
+            let mut line = String::new();
+            stdout.read_line(&mut line)?;
+            let addr = line
+                .trim()
+                .strip_prefix("listening on ")
+                .and_then(|rest| rest.split_once(' '))
+                .map(|(addr, _)| addr.to_string())
+                .with_context(|| format!("shoal serve --config printed {line:?}"))?;
+            let server = Server { child, addr };
+            let (v1, v2) = (plugins.join("echo.wasm"), plugins.join("echo-v2.wasm"));
+            let measured = loadgen(
+                bin_dir,
+                pinned,
+                &[
+                    "swap",
+                    "--addr",
+                    &server.addr,
+                    "--conns",
+                    "1000",
+                    "--seconds",
+                    "10",
+                    "--live",
+                    &live.display().to_string(),
+                    "--v1",
+                    &v1.display().to_string(),
+                    "--v2",
+                    &v2.display().to_string(),
+                    "--every",
+                    every,
+                ],
+            )?;
+            drop(server);
+            let column = if every == "1" {
+                Kind::Wasm
+            } else {
+                Kind::Native
+            };
+            record(results, column, SWAP_P99, &measured, "p99_us")?;
+            record(results, column, SWAP_RATE, &measured, "round_trips_per_sec")?;
+            let lost = measured.get("failed_conns").copied().unwrap_or(0.0)
+                + measured.get("mismatches").copied().unwrap_or(0.0);
+            results.entry((column, SWAP_FAILED)).or_default().push(lost);
+            if every == "1" {
+                record(results, column, SWAP_FIRST, &measured, "first_swap_ms")?;
+                record(results, column, SWAP_CACHED, &measured, "swap_ms")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn two_tenants(bin_dir: &Path, pinned: bool, config: &Path) -> anyhow::Result<(Server, String)> {
     let mut child = pin(pinned, "1", &bin_dir.join("shoal"))
         .args(["serve", "--no-cache", "--config"])

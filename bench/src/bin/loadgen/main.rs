@@ -7,6 +7,7 @@
 //! loadgen idle --addr A [--conns N]                          hold N connections until stdin closes
 //! loadgen broadcast --addr A [--conns N] [--seconds S]       chat lines delivered per second
 //! loadgen spin --addr A [--conns N] [--seconds S]            keep N guests looping (spin plugin)
+//! loadgen swap --addr A --live F --v1 F --v2 F [--every S]    echo load through hot swaps
 //! ```
 
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+mod swap;
 
 #[derive(Parser)]
 struct Cli {
@@ -49,6 +52,26 @@ enum Scenario {
         size: usize,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+    },
+    /// Echo load (512 B round trips on `conns` connections) while the served plugin file is
+    /// replaced by a rename every `every` seconds (0: never), alternating `v1` and `v2` (which
+    /// greets `v2`): failed connections, mismatched echoes, p99, and the time from each
+    /// rename to the first new connection on the new version.
+    Swap {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long)]
+        live: std::path::PathBuf,
+        #[arg(long)]
+        v1: std::path::PathBuf,
+        #[arg(long)]
+        v2: std::path::PathBuf,
+        #[arg(long, default_value_t = 1.0)]
+        every: f64,
     },
     /// Messages delivered per second through the `chat` plugin's broadcast: `conns` clients
     /// join, the first sends numbered lines as fast as the room keeps up (at most `window`
@@ -114,6 +137,25 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 window,
             } => broadcast(addr, conns, Duration::from_secs_f64(seconds), window).await,
+            Scenario::Swap {
+                addr,
+                conns,
+                seconds,
+                live,
+                v1,
+                v2,
+                every,
+            } => {
+                let load = swap::SwapLoad {
+                    addr,
+                    conns,
+                    seconds,
+                    live,
+                    versions: [v1, v2],
+                    every,
+                };
+                swap::run(load).await
+            }
         }
     })
 }
