@@ -30,7 +30,7 @@ fn example() -> anyhow::Result<String> {
 }
 
 /// Every field a `ConfigFileError::Invalid` may name.
-const FIELDS: [&str; 19] = [
+const FIELDS: [&str; 20] = [
     "name",
     "address",
     "plugin",
@@ -49,6 +49,7 @@ const FIELDS: [&str; 19] = [
     "cpu_share",
     "rollback_window",
     "rollback_fault_ratio",
+    "drain_timeout",
     "read_only_dir",
 ];
 

@@ -431,3 +431,60 @@ async fn a_version_in_a_crash_loop_is_rolled_back_and_not_taken_again() -> anyho
     drop(client);
     server.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_on_a_replaced_version_are_closed_at_the_drain_deadline() -> anyhow::Result<()>
+{
+    let config = ServerConfig::builder()
+        .name("echo")
+        .max_connections(400)
+        .drain_timeout(Duration::from_millis(300))
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()?;
+    let spec = NodeSpec {
+        listeners: vec![ListenerSpec {
+            address: "127.0.0.1:0".parse()?,
+            // The greeter says goodbye in `close`: its last output must reach the client.
+            plugin: PluginSource::File(plugin_path("greeter")),
+            config,
+        }],
+        ..NodeSpec::default()
+    };
+    let mut node = Node::from_spec(spec)?;
+    node.bind().await?;
+    let addr = node.listeners()[0].local_addr().context("bound")?;
+    let handle = node.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(node.serve(async {
+        let _ = stopped.await;
+    }));
+    let server = Serving {
+        addr,
+        handle,
+        stop,
+        task,
+    };
+    let mut old = TcpStream::connect(addr).await?;
+    let mut greeting = [0u8; 6];
+    old.read_exact(&mut greeting).await?;
+    assert_eq!(&greeting, b"hello ");
+    server
+        .handle
+        .swap_file("echo", plugin_path("echo-v2"))
+        .await?;
+    let (mut new, version) = connect_and_tell_version(addr).await?;
+    assert_eq!(version, 2);
+    // Within the deadline and a margin, the old connection is closed with its goodbye.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), old.read_to_end(&mut rest))
+        .await
+        .context("the old connection is closed at the drain deadline")??;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.ends_with("bye (shutdown)\n"), "{rest:?}");
+    // The new version's connection is not touched.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(echo(&mut new, b"still here").await?, b"still here");
+    assert_eq!(server.versions(), vec![(2, 1, true)]);
+    drop(new);
+    server.shutdown().await
+}

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use crate::config::listener::ServerConfig;
 use crate::error::{GuestFault, InstantiateError, SwapError};
 use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
+use crate::messages::local::Mailboxes;
 use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::wasm::digest::ContentHash;
 use crate::wasm::instance::Instance;
@@ -59,6 +60,9 @@ struct Shared {
     previous: Mutex<Option<Arc<Version>>>,
     /// The content of the last version rolled back: refused until the file changes.
     rolled_back: Mutex<Option<ContentHash>>,
+    /// The listener's connection registry (known from its first connection), through which
+    /// the connections of a retired version are closed at its drain deadline.
+    mailboxes: std::sync::OnceLock<Mailboxes>,
 }
 
 struct Version {
@@ -71,6 +75,8 @@ struct Version {
     opened: AtomicUsize,
     /// Of its first `watch.window` connections, those that faulted.
     faulted: AtomicUsize,
+    /// The ids of its live connections.
+    connections: Mutex<std::collections::HashSet<u64>>,
     /// When a crash loop rolls it back; `None` for a first version, which has nothing to
     /// roll back to.
     watch: Option<RollbackWatch>,
@@ -120,6 +126,7 @@ impl Versions {
                 capacity,
                 previous: Mutex::new(None),
                 rolled_back: Mutex::new(None),
+                mailboxes: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -166,6 +173,9 @@ impl Versions {
         let previous = self.shared.current.swap(Arc::clone(&version));
         *lock(&self.shared.previous) = Some(Arc::clone(&previous));
         *lock(&self.shared.rolled_back) = None;
+        if let Some(drain) = config.drain_timeout() {
+            self.drain_at(Arc::downgrade(&previous), drain, config.name().to_string());
+        }
         tracing::info!(
             listener = config.name(),
             plugin = version.plugin.name(),
@@ -175,6 +185,36 @@ impl Versions {
             previous.live.load(Ordering::Relaxed),
         );
         Ok(version.info(true))
+    }
+
+    /// After `drain`, close the connections still on `retired` (unless it is current again:
+    /// a rollback).
+    fn drain_at(&self, retired: Weak<Version>, drain: Duration, listener: String) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            let Some(version) = retired.upgrade() else {
+                return;
+            };
+            if Arc::ptr_eq(&version, &shared.current.load()) {
+                return;
+            }
+            let ids: Vec<u64> = lock(&version.connections).iter().copied().collect();
+            if ids.is_empty() {
+                return;
+            }
+            tracing::info!(
+                listener,
+                "drain deadline: closing the {} connections still on version {}",
+                ids.len(),
+                version.number
+            );
+            if let Some(mailboxes) = shared.mailboxes.get() {
+                for id in ids {
+                    mailboxes.retire(id);
+                }
+            }
+        });
     }
 
     /// The current version.
@@ -257,6 +297,7 @@ impl Version {
             live: AtomicUsize::new(0),
             opened: AtomicUsize::new(0),
             faulted: AtomicUsize::new(0),
+            connections: Mutex::default(),
             watch,
         }
     }
@@ -334,6 +375,7 @@ impl VersionedInstance {
 impl Drop for VersionedInstance {
     fn drop(&mut self) {
         self.version.live.fetch_sub(1, Ordering::Relaxed);
+        lock(&self.version.connections).remove(&self.instance.conn_id());
     }
 }
 
@@ -357,6 +399,10 @@ impl HandlerFactory for Versions {
         let version = self.shared.current.load_full();
         let place = version.opened.fetch_add(1, Ordering::Relaxed);
         let listener: Arc<str> = Arc::from(conn.config.name());
+        let conn_id = conn.conn_id;
+        if self.shared.mailboxes.get().is_none() {
+            let _ = self.shared.mailboxes.set(conn.mailboxes.clone());
+        }
         let instance = match version.plugin.create(conn).await {
             Ok(instance) => instance,
             Err(error) => {
@@ -366,6 +412,7 @@ impl HandlerFactory for Versions {
             }
         };
         version.live.fetch_add(1, Ordering::Relaxed);
+        lock(&version.connections).insert(conn_id);
         Ok(VersionedInstance {
             instance,
             version,

@@ -82,6 +82,7 @@ struct ListenerEntry {
     cpu_share: Option<u32>,
     rollback_window: Option<usize>,
     rollback_fault_ratio: Option<f64>,
+    drain_timeout: Option<DurationText>,
     #[serde(default)]
     capabilities: CapabilitiesEntry,
 }
@@ -267,6 +268,9 @@ impl ListenerEntry {
         }
         if let Some(value) = self.cpu_share {
             builder = builder.cpu_share(value);
+        }
+        if let Some(value) = self.drain_timeout {
+            builder = builder.drain_timeout(value.0);
         }
         if self.rollback_window.is_some() || self.rollback_fault_ratio.is_some() {
             let defaults = ServerConfig::default();

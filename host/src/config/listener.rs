@@ -46,6 +46,9 @@ pub mod bounds {
     pub const LOG_RATE: RangeInclusive<u32> = 0..=10_000;
     /// Guest log lines in a burst.
     pub const LOG_BURST: RangeInclusive<u32> = 0..=100_000;
+    /// `drain_timeout`: how long connections may stay on a replaced plugin version.
+    pub const DRAIN_TIMEOUT: RangeInclusive<Duration> =
+        Duration::ZERO..=Duration::from_secs(7 * 24 * 3600);
     /// The first connections of a new plugin version watched for faults.
     pub const ROLLBACK_WINDOW: RangeInclusive<usize> = 1..=100_000;
     /// The share of those that may fault before the version is rolled back.
@@ -104,6 +107,7 @@ pub struct ServerConfig {
     guest_log_burst: u32,
     rollback_window: usize,
     rollback_fault_ratio: f64,
+    drain_timeout: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -201,6 +205,13 @@ impl ServerConfig {
         self.rollback_fault_ratio
     }
 
+    /// How long connections may stay on a plugin version after a swap replaced it; then they
+    /// are closed (`close(shutdown)`, their output flushed). `None`: until they end.
+    #[must_use]
+    pub fn drain_timeout(&self) -> Option<Duration> {
+        self.drain_timeout
+    }
+
     /// Most messages one connection's mailbox holds.
     #[must_use]
     pub fn mailbox_messages(&self) -> usize {
@@ -285,6 +296,7 @@ impl Default for ServerConfig {
             guest_log_burst: 100,
             rollback_window: 20,
             rollback_fault_ratio: 0.5,
+            drain_timeout: None,
         }
     }
 }
@@ -371,6 +383,14 @@ impl ServerConfigBuilder {
     pub fn guest_log_rate(mut self, lines_per_second: u32, burst: u32) -> Self {
         self.config.guest_log_lines_per_second = lines_per_second;
         self.config.guest_log_burst = burst;
+        self
+    }
+
+    /// Close connections still on a replaced plugin version this long after the swap
+    /// (default: never; they run until they end).
+    #[must_use]
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = Some(timeout);
         self
     }
 
@@ -486,6 +506,9 @@ impl ServerConfigBuilder {
             &bounds::LOG_BURST,
             count,
         )?;
+        if let Some(drain) = c.drain_timeout {
+            check("drain_timeout", drain, &bounds::DRAIN_TIMEOUT, duration)?;
+        }
         let window = &bounds::ROLLBACK_WINDOW;
         check("rollback_window", c.rollback_window, window, count)?;
         let ratio = &bounds::ROLLBACK_FAULT_RATIO;

@@ -114,6 +114,8 @@ struct Queue {
     waiting_senders: usize,
     /// The receiver has ended: nothing is delivered here any more.
     gone: bool,
+    /// Closed because the connection's plugin version was retired.
+    retired: bool,
 }
 
 /// What a broadcast's first pass over the mailboxes did.
@@ -189,6 +191,7 @@ impl Queue {
             holding_back: Vec::new(),
             waiting_senders: 0,
             gone: false,
+            retired: false,
         }
     }
 
@@ -298,6 +301,15 @@ impl Mailboxes {
             inbox,
             registry: self.clone(),
             paused: false,
+        }
+    }
+
+    /// Close connection `id`'s mailbox because its plugin version was retired: it handles
+    /// what the mailbox holds, then sees its end ([`Mailbox::was_retired`]).
+    pub(crate) fn retire(&self, id: u64) {
+        if let Some(entry) = self.entries().get(&id) {
+            entry.inbox.queue().retired = true;
+            entry.inbox.close();
         }
     }
 
@@ -654,6 +666,12 @@ impl Mailbox {
     pub(crate) fn may_read(&mut self) -> bool {
         self.paused = self.inbox.held_back.load(Ordering::Acquire) > 0;
         !self.paused
+    }
+
+    /// Whether the mailbox was closed because the connection's plugin version was retired
+    /// ([`Mailboxes::retire`]).
+    pub(crate) fn was_retired(&self) -> bool {
+        self.inbox.queue().retired
     }
 
     /// Whether the connection is holding back from reading its client (see

@@ -357,8 +357,10 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
                 };
                 continue;
             }
-            // The mailbox closed: the server is shutting down, or it overflowed.
+            // The mailbox closed: the server is shutting down, the connection's plugin version
+            // was retired, or it overflowed.
             Ok(Input::MailboxClosed) if ctx.shutdown.is_cancelled() => return Ending::Shutdown,
+            Ok(Input::MailboxClosed) if mailbox.was_retired() => return Ending::Drained,
             Ok(Input::MailboxClosed) => return Ending::MailboxFull,
             Err(error) => return Ending::io(Operation::Read, error),
         };

@@ -20,6 +20,8 @@ pub(crate) enum Ending {
     Idle,
     /// The server is shutting down.
     Shutdown,
+    /// The plugin version it ran was replaced, and the listener's drain deadline passed.
+    Drained,
     /// The client did not take a call's output within the write timeout.
     WriteTimeout,
     /// The connection's mailbox overflowed: it missed a message.
@@ -85,7 +87,8 @@ impl Ending {
             Ending::ClientClosed => EndKind::ClientClosed,
             Ending::GuestClosed => EndKind::GuestClosed,
             Ending::Idle => EndKind::Limit(Limit::Idle),
-            Ending::Shutdown => EndKind::Shutdown,
+            // Counted with shutdowns until endings by upgrade get a counter of their own.
+            Ending::Shutdown | Ending::Drained => EndKind::Shutdown,
             Ending::WriteTimeout => EndKind::Limit(Limit::Write),
             Ending::MailboxFull => EndKind::Limit(Limit::Mailbox),
             Ending::Io { .. } => EndKind::IoError,
@@ -103,7 +106,9 @@ impl Ending {
             Ending::ClientClosed => CloseReason::PeerClosed,
             Ending::GuestClosed => CloseReason::GuestClosed,
             Ending::Idle => CloseReason::IdleTimeout,
-            Ending::Shutdown => CloseReason::Shutdown,
+            // `shoal:plugin@0.1.0` has no `upgrade` reason: a drained plugin of that world is
+            // told `shutdown`, as the world promises for anything that ends it from outside.
+            Ending::Shutdown | Ending::Drained => CloseReason::Shutdown,
             Ending::WriteTimeout => CloseReason::Limit(WRITE_TIMEOUT.to_string()),
             Ending::MailboxFull => CloseReason::Limit(MAILBOX_FULL.to_string()),
             Ending::Io { .. } => CloseReason::Error(self.to_string()),
@@ -124,9 +129,11 @@ impl Ending {
     pub(crate) fn level(&self) -> tracing::Level {
         match self {
             Ending::Fault { .. } | Ending::NoInstance(_) => tracing::Level::WARN,
-            Ending::Idle | Ending::WriteTimeout | Ending::MailboxFull | Ending::Refused(_) => {
-                tracing::Level::INFO
-            }
+            Ending::Idle
+            | Ending::WriteTimeout
+            | Ending::MailboxFull
+            | Ending::Refused(_)
+            | Ending::Drained => tracing::Level::INFO,
             Ending::ClientClosed | Ending::GuestClosed | Ending::Shutdown | Ending::Io { .. } => {
                 tracing::Level::DEBUG
             }
@@ -141,6 +148,9 @@ impl fmt::Display for Ending {
             Ending::GuestClosed => f.write_str("the plugin closed the connection"),
             Ending::Idle => f.write_str("limit reached: idle_timeout (the client sent nothing)"),
             Ending::Shutdown => f.write_str("the server is shutting down"),
+            Ending::Drained => f.write_str(
+                "its plugin version was replaced and the listener's drain_timeout passed",
+            ),
             Ending::WriteTimeout => {
                 f.write_str("limit reached: write_timeout (the client did not take its output)")
             }
