@@ -27,18 +27,26 @@ struct Serving {
 }
 
 async fn serve_echo() -> anyhow::Result<Serving> {
-    let config = ServerConfig::builder()
+    serve(plugin_path("echo"), settings().build()?).await
+}
+
+/// The settings of the tests' listener `echo`, to add to.
+fn settings() -> shoal_host::ServerConfigBuilder {
+    ServerConfig::builder()
         .name("echo")
         .pool_size(4)
         // The node sizes its instance pool by this: three nodes of 16,384 would not fit in
         // one test process's memory mappings.
         .max_connections(400)
         .shutdown_timeout(Duration::from_secs(5))
-        .build()?;
+}
+
+/// A node serving the plugin file `plugin` as listener `echo` with `config`.
+async fn serve(plugin: std::path::PathBuf, config: ServerConfig) -> anyhow::Result<Serving> {
     let spec = NodeSpec {
         listeners: vec![ListenerSpec {
             address: "127.0.0.1:0".parse()?,
-            plugin: PluginSource::File(plugin_path("echo")),
+            plugin: PluginSource::File(plugin),
             config,
         }],
         ..NodeSpec::default()
@@ -272,37 +280,9 @@ async fn a_swap_under_load_loses_no_connection_and_no_byte() -> anyhow::Result<(
 async fn serve_watched(
     path: &std::path::Path,
 ) -> anyhow::Result<(Serving, shoal_host::PluginWatch)> {
-    let config = ServerConfig::builder()
-        .name("echo")
-        .max_connections(400)
-        .shutdown_timeout(Duration::from_secs(5))
-        .build()?;
-    let spec = NodeSpec {
-        listeners: vec![ListenerSpec {
-            address: "127.0.0.1:0".parse()?,
-            plugin: PluginSource::File(path.to_path_buf()),
-            config,
-        }],
-        ..NodeSpec::default()
-    };
-    let mut node = Node::from_spec(spec)?;
-    node.bind().await?;
-    let addr = node.listeners()[0].local_addr().context("bound")?;
-    let handle = node.handle();
-    let watch = handle.watch()?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(node.serve(async {
-        let _ = stopped.await;
-    }));
-    Ok((
-        Serving {
-            addr,
-            handle,
-            stop,
-            task,
-        },
-        watch,
-    ))
+    let server = serve(path.to_path_buf(), settings().build()?).await?;
+    let watch = server.handle.watch()?;
+    Ok((server, watch))
 }
 
 /// A folder of this test's own, emptied first.
@@ -355,35 +335,9 @@ async fn a_plugin_file_replaced_by_a_rename_becomes_the_new_version() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_in_a_crash_loop_is_rolled_back_and_not_taken_again() -> anyhow::Result<()> {
-    let config = ServerConfig::builder()
-        .name("echo")
-        .max_connections(400)
-        // Rolled back once more than half of its first 4 connections fault: at the third.
-        .rollback(4, 0.5)
-        .shutdown_timeout(Duration::from_secs(5))
-        .build()?;
-    let spec = NodeSpec {
-        listeners: vec![ListenerSpec {
-            address: "127.0.0.1:0".parse()?,
-            plugin: PluginSource::File(plugin_path("echo")),
-            config,
-        }],
-        ..NodeSpec::default()
-    };
-    let mut node = Node::from_spec(spec)?;
-    node.bind().await?;
-    let addr = node.listeners()[0].local_addr().context("bound")?;
-    let handle = node.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(node.serve(async {
-        let _ = stopped.await;
-    }));
-    let server = Serving {
-        addr,
-        handle,
-        stop,
-        task,
-    };
+    // Rolled back once more than half of its first 4 connections fault: at the third.
+    let server = serve(plugin_path("echo"), settings().rollback(4, 0.5).build()?).await?;
+    let addr = server.addr;
     // trap-on passes its probe (its `init` is fine) and traps on any chunk with "trap".
     let swapped = server
         .handle
@@ -435,35 +389,12 @@ async fn a_version_in_a_crash_loop_is_rolled_back_and_not_taken_again() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_on_a_replaced_version_are_closed_at_the_drain_deadline() -> anyhow::Result<()>
 {
-    let config = ServerConfig::builder()
-        .name("echo")
-        .max_connections(400)
+    // The greeter says goodbye in `close`: its last output must reach the client.
+    let config = settings()
         .drain_timeout(Duration::from_millis(300))
-        .shutdown_timeout(Duration::from_secs(5))
         .build()?;
-    let spec = NodeSpec {
-        listeners: vec![ListenerSpec {
-            address: "127.0.0.1:0".parse()?,
-            // The greeter says goodbye in `close`: its last output must reach the client.
-            plugin: PluginSource::File(plugin_path("greeter")),
-            config,
-        }],
-        ..NodeSpec::default()
-    };
-    let mut node = Node::from_spec(spec)?;
-    node.bind().await?;
-    let addr = node.listeners()[0].local_addr().context("bound")?;
-    let handle = node.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(node.serve(async {
-        let _ = stopped.await;
-    }));
-    let server = Serving {
-        addr,
-        handle,
-        stop,
-        task,
-    };
+    let server = serve(plugin_path("greeter"), config).await?;
+    let addr = server.addr;
     let mut old = TcpStream::connect(addr).await?;
     let mut greeting = [0u8; 6];
     old.read_exact(&mut greeting).await?;
