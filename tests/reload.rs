@@ -79,10 +79,20 @@ async fn sighup_applies_settings_adds_and_removes_listeners_and_ignores_a_broken
     let mut back = [0u8; 5];
     tokio::time::timeout(Duration::from_secs(5), before.read_exact(&mut back)).await??;
     assert_eq!(&back, b"still");
-    // A config that does not parse changes nothing.
+    // A config that does not parse, or names a value out of bounds, changes nothing; the
+    // log names the file, and the listener and field.
     std::fs::write(&server.config, "[[listener]]\nname = 7\n")?;
     server.signal("HUP").await?;
     wait_for("the refusal", || server.log().contains("nothing changed")).await?;
+    let out_of_bounds = listener("main", &main.to_string(), "echo", "1h") + "pool_size = 0\n";
+    std::fs::write(&server.config, out_of_bounds)?;
+    server.signal("HUP").await?;
+    wait_for("the second refusal", || {
+        server.log().contains(
+            "listener `main`: invalid `pool_size`: must be between 1 and 1024; nothing changed",
+        )
+    })
+    .await?;
     assert!(echoes(added).await?, "still serving after a broken config");
     drop(before);
     let log = server.terminate().await?;

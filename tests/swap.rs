@@ -335,6 +335,7 @@ async fn a_plugin_file_replaced_by_a_rename_becomes_the_new_version() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_in_a_crash_loop_is_rolled_back_and_not_taken_again() -> anyhow::Result<()> {
+    support::captured_logs();
     // Rolled back once more than half of its first 4 connections fault: at the third.
     let server = serve(plugin_path("echo"), settings().rollback(4, 0.5).build()?).await?;
     let addr = server.addr;
@@ -359,6 +360,10 @@ async fn a_version_in_a_crash_loop_is_rolled_back_and_not_taken_again() -> anyho
             .any(|(number, _, current)| *number == 1 && *current)
     })
     .await?;
+    // Each connection's log line says which version it ran.
+    let trapped = log_lines_with(&["trapped", "version=2"]);
+    assert!(!trapped.is_empty(), "the trap's log line names version 2");
+    assert!(!log_lines_with(&["rolled back to version 1"]).is_empty());
     // Version 1 serves again: "trap" is echoed, not trapped on.
     let mut client = TcpStream::connect(addr).await?;
     assert_eq!(echo(&mut client, b"trap\n").await?, b"trap\n");
