@@ -214,7 +214,11 @@ async fn echo_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swap_under_load_loses_no_connection_and_no_byte() -> anyhow::Result<()> {
-    let server = serve_echo().await?;
+    // Served from a file of its own, watched, and replaced by a rename as a deploy would.
+    let folder = scratch_folder("load")?;
+    let live_file = folder.join("echo.wasm");
+    std::fs::copy(plugin_path("echo"), &live_file)?;
+    let (server, _watch) = serve_watched(&live_file).await?;
     let stop = Arc::new(AtomicBool::new(false));
     // 200 live connections on version 1, echoing random bytes the whole time.
     let mut live = Vec::new();
@@ -247,10 +251,16 @@ async fn a_swap_under_load_loses_no_connection_and_no_byte() -> anyhow::Result<(
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    server
-        .handle
-        .swap_file("echo", plugin_path("echo-v2"))
-        .await?;
+    let temporary = folder.join(".echo.wasm.new");
+    std::fs::copy(plugin_path("echo-v2"), &temporary)?;
+    std::fs::rename(&temporary, &live_file)?;
+    wait_for("version 2 to be current", || {
+        server
+            .versions()
+            .iter()
+            .any(|(number, _, current)| *number == 2 && *current)
+    })
+    .await?;
     swapped.store(true, Ordering::Release);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
@@ -273,7 +283,9 @@ async fn a_swap_under_load_loses_no_connection_and_no_byte() -> anyhow::Result<(
         seen.iter().any(|(after, v)| !after && *v == 1),
         "connections opened before the swap got v1"
     );
-    server.shutdown().await
+    server.shutdown().await?;
+    std::fs::remove_dir_all(&folder)?;
+    Ok(())
 }
 
 /// A node serving the plugin file at `path` as listener `echo`, watching it.
