@@ -22,7 +22,7 @@ use crate::wasm::plugin::Plugin;
 use crate::wasm::runtime::Runtime;
 use crate::watch::{self, PluginWatch};
 
-/// Swaps plugins and reads versions while a [`Node`] serves ([`Node::handle`]). Cloning it
+/// Swaps plugins and reads versions while a [`Node`](crate::Node) serves ([`Node::handle`](crate::Node::handle)). Cloning it
 /// is cheap.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -58,11 +58,11 @@ pub(crate) struct Start {
 }
 
 impl NodeHandle {
-    /// See [`Node::swap`]. A refusal is logged too.
+    /// See [`Node::swap`](crate::Node::swap). A refusal is logged too.
     ///
     /// # Errors
     ///
-    /// As [`Node::swap`].
+    /// As [`Node::swap`](crate::Node::swap).
     pub async fn swap(&self, listener: &str, plugin: Plugin) -> Result<VersionInfo, NodeError> {
         let name = plugin.name().to_string();
         let swapped = self.swap_plugin(listener, plugin).await;
@@ -74,11 +74,11 @@ impl NodeHandle {
 
     /// Load the plugin file at `path` on the node's engine (through its compile cache, on a
     /// blocking thread: accepting never waits on a compile) and make it listener
-    /// `listener`'s current version, as [`Node::swap`]. A refusal is logged with the file.
+    /// `listener`'s current version, as [`Node::swap`](crate::Node::swap). A refusal is logged with the file.
     ///
     /// # Errors
     ///
-    /// As [`Node::swap`], and [`NodeError::Plugin`] when the file cannot be loaded.
+    /// As [`Node::swap`](crate::Node::swap), and [`NodeError::Plugin`] when the file cannot be loaded.
     pub async fn swap_file(
         &self,
         listener: &str,
