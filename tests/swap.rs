@@ -215,10 +215,7 @@ async fn echo_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swap_under_load_loses_no_connection_and_no_byte() -> anyhow::Result<()> {
     // Served from a file of its own, watched, and replaced by a rename as a deploy would.
-    let folder = scratch_folder("load")?;
-    let live_file = folder.join("echo.wasm");
-    std::fs::copy(plugin_path("echo"), &live_file)?;
-    let (server, _watch) = serve_watched(&live_file).await?;
+    let (folder, live_file, server, _watch) = serve_a_watched_copy("load").await?;
     let stop = Arc::new(AtomicBool::new(false));
     // 200 live connections on version 1, echoing random bytes the whole time.
     let mut live = Vec::new();
@@ -288,13 +285,22 @@ async fn a_swap_under_load_loses_no_connection_and_no_byte() -> anyhow::Result<(
     Ok(())
 }
 
-/// A node serving the plugin file at `path` as listener `echo`, watching it.
-async fn serve_watched(
-    path: &std::path::Path,
-) -> anyhow::Result<(Serving, shoal_host::PluginWatch)> {
-    let server = serve(path.to_path_buf(), settings().build()?).await?;
+/// A copy of the echo plugin in a folder of `name`'s own, served as listener `echo` and
+/// watched: the folder, the file, the node and the watch.
+async fn serve_a_watched_copy(
+    name: &str,
+) -> anyhow::Result<(
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Serving,
+    shoal_host::PluginWatch,
+)> {
+    let folder = scratch_folder(name)?;
+    let live = folder.join("echo.wasm");
+    std::fs::copy(plugin_path("echo"), &live)?;
+    let server = serve(live.clone(), settings().build()?).await?;
     let watch = server.handle.watch()?;
-    Ok((server, watch))
+    Ok((folder, live, server, watch))
 }
 
 /// A folder of this test's own, emptied first.
@@ -308,10 +314,7 @@ fn scratch_folder(name: &str) -> anyhow::Result<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_file_replaced_by_a_rename_becomes_the_new_version() -> anyhow::Result<()> {
-    let folder = scratch_folder("rename")?;
-    let live = folder.join("echo.wasm");
-    std::fs::copy(plugin_path("echo"), &live)?;
-    let (server, _watch) = serve_watched(&live).await?;
+    let (folder, live, server, _watch) = serve_a_watched_copy("rename").await?;
     let (mut old, version) = connect_and_tell_version(server.addr).await?;
     assert_eq!(version, 1);
     // As a deploy tool does it: write a temporary file beside it, then rename it over.

@@ -93,13 +93,14 @@ impl NodeHandle {
     }
 
     async fn load_and_swap(&self, listener: &str, path: PathBuf) -> Result<VersionInfo, NodeError> {
-        let plugin = self.load(listener, path).await?;
+        self.find(listener)?;
+        let plugin = self.load(listener, PluginSource::File(path)).await?;
         self.swap_plugin(listener, plugin).await
     }
 
-    /// Load the plugin file at `path` for `listener` on a blocking thread.
-    async fn load(&self, listener: &str, path: PathBuf) -> Result<Plugin, NodeError> {
-        self.find(listener)?;
+    /// Load `listener`'s plugin from `source` on the node's engine, on a blocking thread (a
+    /// compile never holds up the runtime), and log how it was loaded.
+    async fn load(&self, listener: &str, source: PluginSource) -> Result<Plugin, NodeError> {
         let runtime = self
             .runtime
             .clone()
@@ -108,15 +109,18 @@ impl NodeHandle {
             listener: listener.to_string(),
             error,
         };
-        let shown = path.display().to_string();
-        let loaded = tokio::task::spawn_blocking(move || Plugin::from_file(&runtime, path))
-            .await
-            .map_err(|join| {
-                plugin_error(PluginError::Compile {
-                    name: listener.to_string(),
-                    message: format!("the loading thread stopped: {join}"),
-                })
-            })?;
+        let shown = source.display_name();
+        let loaded = tokio::task::spawn_blocking(move || match &source {
+            PluginSource::File(path) => Plugin::from_file(&runtime, path),
+            PluginSource::Bytes { name, bytes } => Plugin::from_bytes(&runtime, name, bytes),
+        })
+        .await
+        .map_err(|join| {
+            plugin_error(PluginError::Compile {
+                name: listener.to_string(),
+                message: format!("the loading thread stopped: {join}"),
+            })
+        })?;
         let plugin = loaded.map_err(plugin_error)?;
         tracing::info!(
             listener,
@@ -197,7 +201,11 @@ impl NodeHandle {
     /// [`NodeHandle::swap_file`], unless the file holds the current version's content (it was
     /// touched, or written back unchanged).
     async fn swap_file_if_changed(&self, listener: &str, path: PathBuf) {
-        let loaded = match self.load(listener, path.clone()).await {
+        let loaded = match self.find(listener) {
+            Ok(_) => self.load(listener, PluginSource::File(path.clone())).await,
+            Err(error) => Err(error),
+        };
+        let loaded = match loaded {
             Ok(plugin) => plugin,
             Err(error) => {
                 tracing::warn!(listener, file = %path.display(), "{error}");
@@ -293,10 +301,7 @@ impl NodeHandle {
     /// A listener of the reloaded config that serves already.
     async fn update(&self, spec: crate::config::spec::ListenerSpec) {
         let name = spec.config.name().to_string();
-        let plugin_file = match &spec.plugin {
-            PluginSource::File(path) => Some(path.clone()),
-            PluginSource::Bytes { .. } => None,
-        };
+        let plugin_file = file_of(&spec.plugin);
         {
             let mut listeners = self.listeners();
             let Some(entry) = listeners.iter_mut().find(|l| l.config.name() == name) else {
@@ -313,7 +318,7 @@ impl NodeHandle {
                     at_start.join(", ")
                 );
             }
-            if format!("{:?}", entry.config) != format!("{:?}", spec.config) {
+            if entry.config != spec.config {
                 entry.settings.store(Arc::new(spec.config.clone()));
                 entry.config = spec.config;
                 tracing::info!(listener = name, "new settings for new connections");
@@ -329,30 +334,8 @@ impl NodeHandle {
     /// by the node's serving loop.
     async fn add(&self, spec: crate::config::spec::ListenerSpec) -> Result<(), NodeError> {
         let name = spec.config.name().to_string();
-        let runtime = self
-            .runtime
-            .clone()
-            .ok_or_else(|| NodeError::NotSwappable(name.clone()))?;
-        let plugin_file = match &spec.plugin {
-            PluginSource::File(path) => Some(path.clone()),
-            PluginSource::Bytes { .. } => None,
-        };
-        let source = spec.plugin;
-        let loaded = tokio::task::spawn_blocking(move || match &source {
-            PluginSource::File(path) => Plugin::from_file(&runtime, path),
-            PluginSource::Bytes { name, bytes } => Plugin::from_bytes(&runtime, name, bytes),
-        })
-        .await
-        .map_err(|join| PluginError::Compile {
-            name: name.clone(),
-            message: format!("the loading thread stopped: {join}"),
-        });
-        let plugin = loaded
-            .and_then(|loaded| loaded)
-            .map_err(|error| NodeError::Plugin {
-                listener: name.clone(),
-                error,
-            })?;
+        let plugin_file = file_of(&spec.plugin);
+        let plugin = self.load(&name, spec.plugin).await?;
         let versions = Versions::new(plugin);
         let server = Server::new(versions.clone(), spec.config.clone()).without_pool_check();
         server.check().await.map_err(|reason| NodeError::Unfit {
@@ -402,6 +385,14 @@ impl NodeHandle {
             .iter()
             .find(|l| l.config.name() == listener)
             .and_then(|l| l.local.get().copied())
+    }
+}
+
+/// The file a plugin comes from, if it comes from one (it is then watched).
+fn file_of(source: &PluginSource) -> Option<PathBuf> {
+    match source {
+        PluginSource::File(path) => Some(path.clone()),
+        PluginSource::Bytes { .. } => None,
     }
 }
 

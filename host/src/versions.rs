@@ -60,9 +60,10 @@ struct Shared {
     previous: Mutex<Option<Arc<Version>>>,
     /// The content of the last version rolled back: refused until the file changes.
     rolled_back: Mutex<Option<ContentHash>>,
-    /// The listener's connection registry (known from its first connection), through which
-    /// the connections of a retired version are closed at its drain deadline.
-    mailboxes: std::sync::OnceLock<Mailboxes>,
+    /// The listener, known from its first connection: its name (for the rollback's log line)
+    /// and its connection registry, through which the connections of a retired version are
+    /// closed at its drain deadline.
+    listener: std::sync::OnceLock<(String, Mailboxes)>,
 }
 
 struct Version {
@@ -126,7 +127,7 @@ impl Versions {
                 capacity,
                 previous: Mutex::new(None),
                 rolled_back: Mutex::new(None),
-                mailboxes: std::sync::OnceLock::new(),
+                listener: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -209,7 +210,7 @@ impl Versions {
                 ids.len(),
                 version.number
             );
-            if let Some(mailboxes) = shared.mailboxes.get() {
+            if let Some((_, mailboxes)) = shared.listener.get() {
                 for id in ids {
                     mailboxes.retire(id);
                 }
@@ -247,7 +248,7 @@ impl Shared {
     /// One of `version`'s connections (the `place`-th it was given) faulted: past the
     /// version's fault ratio, while it is still current, the previous version is made current
     /// again and the faulty content refused until its file changes.
-    fn faulted(&self, version: &Arc<Version>, place: usize, listener: &str) {
+    fn faulted(&self, version: &Arc<Version>, place: usize) {
         let Some(watch) = version.watch else {
             return;
         };
@@ -270,6 +271,7 @@ impl Shared {
             return;
         }
         *lock(&self.rolled_back) = Some(*version.plugin.content_hash());
+        let listener = self.listener.get().map_or("", |(name, _)| name.as_str());
         tracing::warn!(
             listener,
             plugin = version.plugin.name(),
@@ -357,7 +359,6 @@ pub struct VersionedInstance {
     /// Counted as faulted already.
     faulted: bool,
     shared: Arc<Shared>,
-    listener: Arc<str>,
 }
 
 impl VersionedInstance {
@@ -365,8 +366,7 @@ impl VersionedInstance {
     fn watch<T>(&mut self, result: Result<T, GuestFault>) -> Result<T, GuestFault> {
         if result.is_err() && !self.faulted {
             self.faulted = true;
-            self.shared
-                .faulted(&self.version, self.place, &self.listener);
+            self.shared.faulted(&self.version, self.place);
         }
         result
     }
@@ -398,16 +398,16 @@ impl HandlerFactory for Versions {
     async fn create(&self, conn: NewConnection<'_>) -> Result<VersionedInstance, InstantiateError> {
         let version = self.shared.current.load_full();
         let place = version.opened.fetch_add(1, Ordering::Relaxed);
-        let listener: Arc<str> = Arc::from(conn.config.name());
         let conn_id = conn.conn_id;
-        if self.shared.mailboxes.get().is_none() {
-            let _ = self.shared.mailboxes.set(conn.mailboxes.clone());
+        if self.shared.listener.get().is_none() {
+            let listener = (conn.config.name().to_string(), conn.mailboxes.clone());
+            let _ = self.shared.listener.set(listener);
         }
         let instance = match version.plugin.create(conn).await {
             Ok(instance) => instance,
             Err(error) => {
                 // A version that cannot even start its instances is as faulty.
-                self.shared.faulted(&version, place, &listener);
+                self.shared.faulted(&version, place);
                 return Err(error);
             }
         };
@@ -419,7 +419,6 @@ impl HandlerFactory for Versions {
             place,
             faulted: false,
             shared: Arc::clone(&self.shared),
-            listener,
         })
     }
 }

@@ -86,7 +86,7 @@ fn check<T: PartialOrd>(
 /// assert_eq!(config.max_connections(), 16_384);
 /// # Ok::<(), shoal_host::ConfigError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     name: String,
     pool_size: usize,

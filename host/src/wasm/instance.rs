@@ -71,9 +71,19 @@ impl Instance {
     /// An [`InstantiateError`] when the instance cannot be created, for example because the
     /// runtime's instance pool is full.
     pub async fn new(plugin: &Plugin, config: &ServerConfig) -> Result<Self, InstantiateError> {
+        Self::alone(plugin, config, conn_id::next()).await
+    }
+
+    /// An instance for connection `conn_id` outside any listener: alone in a registry of its
+    /// own, with counters and a CPU group of its own.
+    async fn alone(
+        plugin: &Plugin,
+        config: &ServerConfig,
+        conn_id: u64,
+    ) -> Result<Self, InstantiateError> {
         let settings = ConnSettings::new(
             config,
-            conn_id::next(),
+            conn_id,
             Mailboxes::new(MailboxLimits::from(config)),
             plugin.shared_name(),
             Arc::new(Stats::default()),
@@ -147,16 +157,7 @@ impl Instance {
         plugin: &Plugin,
         config: &ServerConfig,
     ) -> Result<Self, InstantiateError> {
-        let settings = ConnSettings::new(
-            config,
-            0,
-            Mailboxes::new(MailboxLimits::from(config)),
-            plugin.shared_name(),
-            Arc::new(Stats::default()),
-            Arc::clone(plugin.runtime().scheduler()),
-            Arc::new(CpuGroup::new(config.cpu_share())),
-        );
-        Self::with_settings(plugin, &settings).await
+        Self::alone(plugin, config, 0).await
     }
 
     /// The connection id this instance was created for.
