@@ -42,7 +42,7 @@ fn a_component_of_another_world_names_the_missing_export() {
     };
     let message = err.to_string();
     assert!(
-        message.contains("shoal:plugin/handler@0.1.0"),
+        message.contains("shoal:plugin/handler@0.2.0"),
         "names what is missing: {message}"
     );
     assert!(

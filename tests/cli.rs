@@ -90,7 +90,7 @@ async fn check_names_what_a_wrong_world_component_is_missing() -> anyhow::Result
     assert!(!output.status.success(), "must fail: {output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("does not export `shoal:plugin/handler@0.1.0`"),
+        stderr.contains("does not export `shoal:plugin/handler@0.2.0` (nor its 0.1.0 version)"),
         "{stderr}"
     );
     Ok(())

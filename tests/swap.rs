@@ -431,7 +431,7 @@ async fn connections_on_a_replaced_version_are_closed_at_the_drain_deadline() ->
         .await
         .context("the old connection is closed at the drain deadline")??;
     let rest = String::from_utf8_lossy(&rest);
-    assert!(rest.ends_with("bye (shutdown)\n"), "{rest:?}");
+    assert!(rest.ends_with("bye (upgrade)\n"), "{rest:?}");
     // The new version's connection is not touched.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(echo(&mut new, b"still here").await?, b"still here");

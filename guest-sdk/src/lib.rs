@@ -66,9 +66,29 @@ pub mod bindings {
         export_macro_name: "__export_plugin",
         default_bindings_module: "shoal_guest::bindings",
     });
+
+    // With `shoal:plugin@0.1.0` beside it in `wit/deps`, the modules carry the version.
+    pub use self::exports::shoal::plugin0_2_0 as exported;
+    pub use self::shoal::plugin0_2_0 as plugin;
 }
 
-pub use bindings::shoal::plugin::types::{
+/// The `handoff` export, which makes a `plugin` a `plugin-handoff`.
+#[doc(hidden)]
+#[allow(missing_docs, clippy::all)]
+pub mod handoff_bindings {
+    wit_bindgen::generate!({
+        world: "handoff-export",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_handoff",
+        default_bindings_module: "shoal_guest::handoff_bindings",
+        with: { "shoal:plugin/types@0.2.0": crate::bindings::plugin::types },
+    });
+
+    pub use self::exports::shoal::plugin0_2_0 as exported;
+}
+
+pub use bindings::plugin::types::{
     CloseReason, ConnInfo, Envelope, Event, Level, MessageError, NameError, Next, Peer, SendError,
 };
 
@@ -94,6 +114,30 @@ pub trait Handler: Sized + 'static {
     }
 }
 
+/// A handler whose connections can move to a newer version of the plugin without closing
+/// (the `handoff` interface of `wit/plugin.wit`): export it with
+/// `export_handler!(MyType, handoff)`.
+///
+/// When the listener swaps to a new version, the host calls [`Handoff::snapshot`] on the old
+/// version's state between two events, then [`Handoff::resume`] in a fresh instance of the new
+/// version instead of [`Handler::init`]. The encoding of the state is the plugin's choice (a
+/// few bytes by hand, `postcard`, …); a new version should read its predecessors' snapshots,
+/// and refuse (`Err`) one it cannot read: the connection then stays on its old version.
+pub trait Handoff: Handler {
+    /// The connection's state as bytes. The state stays in place: if the new version refuses
+    /// it, this connection goes on here.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Take over a live connection from an older version's [`Handoff::snapshot`], for the
+    /// client connected as `info` (the same as `init` was given).
+    ///
+    /// # Errors
+    ///
+    /// An `Err` refuses the connection, which stays on its old version; the host logs the
+    /// text.
+    fn resume(info: ConnInfo, state: &[u8]) -> Result<(Self, Next), String>;
+}
+
 /// Queue bytes for this connection's client; they are written when the current call returns.
 ///
 /// # Errors
@@ -101,14 +145,14 @@ pub trait Handler: Sized + 'static {
 /// [`SendError::BufferFull`] when the listener's output buffer limit would be passed (nothing
 /// was queued), [`SendError::Closed`] when the client can no longer receive.
 pub fn send(data: &[u8]) -> Result<(), SendError> {
-    bindings::shoal::plugin::connection::send(data)
+    bindings::plugin::connection::send(data)
 }
 
 /// Messages to the other connections of this listener; they arrive there as
 /// [`Event::Message`]. See `wit/plugin.wit` (`interface mailbox`) for the delivery guarantees:
 /// FIFO per sender and receiver, nothing waits, a full mailbox refuses.
 pub mod mailbox {
-    use crate::bindings::shoal::plugin::mailbox as imports;
+    use crate::bindings::plugin::mailbox as imports;
     use crate::{MessageError, NameError, Peer};
 
     /// Send `payload` to connection `to` of this listener.
@@ -155,7 +199,7 @@ pub mod mailbox {
 /// Configuration values the operator granted this listener (`[listener.capabilities] config`
 /// in `shoal.toml`).
 pub mod config {
-    use crate::bindings::shoal::plugin::config as imports;
+    use crate::bindings::plugin::config as imports;
 
     /// The value of `key`, if granted.
     #[must_use]
@@ -173,59 +217,108 @@ pub mod config {
 /// Write one line to the host's log, tagged with this connection's id and the plugin's name.
 /// The host drops lines past a per-connection rate.
 pub fn log(level: Level, message: &str) {
-    bindings::shoal::plugin::log::log(level, message);
+    bindings::plugin::log::log(level, message);
 }
 
 /// Export a [`Handler`] as this component's `shoal:plugin/handler` implementation.
 ///
-/// Use it once, at the top level of the plugin crate: `shoal_guest::export_handler!(MyType);`
+/// Use it once, at the top level of the plugin crate: `shoal_guest::export_handler!(MyType);`,
+/// or `shoal_guest::export_handler!(MyType, handoff);` for a type that also implements
+/// [`Handoff`] (the component then exports `shoal:plugin/handoff` too).
 #[macro_export]
 macro_rules! export_handler {
     ($handler:ty) => {
         const _: () = {
-            ::std::thread_local! {
-                static STATE: ::std::cell::RefCell<::std::option::Option<$handler>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
+            $crate::__handler_state!($handler);
+            $crate::__handler_export!($handler, $crate::bindings::exported::handler::Guest);
+    $crate::bindings::__export_plugin!(ShoalExport with_types_in $crate::bindings);
+        };
+    };
+    ($handler:ty, handoff) => {
+        const _: () = {
+            $crate::__handler_state!($handler);
+            $crate::__handler_export!($handler, $crate::bindings::exported::handler::Guest);
+    $crate::bindings::__export_plugin!(ShoalExport with_types_in $crate::bindings);
 
-            struct ShoalExport;
-
-            impl $crate::bindings::exports::shoal::plugin::handler::Guest for ShoalExport {
-                fn init(
-                    info: $crate::ConnInfo,
-                ) -> ::std::result::Result<$crate::Next, ::std::string::String> {
-                    let (state, next) = <$handler as $crate::Handler>::init(info)?;
-                    STATE.with_borrow_mut(|slot| *slot = ::std::option::Option::Some(state));
-                    ::std::result::Result::Ok(next)
-                }
-
-                fn handle(event: $crate::Event) -> $crate::Next {
-                    STATE.with_borrow_mut(|slot| match slot {
+            impl $crate::handoff_bindings::exported::handoff::Guest for ShoalExport {
+                fn snapshot() -> ::std::vec::Vec<u8> {
+                    STATE.with_borrow(|slot| match slot {
                         ::std::option::Option::Some(state) => {
-                            <$handler as $crate::Handler>::handle(state, event)
+                            <$handler as $crate::Handoff>::snapshot(state)
                         }
-                        // A host bug, never a plugin's: trap loudly rather than hide it.
-                        ::std::option::Option::None => {
-                            ::std::panic!(
-                                "shoal-guest: `handle` called without a successful `init`"
-                            )
-                        }
+                        ::std::option::Option::None => ::std::panic!(
+                            "shoal-guest: `snapshot` called without a live connection"
+                        ),
                     })
                 }
 
-                fn close(reason: $crate::CloseReason) {
-                    match STATE.take() {
-                        ::std::option::Option::Some(state) => {
-                            <$handler as $crate::Handler>::close(state, reason)
-                        }
-                        ::std::option::Option::None => ::std::panic!(
-                            "shoal-guest: `close` called twice or without a successful `init`"
-                        ),
-                    }
+                fn resume(
+                    info: $crate::ConnInfo,
+                    state: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<$crate::Next, ::std::string::String> {
+                    let (state, next) = <$handler as $crate::Handoff>::resume(info, &state)?;
+                    STATE.with_borrow_mut(|slot| *slot = ::std::option::Option::Some(state));
+                    ::std::result::Result::Ok(next)
                 }
             }
 
-    $crate::bindings::__export_plugin!(ShoalExport with_types_in $crate::bindings);
+            $crate::handoff_bindings::__export_handoff!(
+                ShoalExport with_types_in $crate::handoff_bindings
+            );
         };
+    };
+}
+
+/// The connection's state slot (one per instance) and the type that exports it.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __handler_state {
+    ($handler:ty) => {
+        ::std::thread_local! {
+            static STATE: ::std::cell::RefCell<::std::option::Option<$handler>> =
+                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+        }
+
+        struct ShoalExport;
+    };
+}
+
+/// `$handler`'s three lifecycle steps as the `handler` export `$guest`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __handler_export {
+    ($handler:ty, $guest:path) => {
+        impl $guest for ShoalExport {
+            fn init(
+                info: $crate::ConnInfo,
+            ) -> ::std::result::Result<$crate::Next, ::std::string::String> {
+                let (state, next) = <$handler as $crate::Handler>::init(info)?;
+                STATE.with_borrow_mut(|slot| *slot = ::std::option::Option::Some(state));
+                ::std::result::Result::Ok(next)
+            }
+
+            fn handle(event: $crate::Event) -> $crate::Next {
+                STATE.with_borrow_mut(|slot| match slot {
+                    ::std::option::Option::Some(state) => {
+                        <$handler as $crate::Handler>::handle(state, event)
+                    }
+                    // A host bug, never a plugin's: trap loudly rather than hide it.
+                    ::std::option::Option::None => {
+                        ::std::panic!("shoal-guest: `handle` called without a successful `init`")
+                    }
+                })
+            }
+
+            fn close(reason: $crate::CloseReason) {
+                match STATE.take() {
+                    ::std::option::Option::Some(state) => {
+                        <$handler as $crate::Handler>::close(state, reason)
+                    }
+                    ::std::option::Option::None => ::std::panic!(
+                        "shoal-guest: `close` called twice or without a successful `init`"
+                    ),
+                }
+            }
+        }
     };
 }

@@ -121,7 +121,7 @@ pub enum PluginError {
     /// The component does not export the handler interface of the `shoal:plugin` world.
     #[error(
         "{name} does not implement the shoal:plugin world: it does not export `{missing}` \
-         (it exports: {found})"
+         (nor its 0.1.0 version) (it exports: {found})"
     )]
     MissingExport {
         /// The plugin's name.

@@ -12,7 +12,7 @@ use crate::config::listener::ServerConfig;
 use crate::error::{GuestFault, InstantiateError};
 use crate::messages::local::Mailboxes;
 use crate::observe::stats::Stats;
-use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::wasm::cpu::CpuGroup;
 
 /// Serves one connection, following the plugin lifecycle that `wit/plugin.wit` specifies:
@@ -66,6 +66,32 @@ pub trait ConnectionHandler: Send + 'static {
     fn version(&self) -> Option<u64> {
         None
     }
+
+    /// Move the connection `info` to its listener's current plugin version with its state
+    /// (the `handoff` interface of `wit/plugin.wit`), between two calls; `conn` is what a new
+    /// handler for it is made with. By default a handler has no versions and stays.
+    fn hand_off(
+        &mut self,
+        conn: &NewConnection<'_>,
+        info: &ConnInfo,
+    ) -> impl Future<Output = HandoffOutcome> + Send {
+        let _ = (conn, info);
+        async { HandoffOutcome::Stayed("its handler has no versions".to_string()) }
+    }
+}
+
+/// What became of a request to move a connection to its listener's current plugin version.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HandoffOutcome {
+    /// The current version took the connection over; its `resume` returned this.
+    Moved(Next),
+    /// The connection stays on its version; the text says why (no `handoff` export on
+    /// either side, the new version refused the state or faulted in `resume`, …).
+    Stayed(String),
+    /// The handler faulted giving its state up (`snapshot`): the connection must end, as
+    /// after any fault.
+    Faulted(GuestFault),
 }
 
 /// What a handler factory knows about the connection it makes a handler for.

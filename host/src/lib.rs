@@ -116,13 +116,13 @@ pub mod tcp {
 }
 
 pub use config::file::ConfigFileError;
-pub use config::listener::{ServerConfig, ServerConfigBuilder, bounds};
+pub use config::listener::{HandoffPolicy, ServerConfig, ServerConfigBuilder, bounds};
 pub use config::spec::{ListenerSpec, NodeSpec, PluginSource};
 pub use error::{
     ConfigError, GuestFault, InstantiateError, NodeError, PluginError, RuntimeError, ServeError,
     SwapError,
 };
-pub use handler::{ConnectionHandler, HandlerFactory, NewConnection};
+pub use handler::{ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection};
 pub use messages::local::Mailboxes;
 pub use messages::types::{
     FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
@@ -135,12 +135,13 @@ pub use server::hooks::ConnectionHandle;
 pub use server::listener::{Server, serve};
 pub use server::transport::Transport;
 pub use versions::{VersionInfo, VersionedInstance, Versions};
-pub use wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
+pub use wasm::bindings::plugin::types::{CloseReason, ConnInfo, Envelope, Event, Next};
 pub use wasm::cache::default_cache_dir;
 pub use wasm::capabilities::{Capabilities, ReadOnlyDir};
 pub use wasm::cpu::CpuGroup;
 pub use wasm::digest::ContentHash;
+pub use wasm::exports::{HANDLER_EXPORT, HANDOFF_EXPORT, WorldVersion};
 pub use wasm::instance::Instance;
-pub use wasm::plugin::{Compilation, HANDLER_EXPORT, LoadReport, Plugin};
+pub use wasm::plugin::{Compilation, LoadReport, Plugin};
 pub use wasm::runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};
 pub use watch::{PluginWatch, SETTLE};

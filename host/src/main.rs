@@ -10,8 +10,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use shoal_host::{
-    HANDLER_EXPORT, ListenerSpec, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime,
-    RuntimeConfig, Server, ServerConfig,
+    ListenerSpec, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime, RuntimeConfig, Server,
+    ServerConfig,
 };
 
 /// The echo plugin, served when `shoal serve` is given no plugin.
@@ -316,8 +316,14 @@ fn check(path: &Path) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig::builder().max_instances(1).build()?)
         .context("cannot start the Wasm engine")?;
     let plugin = Plugin::from_file(&runtime, path)?;
+    let world = plugin.world_version().as_str();
+    let handoff = if plugin.exports_handoff() {
+        " and handoff: its connections can move to a newer version"
+    } else {
+        ""
+    };
     println!(
-        "ok: {} implements the shoal:plugin world (exports {HANDLER_EXPORT})",
+        "ok: {} implements the shoal:plugin@{world} world (exports its handler{handoff})",
         plugin.name()
     );
     Ok(())

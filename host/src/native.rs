@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::{GuestFault, InstantiateError};
 use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
 use crate::observe::stats::{Live, LiveKind};
-use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next};
 
 /// Makes a native echo handler per connection.
 #[derive(Debug, Clone, Copy, Default)]

@@ -13,11 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::config::listener::ServerConfig;
+use crate::config::listener::{HandoffPolicy, ServerConfig};
 use crate::error::{GuestFault, InstantiateError, SwapError};
-use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
-use crate::messages::local::Mailboxes;
-use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::handler::{ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection};
+use crate::messages::local::{Mailboxes, MoveRequest};
+use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::wasm::digest::ContentHash;
 use crate::wasm::instance::Instance;
 use crate::wasm::plugin::Plugin;
@@ -174,6 +174,9 @@ impl Versions {
         let previous = self.shared.current.swap(Arc::clone(&version));
         *lock(&self.shared.previous) = Some(Arc::clone(&previous));
         *lock(&self.shared.rolled_back) = None;
+        if config.handoff() == HandoffPolicy::Immediate && version.plugin.exports_handoff() {
+            self.shared.request_moves(MoveRequest::IfPossible);
+        }
         if let Some(drain) = config.drain_timeout() {
             self.drain_at(Arc::downgrade(&previous), drain, config.name().to_string());
         }
@@ -188,8 +191,8 @@ impl Versions {
         Ok(version.info(true))
     }
 
-    /// After `drain`, close the connections still on `retired` (unless it is current again:
-    /// a rollback).
+    /// After `drain`, move the connections still on `retired` to the current version or,
+    /// when they cannot move, close them (unless `retired` is current again: a rollback).
     fn drain_at(&self, retired: Weak<Version>, drain: Duration, listener: String) {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
@@ -206,13 +209,15 @@ impl Versions {
             }
             tracing::info!(
                 listener,
-                "drain deadline: closing the {} connections still on version {}",
+                "drain deadline: the {} connections still on version {} move to version {} \
+                 or close",
                 ids.len(),
-                version.number
+                version.number,
+                shared.current.load().number,
             );
             if let Some((_, mailboxes)) = shared.listener.get() {
                 for id in ids {
-                    mailboxes.retire(id);
+                    mailboxes.request_move(id, MoveRequest::OrEnd);
                 }
             }
         });
@@ -243,6 +248,26 @@ impl Versions {
 impl Shared {
     fn made(&self) -> MutexGuard<'_, Vec<Weak<Version>>> {
         lock(&self.made)
+    }
+
+    /// Ask every connection of an older version that can hand off to move to the current one.
+    fn request_moves(&self, request: MoveRequest) {
+        let Some((_, mailboxes)) = self.listener.get() else {
+            return;
+        };
+        let current = self.current.load_full();
+        let older: Vec<Arc<Version>> = self
+            .made()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|version| !Arc::ptr_eq(version, &current) && version.plugin.exports_handoff())
+            .collect();
+        for version in older {
+            let ids: Vec<u64> = lock(&version.connections).iter().copied().collect();
+            for id in ids {
+                mailboxes.request_move(id, request);
+            }
+        }
     }
 
     /// One of `version`'s connections (the `place`-th it was given) faulted: past the
@@ -364,18 +389,116 @@ pub struct VersionedInstance {
 impl VersionedInstance {
     /// Pass a call's result on, counting a fault against the version.
     fn watch<T>(&mut self, result: Result<T, GuestFault>) -> Result<T, GuestFault> {
-        if result.is_err() && !self.faulted {
+        if result.is_err() {
+            self.count_fault();
+        }
+        result
+    }
+
+    /// Count a fault of the connection against its version, once.
+    fn count_fault(&mut self) {
+        if !self.faulted {
             self.faulted = true;
             self.shared.faulted(&self.version, self.place);
         }
-        result
+    }
+}
+
+impl VersionedInstance {
+    /// Move the connection to the current version: the old instance's snapshot, a new
+    /// instance of the current version, its `resume`; then the new instance serves the
+    /// connection and the old one is dropped without `close`.
+    async fn move_to_current(
+        &mut self,
+        conn: &NewConnection<'_>,
+        info: &ConnInfo,
+    ) -> HandoffOutcome {
+        let target = self.shared.current.load_full();
+        if Arc::ptr_eq(&target, &self.version) {
+            return HandoffOutcome::Stayed("it runs the current version".to_string());
+        }
+        if !self.instance.can_hand_off() {
+            return HandoffOutcome::Stayed(format!(
+                "version {} does not export handoff",
+                self.version.number
+            ));
+        }
+        if !target.plugin.exports_handoff() {
+            return HandoffOutcome::Stayed(format!(
+                "version {} does not export handoff",
+                target.number
+            ));
+        }
+        let started = std::time::Instant::now();
+        let state = match self.instance.snapshot().await {
+            Ok(Some(state)) => state,
+            Ok(None) => return HandoffOutcome::Stayed("no handoff export".to_string()),
+            Err(fault) => {
+                self.count_fault();
+                return HandoffOutcome::Faulted(fault);
+            }
+        };
+        let place = target.opened.fetch_add(1, Ordering::Relaxed);
+        let mut instance = match target.plugin.create(conn.clone()).await {
+            Ok(instance) => instance,
+            Err(error) => {
+                self.shared.faulted(&target, place);
+                return self.stays(&target, &format!("no instance: {error}"));
+            }
+        };
+        match instance.resume(info, &state).await {
+            Ok(Ok(next)) => {
+                instance.queue_output_first(self.instance.take_output());
+                target.live.fetch_add(1, Ordering::Relaxed);
+                lock(&target.connections).insert(instance.conn_id());
+                let from = self.version.number;
+                let old = std::mem::replace(&mut self.instance, instance);
+                self.leave_version();
+                self.version = target;
+                self.place = place;
+                self.faulted = false;
+                drop(old);
+                tracing::debug!(
+                    conn = self.instance.conn_id(),
+                    "moved from version {from} to version {} with {} bytes of state in {:?}",
+                    self.version.number,
+                    state.len(),
+                    started.elapsed(),
+                );
+                HandoffOutcome::Moved(next)
+            }
+            Ok(Err(refusal)) => self.stays(&target, &format!("`resume` refused: {refusal}")),
+            Err(fault) => {
+                self.shared.faulted(&target, place);
+                self.stays(&target, &format!("`resume` failed: {fault}"))
+            }
+        }
+    }
+
+    /// The connection stays on its version: logged, with `why`.
+    fn stays(&self, target: &Version, why: &str) -> HandoffOutcome {
+        let why = format!(
+            "cannot move to version {}: {why}; it stays on version {}",
+            target.number, self.version.number
+        );
+        tracing::warn!(
+            conn = self.instance.conn_id(),
+            plugin = target.plugin.name(),
+            "{why}"
+        );
+        HandoffOutcome::Stayed(why)
+    }
+
+    /// The connection no longer runs on its version.
+    fn leave_version(&self) {
+        self.version.live.fetch_sub(1, Ordering::Relaxed);
+        lock(&self.version.connections).remove(&self.instance.conn_id());
     }
 }
 
 impl Drop for VersionedInstance {
     fn drop(&mut self) {
-        self.version.live.fetch_sub(1, Ordering::Relaxed);
-        lock(&self.version.connections).remove(&self.instance.conn_id());
+        self.leave_version();
     }
 }
 
@@ -457,5 +580,9 @@ impl ConnectionHandler for VersionedInstance {
 
     fn version(&self) -> Option<u64> {
         Some(self.version.number)
+    }
+
+    async fn hand_off(&mut self, conn: &NewConnection<'_>, info: &ConnInfo) -> HandoffOutcome {
+        self.move_to_current(conn, info).await
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::listener::{ServerConfig, ServerConfigBuilder};
+use crate::config::listener::{HandoffPolicy, ServerConfig, ServerConfigBuilder};
 use crate::config::spec::{ListenerSpec, NodeSpec, PluginSource};
 use crate::config::units::{ByteSize, DurationText};
 use crate::wasm::capabilities::Capabilities;
@@ -83,6 +83,7 @@ struct ListenerEntry {
     rollback_window: Option<usize>,
     rollback_fault_ratio: Option<f64>,
     drain_timeout: Option<DurationText>,
+    handoff: Option<HandoffPolicy>,
     #[serde(default)]
     capabilities: CapabilitiesEntry,
 }
@@ -271,6 +272,9 @@ impl ListenerEntry {
         }
         if let Some(value) = self.drain_timeout {
             builder = builder.drain_timeout(value.0);
+        }
+        if let Some(value) = self.handoff {
+            builder = builder.handoff(value);
         }
         if self.rollback_window.is_some() || self.rollback_fault_ratio.is_some() {
             let defaults = ServerConfig::default();

@@ -108,6 +108,25 @@ pub struct ServerConfig {
     rollback_window: usize,
     rollback_fault_ratio: f64,
     drain_timeout: Option<Duration>,
+    handoff: HandoffPolicy,
+}
+
+/// When the connections of a replaced plugin version move to the new version with their
+/// state, for plugins (old and new) that export `handoff` (see `wit/plugin.wit`). A
+/// connection whose plugin cannot hand off, or whose new version refuses its state, stays
+/// on its version until it ends or the drain deadline closes it (`close(upgrade)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum HandoffPolicy {
+    /// At the listener's [`drain_timeout`](ServerConfig::drain_timeout) (`"at-drain"`, the
+    /// default): connections that cannot move are closed then.
+    #[default]
+    AtDrain,
+    /// As soon as the new version is current (`"immediate"`).
+    Immediate,
+    /// Never (`"never"`): at the drain deadline connections get `close(upgrade)`.
+    Never,
 }
 
 impl ServerConfig {
@@ -206,10 +225,17 @@ impl ServerConfig {
     }
 
     /// How long connections may stay on a plugin version after a swap replaced it; then they
-    /// are closed (`close(shutdown)`, their output flushed). `None`: until they end.
+    /// move to the new version if their plugin can hand off (see [`HandoffPolicy`]), or are
+    /// closed (`close(upgrade)`, their output flushed). `None`: until they end.
     #[must_use]
     pub fn drain_timeout(&self) -> Option<Duration> {
         self.drain_timeout
+    }
+
+    /// When connections of a replaced version move to the new one with their state.
+    #[must_use]
+    pub fn handoff(&self) -> HandoffPolicy {
+        self.handoff
     }
 
     /// Most messages one connection's mailbox holds.
@@ -297,6 +323,7 @@ impl Default for ServerConfig {
             rollback_window: 20,
             rollback_fault_ratio: 0.5,
             drain_timeout: None,
+            handoff: HandoffPolicy::AtDrain,
         }
     }
 }
@@ -391,6 +418,14 @@ impl ServerConfigBuilder {
     #[must_use]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.config.drain_timeout = Some(timeout);
+        self
+    }
+
+    /// When connections of a replaced version move to the new one (default
+    /// [`HandoffPolicy::AtDrain`]).
+    #[must_use]
+    pub fn handoff(mut self, policy: HandoffPolicy) -> Self {
+        self.config.handoff = policy;
         self
     }
 

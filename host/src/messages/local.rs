@@ -114,8 +114,28 @@ struct Queue {
     waiting_senders: usize,
     /// The receiver has ended: nothing is delivered here any more.
     gone: bool,
-    /// Closed because the connection's plugin version was retired.
-    retired: bool,
+    /// The connection's plugin version asks it to move to the current one.
+    move_request: Option<MoveRequest>,
+}
+
+/// A plugin version asking its connection to move to the listener's current version, which
+/// the connection does between two calls (see [`Mailboxes::request_move`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum MoveRequest {
+    /// Move if the plugin can hand its state off; otherwise stay on this version.
+    IfPossible,
+    /// The version's drain deadline: move, or end with `close(upgrade)`.
+    OrEnd,
+}
+
+/// What a connection's mailbox has for it next.
+#[derive(Debug)]
+pub(crate) enum Received {
+    Message(Message),
+    /// Its version asks it to move ([`Mailboxes::request_move`]).
+    Move(MoveRequest),
+    /// The mailbox is closed (it overflowed, or the server is shutting down) and empty.
+    Closed,
 }
 
 /// What a broadcast's first pass over the mailboxes did.
@@ -191,7 +211,7 @@ impl Queue {
             holding_back: Vec::new(),
             waiting_senders: 0,
             gone: false,
-            retired: false,
+            move_request: None,
         }
     }
 
@@ -304,13 +324,21 @@ impl Mailboxes {
         }
     }
 
-    /// Close connection `id`'s mailbox because its plugin version was retired: it handles
-    /// what the mailbox holds, then sees its end ([`Mailbox::was_retired`]).
-    pub(crate) fn retire(&self, id: u64) {
-        if let Some(entry) = self.entries().get(&id) {
-            entry.inbox.queue().retired = true;
-            entry.inbox.close();
-        }
+    /// Ask connection `id` to move to its listener's current plugin version: its next
+    /// [`Mailbox::recv_or_move`] says so, ahead of the messages waiting (which stay, for
+    /// whichever version it runs next). A stronger request replaces a weaker one.
+    pub(crate) fn request_move(&self, id: u64, request: MoveRequest) {
+        let Some(inbox) = self
+            .entries()
+            .get(&id)
+            .map(|entry| Arc::clone(&entry.inbox))
+        else {
+            return;
+        };
+        let mut queue = inbox.queue();
+        queue.move_request = queue.move_request.max(Some(request));
+        drop(queue);
+        inbox.receiver.wake();
     }
 
     /// Close every mailbox, now and to come: each connection handles what its mailbox holds,
@@ -625,6 +653,7 @@ impl Mailbox {
     /// or the server is shutting down) and empty.
     ///
     /// Cancel-safe: a message is taken only by the poll that returns it.
+    #[cfg(test)]
     pub(crate) async fn recv(&mut self) -> Option<Message> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
@@ -648,6 +677,26 @@ impl Mailbox {
         }
     }
 
+    /// A request to move to the current plugin version, if one is waiting and the mailbox is
+    /// open, else the next message (waiting for one), or [`Received::Closed`].
+    ///
+    /// Cancel-safe, as [`Mailbox::recv`].
+    pub(crate) async fn recv_or_move(&mut self) -> Received {
+        std::future::poll_fn(|cx| {
+            {
+                let mut queue = self.inbox.queue();
+                if !queue.closed
+                    && let Some(request) = queue.move_request.take()
+                {
+                    return Poll::Ready(Received::Move(request));
+                }
+            }
+            self.poll_recv(cx)
+                .map(|message| message.map_or(Received::Closed, Received::Message))
+        })
+        .await
+    }
+
     /// The next message if one is waiting.
     pub(crate) fn try_recv(&mut self) -> Option<Message> {
         let mut queue = self.inbox.queue();
@@ -666,12 +715,6 @@ impl Mailbox {
     pub(crate) fn may_read(&mut self) -> bool {
         self.paused = self.inbox.held_back.load(Ordering::Acquire) > 0;
         !self.paused
-    }
-
-    /// Whether the mailbox was closed because the connection's plugin version was retired
-    /// ([`Mailboxes::retire`]).
-    pub(crate) fn was_retired(&self) -> bool {
-        self.inbox.queue().retired
     }
 
     /// Whether the connection is holding back from reading its client (see
@@ -978,5 +1021,41 @@ mod tests {
         assert_eq!(peers[0], Peer { id: 3, name: None });
         let name = peers[1].name.as_deref().unwrap_or_default();
         assert_eq!((peers[1].id, name.len()), (9, 256));
+    }
+
+    #[tokio::test]
+    async fn a_move_request_comes_before_waiting_messages_which_stay() {
+        let mailboxes = registry(4, 64);
+        let mut inbox = mailboxes.register(1);
+        assert_eq!(mailboxes.send(0, 1, Bytes::from_static(b"kept")), Ok(()));
+        mailboxes.request_move(1, MoveRequest::IfPossible);
+        mailboxes.request_move(1, MoveRequest::OrEnd);
+        mailboxes.request_move(1, MoveRequest::IfPossible);
+        assert!(matches!(
+            inbox.recv_or_move().await,
+            Received::Move(MoveRequest::OrEnd)
+        ));
+        assert!(matches!(
+            inbox.recv_or_move().await,
+            Received::Message(message) if message.payload == "kept"
+        ));
+        // A request wakes a connection waiting for its mailbox.
+        let waiting = tokio::spawn(async move { inbox.recv_or_move().await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        mailboxes.request_move(1, MoveRequest::IfPossible);
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(matches!(
+            woken.expect("woken").expect("the task"),
+            Received::Move(MoveRequest::IfPossible)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_closed_mailbox_ignores_move_requests() {
+        let mailboxes = registry(4, 64);
+        let mut inbox = mailboxes.register(1);
+        mailboxes.request_move(1, MoveRequest::OrEnd);
+        mailboxes.close_all();
+        assert!(matches!(inbox.recv_or_move().await, Received::Closed));
     }
 }

@@ -86,11 +86,13 @@ pub enum EndKind {
     IoError,
     /// No handler could be made for it (the Wasm instance pool was full, say).
     NoInstance,
+    /// Its plugin version was retired at the listener's drain deadline (`close(upgrade)`).
+    Upgrade,
 }
 
 impl EndKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EndKind; 14] = [
+    pub const ALL: [EndKind; 15] = [
         EndKind::ClientClosed,
         EndKind::GuestClosed,
         EndKind::Refused,
@@ -99,6 +101,7 @@ impl EndKind {
         EndKind::Trap,
         EndKind::IoError,
         EndKind::NoInstance,
+        EndKind::Upgrade,
         EndKind::Limit(Limit::CpuBudget),
         EndKind::Limit(Limit::CallTimeout),
         EndKind::Limit(Limit::Memory),
@@ -119,6 +122,7 @@ impl EndKind {
             EndKind::Trap => "trap",
             EndKind::IoError => "io-error",
             EndKind::NoInstance => "no-instance",
+            EndKind::Upgrade => "upgrade",
             EndKind::Limit(Limit::CpuBudget) => "limit:cpu_budget_per_call",
             EndKind::Limit(Limit::CallTimeout) => "limit:call_timeout",
             EndKind::Limit(Limit::Memory) => "limit:memory_limit",
@@ -139,6 +143,7 @@ impl EndKind {
             EndKind::IoError => 6,
             EndKind::NoInstance => 7,
             EndKind::Limit(limit) => 8 + limit as usize,
+            EndKind::Upgrade => 14,
         }
     }
 }

@@ -18,8 +18,8 @@ use arc_swap::ArcSwap;
 use crate::config::listener::ServerConfig;
 use crate::conn_id;
 use crate::error::GuestFault;
-use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
-use crate::messages::local::{Mailbox, Mailboxes};
+use crate::handler::{ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection};
+use crate::messages::local::{Mailbox, Mailboxes, MoveRequest, Received};
 use crate::messages::types::{MailboxLimits, Message};
 use crate::observe::stats::Stats;
 use crate::server::ending::{Ending, Export, Operation};
@@ -27,7 +27,7 @@ use crate::server::hooks::{ConnectionHandle, Hooks};
 use crate::server::io::{flush, linger_close, read_lent};
 use crate::server::read_buffers;
 use crate::server::transport::Transport;
-use crate::wasm::bindings::shoal::plugin::types::{ConnInfo, Envelope, Event, Next};
+use crate::wasm::bindings::plugin::types::{ConnInfo, Envelope, Event, Next};
 use crate::wasm::cpu::CpuGroup;
 
 /// What every connection of one listener shares.
@@ -168,7 +168,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
     // call machinery: ~1.4 KiB, 0.8, 0.8); awaited in place they would size every
     // connection's task for its whole life, idle or not. Boxed, they cost a short-lived
     // allocation each instead.
-    let mut guest = match Box::pin(ctx.factory.create(new)).await {
+    let mut guest = match Box::pin(ctx.factory.create(new.clone())).await {
         Ok(guest) => guest,
         Err(error) => {
             record(ctx, who, &Ending::NoInstance(error), Duration::ZERO, ended);
@@ -186,7 +186,11 @@ async fn serve<F: HandlerFactory, T: Transport>(
             if let (Some(on_open), Some(handle)) = (&hooks.on_open, &handle) {
                 on_open(handle);
             }
-            event_loop(ctx, config, &mut guest, &mut stream, &mut mailbox, next).await
+            let conn = Conn {
+                new: &new,
+                info: &info,
+            };
+            event_loop(ctx, conn, &mut guest, &mut stream, &mut mailbox, next).await
         }
         Ok(Err(refusal)) => Ending::Refused(refusal),
         Err(fault) => Ending::Fault {
@@ -197,6 +201,8 @@ async fn serve<F: HandlerFactory, T: Transport>(
     // Gone from the registry before `close`: messages sent to it from now on (the others'
     // replies to its leave notice, say) get `no-such-connection` instead of being lost.
     drop(mailbox);
+    // A handoff may have moved it to another version since it started.
+    who.version = guest.version();
     record(ctx, who, &ending, guest.cpu_time(), ended);
     let closed = match ending.close_reason() {
         Some(reason) => Some(Box::pin(guest.close(&reason)).await),
@@ -278,21 +284,32 @@ fn record<F>(
 enum Input {
     Data(Vec<u8>),
     Message(Message),
+    /// Its plugin version asks it to move to the current one.
+    Move(MoveRequest),
     MailboxClosed,
     /// What it sent has drained from the others' mailboxes: it may read its client again.
     Drained,
 }
 
+/// The connection as its handler was made for it, to make another (a handoff).
+#[derive(Clone, Copy)]
+struct Conn<'a> {
+    new: &'a NewConnection<'a>,
+    info: &'a ConnInfo,
+}
+
 /// Read, `handle`, write, until the guest, the client or the server ends the connection.
-/// Stream data and mailbox messages are taken in turn, one call at a time.
+/// Stream data and mailbox messages are taken in turn, one call at a time; between two
+/// calls the connection may move to a newer plugin version.
 async fn event_loop<F: HandlerFactory, T: Transport>(
     ctx: &ConnectionContext<F>,
-    config: &ServerConfig,
+    conn: Conn<'_>,
     guest: &mut F::Handler,
     stream: &mut T,
     mailbox: &mut Mailbox,
     mut next: Next,
 ) -> Ending {
+    let config = conn.new.config;
     let handle_fault = |fault| Ending::Fault {
         export: Export::Handle,
         fault,
@@ -357,10 +374,24 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
                 };
                 continue;
             }
-            // The mailbox closed: the server is shutting down, the connection's plugin version
-            // was retired, or it overflowed.
+            Ok(Input::Move(request)) => {
+                match Box::pin(guest.hand_off(conn.new, conn.info)).await {
+                    HandoffOutcome::Moved(resumed) => next = resumed,
+                    HandoffOutcome::Stayed(_) if request == MoveRequest::OrEnd => {
+                        return Ending::Drained;
+                    }
+                    HandoffOutcome::Stayed(_) => {}
+                    HandoffOutcome::Faulted(fault) => {
+                        return Ending::Fault {
+                            export: Export::Snapshot,
+                            fault,
+                        };
+                    }
+                }
+                continue;
+            }
+            // The mailbox closed: the server is shutting down, or it overflowed.
             Ok(Input::MailboxClosed) if ctx.shutdown.is_cancelled() => return Ending::Shutdown,
-            Ok(Input::MailboxClosed) if mailbox.was_retired() => return Ending::Drained,
             Ok(Input::MailboxClosed) => return Ending::MailboxFull,
             Err(error) => return Ending::io(Operation::Read, error),
         };
@@ -370,6 +401,16 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
         };
         if let Event::Data(buffer) = event {
             read_buffers::give_back(buffer);
+        }
+    }
+}
+
+impl From<Received> for Input {
+    fn from(received: Received) -> Self {
+        match received {
+            Received::Message(message) => Input::Message(message),
+            Received::Move(request) => Input::Move(request),
+            Received::Closed => Input::MailboxClosed,
         }
     }
 }
@@ -421,13 +462,13 @@ async fn next_input<T: Transport>(
     if !mailbox.may_read() {
         let drained = mailbox.drained();
         return Ok(tokio::select! {
-            message = mailbox.recv() => message.map_or(Input::MailboxClosed, Input::Message),
+            received = mailbox.recv_or_move() => Input::from(received),
             () = drained => Input::Drained,
         });
     }
     tokio::select! {
         read = read_lent(stream, read_size) => read.map(Input::Data),
-        message = mailbox.recv() => Ok(message.map_or(Input::MailboxClosed, Input::Message)),
+        received = mailbox.recv_or_move() => Ok(Input::from(received)),
     }
 }
 

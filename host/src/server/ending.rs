@@ -7,7 +7,7 @@ use std::io;
 
 use crate::error::{GuestFault, InstantiateError};
 use crate::observe::stats::{EndKind, Limit};
-use crate::wasm::bindings::shoal::plugin::types::CloseReason;
+use crate::wasm::bindings::plugin::types::CloseReason;
 
 /// Why one connection ended, with what the log needs to say about it.
 #[derive(Debug)]
@@ -52,6 +52,7 @@ pub(crate) enum Export {
     Init,
     Handle,
     Close,
+    Snapshot,
 }
 
 impl Export {
@@ -60,6 +61,7 @@ impl Export {
             Export::Init => "init",
             Export::Handle => "handle",
             Export::Close => "close",
+            Export::Snapshot => "snapshot",
         }
     }
 }
@@ -88,7 +90,8 @@ impl Ending {
             Ending::GuestClosed => EndKind::GuestClosed,
             Ending::Idle => EndKind::Limit(Limit::Idle),
             // Counted with shutdowns until endings by upgrade get a counter of their own.
-            Ending::Shutdown | Ending::Drained => EndKind::Shutdown,
+            Ending::Shutdown => EndKind::Shutdown,
+            Ending::Drained => EndKind::Upgrade,
             Ending::WriteTimeout => EndKind::Limit(Limit::Write),
             Ending::MailboxFull => EndKind::Limit(Limit::Mailbox),
             Ending::Io { .. } => EndKind::IoError,
@@ -106,9 +109,9 @@ impl Ending {
             Ending::ClientClosed => CloseReason::PeerClosed,
             Ending::GuestClosed => CloseReason::GuestClosed,
             Ending::Idle => CloseReason::IdleTimeout,
-            // `shoal:plugin@0.1.0` has no `upgrade` reason: a drained plugin of that world is
-            // told `shutdown`, as the world promises for anything that ends it from outside.
-            Ending::Shutdown | Ending::Drained => CloseReason::Shutdown,
+            Ending::Shutdown => CloseReason::Shutdown,
+            // A plugin of `shoal:plugin@0.1.0`, which has no `upgrade`, is told `shutdown`.
+            Ending::Drained => CloseReason::Upgrade,
             Ending::WriteTimeout => CloseReason::Limit(WRITE_TIMEOUT.to_string()),
             Ending::MailboxFull => CloseReason::Limit(MAILBOX_FULL.to_string()),
             Ending::Io { .. } => CloseReason::Error(self.to_string()),
@@ -213,6 +216,11 @@ mod tests {
                 Ending::Shutdown,
                 Some(CloseReason::Shutdown),
                 EndKind::Shutdown,
+            ),
+            (
+                Ending::Drained,
+                Some(CloseReason::Upgrade),
+                EndKind::Upgrade,
             ),
             (
                 Ending::WriteTimeout,

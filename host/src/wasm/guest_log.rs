@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-use crate::wasm::bindings::shoal::plugin::types::Level;
+use crate::wasm::bindings::plugin::types::Level;
 
 /// Longest line kept; the rest of a longer line is cut.
 const MAX_LINE_BYTES: usize = 4096;

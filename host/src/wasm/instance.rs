@@ -38,9 +38,9 @@ use crate::messages::local::Mailboxes;
 use crate::messages::types::MailboxLimits;
 use crate::messages::waits::MailboxWaits;
 use crate::observe::stats::Stats;
-use crate::wasm::bindings::Plugin as PluginWorld;
-use crate::wasm::bindings::shoal::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::wasm::cpu::{ConnCpu, CpuGroup};
+use crate::wasm::exports::InstanceExports;
 use crate::wasm::limits::{CpuBudgetExceeded, within_call_timeout};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::store::{ConnSettings, ConnState};
@@ -50,7 +50,7 @@ use crate::wasm::store::{ConnSettings, ConnState};
 /// [`Instance::close`]; after a [`GuestFault`] make no further call.
 pub struct Instance {
     store: Store<ConnState>,
-    exports: PluginWorld,
+    exports: InstanceExports,
     conn_id: u64,
     call_timeout: Duration,
     /// The guest's CPU state (also in the store), for the call's poll wrapper.
@@ -119,7 +119,11 @@ impl Instance {
             Ok(UpdateDeadline::YieldCustom(1, state.cpu.yield_point()))
         });
         store.set_epoch_deadline(1);
-        let exports = match plugin.pre().instantiate_async(&mut store).await {
+        let instantiated = match plugin.pre().instantiate_async(&mut store).await {
+            Ok(instance) => plugin.exports().load(&mut store, &instance),
+            Err(e) => Err(e),
+        };
+        let exports = match instantiated {
             Ok(exports) => exports,
             Err(e) => {
                 return Err(InstantiateError {
@@ -207,8 +211,7 @@ impl Instance {
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
         self.start_call();
-        let handler = self.exports.shoal_plugin_handler();
-        let call = handler.call_init(&mut self.store, info);
+        let call = self.exports.init(&mut self.store, info);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
@@ -222,8 +225,7 @@ impl Instance {
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
         self.start_call();
-        let handler = self.exports.shoal_plugin_handler();
-        let call = handler.call_handle(&mut self.store, event);
+        let call = self.exports.handle(&mut self.store, event);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
@@ -237,12 +239,71 @@ impl Instance {
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
         self.start_call();
-        let handler = self.exports.shoal_plugin_handler();
-        let call = handler.call_close(&mut self.store, reason);
+        let call = self.exports.close(&mut self.store, reason);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
         result?.map_err(|e| self.fault(&e))
+    }
+
+    /// Whether the plugin exports `handoff` ([`Instance::snapshot`], [`Instance::resume`]).
+    #[must_use]
+    pub fn can_hand_off(&self) -> bool {
+        self.exports.handoff().is_some()
+    }
+
+    /// `handoff.snapshot`: the connection's state, for a newer version's
+    /// [`Instance::resume`]. `Ok(None)` when the plugin does not export `handoff`.
+    ///
+    /// # Errors
+    ///
+    /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
+    pub async fn snapshot(&mut self) -> Result<Option<Vec<u8>>, GuestFault> {
+        let Some(handoff) = self.exports.handoff() else {
+            return Ok(None);
+        };
+        let handoff = handoff.clone();
+        self.start_call();
+        let call = handoff.call_snapshot(&mut self.store);
+        let result =
+            within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
+        self.end_call();
+        result?.map(Some).map_err(|e| self.fault(&e))
+    }
+
+    /// `handoff.resume`, in place of [`Instance::init`]: take over the connection `info` from
+    /// an older version's [`Instance::snapshot`]. `Ok(Err(text))` when the guest refuses the
+    /// state, or does not export `handoff`.
+    ///
+    /// # Errors
+    ///
+    /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
+    pub async fn resume(
+        &mut self,
+        info: &ConnInfo,
+        state: &[u8],
+    ) -> Result<Result<Next, String>, GuestFault> {
+        let Some(handoff) = self.exports.handoff() else {
+            return Ok(Err("the plugin does not export handoff".to_string()));
+        };
+        let handoff = handoff.clone();
+        self.start_call();
+        let call = handoff.call_resume(&mut self.store, info, state);
+        let result =
+            within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
+        self.end_call();
+        result?.map_err(|e| self.fault(&e))
+    }
+
+    /// Take the output queued so far away, to queue it first in the instance that takes the
+    /// connection over ([`Instance::queue_output_first`]).
+    pub(crate) fn take_output(&mut self) -> Vec<u8> {
+        self.store.data_mut().take_output()
+    }
+
+    /// Queue `earlier` ahead of this instance's output.
+    pub(crate) fn queue_output_first(&mut self, earlier: Vec<u8>) {
+        self.store.data_mut().queue_output_first(earlier);
     }
 
     /// Bytes the guest queued with `send` since the last [`Instance::clear_output`].

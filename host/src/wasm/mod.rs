@@ -7,6 +7,7 @@ pub(crate) mod cache;
 pub(crate) mod capabilities;
 pub(crate) mod cpu;
 pub(crate) mod digest;
+pub(crate) mod exports;
 pub(crate) mod guest_log;
 pub(crate) mod imports;
 pub(crate) mod instance;

@@ -7,18 +7,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 
 use crate::config::units::size_in_words;
 use crate::error::PluginError;
-use crate::wasm::bindings::PluginPre;
+use crate::wasm::bindings::legacy;
 use crate::wasm::cache::Lookup;
 use crate::wasm::digest::ContentHash;
+use crate::wasm::exports::{HANDLER_EXPORT, PluginExports, WorldVersion};
 use crate::wasm::runtime::Runtime;
 use crate::wasm::store::ConnState;
-
-/// The name under which every plugin exports its connection handler.
-pub const HANDLER_EXPORT: &str = "shoal:plugin/handler@0.1.0";
 
 /// A compiled, validated plugin, ready to be instantiated for each connection. Cheap to clone.
 #[derive(Clone)]
@@ -29,7 +27,8 @@ pub struct Plugin {
 struct PluginInner {
     name: Arc<str>,
     runtime: Runtime,
-    pre: PluginPre<ConnState>,
+    pre: InstancePre<ConnState>,
+    exports: PluginExports,
     hash: ContentHash,
     load: LoadReport,
 }
@@ -148,8 +147,25 @@ impl Plugin {
         &self.inner.runtime
     }
 
-    pub(crate) fn pre(&self) -> &PluginPre<ConnState> {
+    pub(crate) fn pre(&self) -> &InstancePre<ConnState> {
         &self.inner.pre
+    }
+
+    pub(crate) fn exports(&self) -> &PluginExports {
+        &self.inner.exports
+    }
+
+    /// The version of the `shoal:plugin` world the plugin was built against.
+    #[must_use]
+    pub fn world_version(&self) -> WorldVersion {
+        self.inner.exports.world()
+    }
+
+    /// Whether the plugin exports `handoff`: its connections can move to a newer version
+    /// with their state.
+    #[must_use]
+    pub fn exports_handoff(&self) -> bool {
+        self.inner.exports.has_handoff()
     }
 }
 
@@ -229,7 +245,7 @@ fn load(
     let hash = ContentHash::of(bytes);
     let (component, compilation) = compile(runtime, &name, shown, bytes, &hash)?;
     check_world(shown, runtime, &component)?;
-    let pre = link(runtime, shown, &component)?;
+    let (pre, exports) = link(runtime, shown, &component)?;
     let load = LoadReport {
         compilation,
         size: bytes.len(),
@@ -240,6 +256,7 @@ fn load(
             name,
             runtime: runtime.clone(),
             pre,
+            exports,
             hash,
             load,
         }),
@@ -323,7 +340,7 @@ fn check_world(name: &str, runtime: &Runtime, component: &Component) -> Result<(
     let engine = runtime.engine();
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(export, _)| export).collect();
-    if exports.contains(&HANDLER_EXPORT) {
+    if exports.contains(&HANDLER_EXPORT) || exports.contains(&legacy::HANDLER_EXPORT) {
         return Ok(());
     }
     let found = if exports.is_empty() {
@@ -343,17 +360,18 @@ fn link(
     runtime: &Runtime,
     name: &str,
     component: &Component,
-) -> Result<PluginPre<ConnState>, PluginError> {
+) -> Result<(InstancePre<ConnState>, PluginExports), PluginError> {
     let instance_pre = runtime.linker().instantiate_pre(component).map_err(|e| {
         PluginError::UnsatisfiedImport {
             name: name.to_string(),
             message: format!("{e:#}"),
         }
     })?;
-    PluginPre::new(instance_pre).map_err(|e| PluginError::WrongExport {
+    let exports = PluginExports::new(&instance_pre).map_err(|e| PluginError::WrongExport {
         name: name.to_string(),
         message: format!("{e:#}"),
-    })
+    })?;
+    Ok((instance_pre, exports))
 }
 
 /// `message` on one line: wasmtime writes some (a bad magic number's bytes) over many, and

@@ -13,7 +13,7 @@ use crate::config::listener::ServerConfig;
 use crate::messages::local::Mailboxes;
 use crate::messages::waits::MailboxWaits;
 use crate::observe::stats::{ConnectionCpu, Live, LiveKind, Stats};
-use crate::wasm::bindings::shoal::plugin::types::Level;
+use crate::wasm::bindings::plugin::types::Level;
 use crate::wasm::capabilities::Capabilities;
 use crate::wasm::cpu::{ConnCpu, CpuGroup, CpuScheduler};
 use crate::wasm::guest_log::{GuestLog, GuestStdio, RateLimiter};
@@ -148,6 +148,22 @@ impl ConnState {
 
     pub(crate) fn clear_output(&mut self) {
         self.output.clear();
+    }
+
+    /// Take the queued output away (to queue it in the instance that takes the connection
+    /// over).
+    pub(crate) fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Queue `earlier` ahead of what is queued: output an older instance of the connection
+    /// sent first.
+    pub(crate) fn queue_output_first(&mut self, mut earlier: Vec<u8>) {
+        if earlier.is_empty() {
+            return;
+        }
+        earlier.extend_from_slice(&self.output);
+        self.output = earlier;
     }
 
     /// The socket cannot be written any more: later `send`s fail with `closed`.

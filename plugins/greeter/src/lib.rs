@@ -68,6 +68,7 @@ impl Handler for Greeter {
             CloseReason::GuestClosed => "guest-closed".to_string(),
             CloseReason::IdleTimeout => "idle-timeout".to_string(),
             CloseReason::Shutdown => "shutdown".to_string(),
+            CloseReason::Upgrade => "upgrade".to_string(),
             CloseReason::Limit(what) => format!("limit: {what}"),
             CloseReason::Error(what) => format!("error: {what}"),
         };

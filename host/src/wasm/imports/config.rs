@@ -1,6 +1,6 @@
 //! `shoal:plugin/config`: the configuration values the operator granted the listener.
 
-use crate::wasm::bindings::shoal::plugin::config;
+use crate::wasm::bindings::plugin::config;
 use crate::wasm::store::ConnState;
 
 impl config::Host for ConnState {

@@ -2,8 +2,8 @@
 //! connection task writes after the call, bounded by the listener's output limit.
 
 use crate::config::units::size;
-use crate::wasm::bindings::shoal::plugin::connection;
-use crate::wasm::bindings::shoal::plugin::types::SendError;
+use crate::wasm::bindings::plugin::connection;
+use crate::wasm::bindings::plugin::types::SendError;
 use crate::wasm::store::ConnState;
 
 impl connection::Host for ConnState {

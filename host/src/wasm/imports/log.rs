@@ -1,7 +1,7 @@
 //! `shoal:plugin/log`: guest log lines into the host's log, rate-limited per connection.
 
-use crate::wasm::bindings::shoal::plugin::log;
-use crate::wasm::bindings::shoal::plugin::types::Level;
+use crate::wasm::bindings::plugin::log;
+use crate::wasm::bindings::plugin::types::Level;
 use crate::wasm::store::ConnState;
 
 impl log::Host for ConnState {

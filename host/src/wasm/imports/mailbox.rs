@@ -4,8 +4,8 @@
 use bytes::Bytes;
 
 use crate::messages::types::{MessageError as Refusal, NameError as Refused};
-use crate::wasm::bindings::shoal::plugin::mailbox;
-use crate::wasm::bindings::shoal::plugin::types::{MessageError, NameError, Peer};
+use crate::wasm::bindings::plugin::mailbox;
+use crate::wasm::bindings::plugin::types::{MessageError, NameError, Peer};
 use crate::wasm::store::ConnState;
 
 impl mailbox::Host for ConnState {

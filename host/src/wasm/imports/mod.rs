@@ -9,17 +9,20 @@ mod mailbox;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::wasm::bindings::Plugin as PluginWorld;
-use crate::wasm::bindings::shoal::plugin::types;
+use crate::wasm::bindings::PluginHandoff as PluginWorld;
+use crate::wasm::bindings::legacy;
+use crate::wasm::bindings::plugin::types;
 use crate::wasm::store::ConnState;
 
 impl types::Host for ConnState {}
 
-/// A linker with every import a plugin may use: the `shoal:plugin` interfaces and WASI 0.2
+/// A linker with every import a plugin may use: the `shoal:plugin` interfaces (of 0.2.0 and
+/// of 0.1.0) and WASI 0.2
 /// (what WASI can reach is decided per store, from the listener's grants).
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<ConnState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     PluginWorld::add_to_linker::<ConnState, HasSelf<ConnState>>(&mut linker, |state| state)?;
+    legacy::add_to_linker(&mut linker)?;
     Ok(linker)
 }
