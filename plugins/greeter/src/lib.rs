@@ -6,14 +6,18 @@
 //! * refuses connections (`init` returns an error) on a listener named `refuse`;
 //! * greets and closes at once (`init` returns `close`) on a listener named `greet-and-close`;
 //! * on the line `flood`, sends 1,000-byte chunks of `x` until `send` says `buffer-full`, and
-//!   on the line `status`, says how many bytes that flood queued.
+//!   on the line `status`, says how many bytes that flood queued;
+//! * hands its connections off to a new version (`Handoff`) with their partial line; the new
+//!   version says `moved <id>`, unless the listener is named `refuse-handoff` (then `resume`
+//!   refuses) — and on a listener named `trap-snapshot`, `snapshot` panics.
 
-use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Level, Next, SendError};
+use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Handoff, Level, Next, SendError};
 
 const FLOOD_CHUNK: [u8; 1000] = [b'x'; 1000];
 
 struct Greeter {
     id: u64,
+    listener: String,
     line: Vec<u8>,
     flooded: Option<usize>,
 }
@@ -30,6 +34,7 @@ impl Handler for Greeter {
         };
         let greeter = Greeter {
             id: info.id,
+            listener: info.listener,
             line: Vec::new(),
             flooded: None,
         };
@@ -77,6 +82,36 @@ impl Handler for Greeter {
     }
 }
 
+impl Handoff for Greeter {
+    fn snapshot(&self) -> Vec<u8> {
+        assert!(
+            self.listener != "trap-snapshot",
+            "snapshot refused on request"
+        );
+        self.line.clone()
+    }
+
+    fn resume(info: ConnInfo, state: &[u8]) -> Result<(Self, Next), String> {
+        if info.listener == "refuse-handoff" {
+            return Err(format!(
+                "connection {} refused its state on request",
+                info.id
+            ));
+        }
+        let next = match shoal_guest::send(format!("moved {}\n", info.id).as_bytes()) {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Close,
+        };
+        let greeter = Greeter {
+            id: info.id,
+            listener: info.listener,
+            line: state.to_vec(),
+            flooded: None,
+        };
+        Ok((greeter, next))
+    }
+}
+
 /// Queue chunks until the host refuses one; returns the bytes queued.
 fn flood() -> usize {
     let mut queued = 0;
@@ -89,4 +124,4 @@ fn flood() -> usize {
     }
 }
 
-shoal_guest::export_handler!(Greeter);
+shoal_guest::export_handler!(Greeter, handoff);

@@ -1,0 +1,275 @@
+//! Live state handoff: a connection of a replaced plugin version moves to the new version
+//! with its state (the `handoff` export), keeping its socket, id, mailbox and name; one that
+//! cannot move stays on its version until the drain deadline gives it `close(upgrade)`; and a
+//! plugin built against `shoal:plugin@0.1.0` still serves, told `shutdown` instead.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use shoal_host::{EndKind, HandoffPolicy, ServerConfig, Versions};
+use support::{
+    ChatClient, TestServer, captured_logs, join_chat, log_lines_with, plugin, read_line,
+    read_to_end, wait_for,
+};
+use tokio::io::{AsyncWriteExt, BufReader};
+
+/// Settings of a test listener `name`.
+fn settings(name: &str, handoff: HandoffPolicy) -> shoal_host::ServerConfigBuilder {
+    ServerConfig::builder()
+        .name(name)
+        .pool_size(4)
+        .max_connections(64)
+        .handoff(handoff)
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+/// Serve `plugin_name` as the first version of a listener with `config`.
+async fn serve(plugin_name: &str, config: &ServerConfig) -> anyhow::Result<(TestServer, Versions)> {
+    captured_logs();
+    let versions = Versions::new(plugin(plugin_name));
+    let server = TestServer::start_with(versions.clone(), config.clone()).await?;
+    Ok((server, versions))
+}
+
+/// The listener's versions as (number, live connections).
+fn live(versions: &Versions) -> Vec<(u64, usize)> {
+    versions
+        .list()
+        .iter()
+        .map(|version| (version.number, version.live_connections))
+        .collect()
+}
+
+/// Read lines until one satisfies `wanted` (chat notices of others come and go meanwhile).
+async fn read_until(
+    client: &mut ChatClient,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    loop {
+        let line = read_line(client).await?;
+        if wanted(&line) {
+            return Ok(line);
+        }
+    }
+}
+
+/// Ask a chat member which plugin serves it.
+async fn version_of(client: &mut ChatClient) -> anyhow::Result<String> {
+    client.get_mut().write_all(b"/version\n").await?;
+    read_until(client, |line| line.starts_with("* chat")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_chat_members_keep_their_names_and_lines_through_a_swap() -> anyhow::Result<()> {
+    let config = settings("room", HandoffPolicy::Immediate).build()?;
+    let (server, versions) = serve("chat", &config).await?;
+    let mut members = Vec::new();
+    for i in 0..10 {
+        let (mut client, id) = join_chat(&server).await?;
+        client
+            .get_mut()
+            .write_all(format!("/nick user{i}\n").as_bytes())
+            .await?;
+        let me = format!("* you are now user{i}");
+        read_until(&mut client, |line| line == me).await?;
+        members.push((client, id));
+    }
+    // A partial line before the swap, its end after: the new version must know the start.
+    members[1].0.get_mut().write_all(b"half a ").await?;
+
+    // user0 talks all through the swap.
+    let (mut talker, _) = members.remove(0);
+    let talking = tokio::spawn(async move {
+        for k in 0..300 {
+            talker
+                .get_mut()
+                .write_all(format!("line {k}\n").as_bytes())
+                .await?;
+            if k % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        anyhow::Ok(talker)
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let current = versions.swap(plugin("chat-v2"), &config).await?;
+    ensure!(current.number == 2, "{current:?}");
+    let mut talker = talking.await??;
+    wait_for("every member to move to version 2", || {
+        live(&versions) == vec![(2, 10)]
+    })
+    .await
+    .with_context(|| format!("versions: {:?}", live(&versions)))?;
+    members[0].0.get_mut().write_all(b"sentence\n").await?;
+
+    for (client, _) in &mut members {
+        // Every line user0 sent, once each, in order, whichever version relayed it.
+        let mut heard = Vec::new();
+        while heard.len() < 300 {
+            let line = read_until(client, |line| line.starts_with("user0: ")).await?;
+            heard.push(line);
+        }
+        let expected: Vec<String> = (0..300).map(|k| format!("user0: line {k}")).collect();
+        ensure!(heard == expected, "lines lost, doubled or reordered");
+    }
+    for (i, (client, id)) in members.iter_mut().enumerate() {
+        if i != 0 {
+            read_until(client, |line| line == "user1: half a sentence").await?;
+        }
+        ensure!(version_of(client).await? == "* chat-v2", "moved to chat-v2");
+        client.get_mut().write_all(b"/who\n").await?;
+        let mut who = Vec::new();
+        while who.len() < 10 {
+            let line = read_until(client, |line| {
+                line.starts_with("* ") && line.contains("user")
+            })
+            .await?;
+            if line.contains(" is now ") || line.contains(" left") {
+                continue;
+            }
+            who.push(line);
+        }
+        let me = format!("* {id} user{} (you)", i + 1);
+        ensure!(who.contains(&me), "{me:?} in {who:?}");
+        for n in 0..10 {
+            ensure!(
+                who.iter().any(|line| line.ends_with(&format!(" user{n}"))
+                    || line.ends_with(&format!(" user{n} (you)"))),
+                "user{n} listed in {who:?}"
+            );
+        }
+    }
+    ensure!(version_of(&mut talker).await? == "* chat-v2");
+    ensure!(
+        server.stats.ended(EndKind::Upgrade) == 0,
+        "nobody was closed"
+    );
+    ensure!(server.stats.faults() == 0, "no fault");
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_drain_deadline_a_chat_member_moves_instead_of_closing() -> anyhow::Result<()> {
+    let config = settings("room", HandoffPolicy::AtDrain)
+        .drain_timeout(Duration::from_millis(400))
+        .build()?;
+    let (server, versions) = serve("chat", &config).await?;
+    let (mut alice, _) = join_chat(&server).await?;
+    let (mut bob, _) = join_chat(&server).await?;
+    versions.swap(plugin("chat-v2"), &config).await?;
+    ensure!(
+        version_of(&mut alice).await? == "* chat",
+        "until the deadline"
+    );
+    wait_for("both members to move", || live(&versions) == vec![(2, 2)]).await?;
+    ensure!(version_of(&mut alice).await? == "* chat-v2");
+    alice.get_mut().write_all(b"still here\n").await?;
+    let heard = read_until(&mut bob, |line| line.ends_with(": still here")).await?;
+    ensure!(heard.ends_with(": still here"), "{heard}");
+    ensure!(server.stats.ended(EndKind::Upgrade) == 0);
+    server.shutdown().await
+}
+
+/// Connect to a greeter and read its greeting.
+async fn greeted(server: &TestServer) -> anyhow::Result<(ChatClient, u64)> {
+    let mut client = BufReader::new(server.connect().await?);
+    let greeting = read_line(&mut client).await?;
+    let id = greeting
+        .strip_prefix("hello ")
+        .and_then(|rest| rest.split(' ').next())
+        .with_context(|| format!("greeting {greeting:?}"))?
+        .parse()?;
+    Ok((client, id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_connection_keeps_its_partial_line_and_its_output_order() -> anyhow::Result<()> {
+    let config = settings("greeter", HandoffPolicy::Immediate).build()?;
+    let (server, versions) = serve("greeter", &config).await?;
+    let (mut client, id) = greeted(&server).await?;
+    client.get_mut().write_all(b"hel").await?;
+    // Give the old version the bytes before the swap.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    versions.swap(plugin("greeter"), &config).await?;
+    ensure!(read_line(&mut client).await? == format!("moved {id}"));
+    client.get_mut().write_all(b"lo\n").await?;
+    ensure!(read_line(&mut client).await? == format!("{id}: hello"));
+    ensure!(live(&versions) == vec![(2, 1)]);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_handoff_stays_on_its_version_until_the_drain_deadline() -> anyhow::Result<()> {
+    let config = settings("refuse-handoff", HandoffPolicy::Immediate)
+        .drain_timeout(Duration::from_millis(800))
+        .build()?;
+    let (server, versions) = serve("greeter", &config).await?;
+    let (mut client, id) = greeted(&server).await?;
+    versions.swap(plugin("greeter"), &config).await?;
+    wait_for("the refusal to be logged", || {
+        !log_lines_with(&["refused its state on request", "stays on version 1"]).is_empty()
+    })
+    .await?;
+    client.get_mut().write_all(b"ping\n").await?;
+    ensure!(
+        read_line(&mut client).await? == format!("{id}: ping"),
+        "still served"
+    );
+    ensure!(
+        live(&versions) == vec![(1, 1), (2, 0)],
+        "{:?}",
+        live(&versions)
+    );
+    let rest = read_to_end(&mut client).await?;
+    ensure!(
+        rest == b"bye (upgrade)\n",
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    ensure!(server.stats.ended(EndKind::Upgrade) == 1);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_traps_ends_only_its_connection() -> anyhow::Result<()> {
+    let config = settings("trap-snapshot", HandoffPolicy::Immediate).build()?;
+    let (server, versions) = serve("greeter", &config).await?;
+    let (mut doomed, _) = greeted(&server).await?;
+    versions.swap(plugin("greeter"), &config).await?;
+    // Closed without `close` (a faulted instance is not entered again): no goodbye.
+    let rest = read_to_end(&mut doomed).await?;
+    ensure!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    ensure!(server.stats.faults() == 1);
+    let (mut fresh, id) = greeted(&server).await?;
+    fresh.get_mut().write_all(b"ok\n").await?;
+    ensure!(read_line(&mut fresh).await? == format!("{id}: ok"));
+    ensure!(
+        !log_lines_with(&["`snapshot` failed"]).is_empty(),
+        "the fault is logged with the export"
+    );
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_of_the_0_1_0_world_serves_and_is_told_shutdown_when_drained() -> anyhow::Result<()>
+{
+    let config = settings("legacy", HandoffPolicy::AtDrain)
+        .drain_timeout(Duration::from_millis(300))
+        .build()?;
+    let (server, versions) = serve("legacy-greeter", &config).await?;
+    let mut client = BufReader::new(server.connect().await?);
+    ensure!(read_line(&mut client).await? == "hello from 0.1.0");
+    // Its imports (here the mailbox) are linked to the host's functions.
+    client.get_mut().write_all(b"peers\n").await?;
+    ensure!(read_line(&mut client).await? == "1 peers");
+    versions.swap(plugin("greeter"), &config).await?;
+    let rest = read_to_end(&mut client).await?;
+    ensure!(
+        rest == b"bye (shutdown)\n",
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    server.shutdown().await
+}
