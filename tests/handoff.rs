@@ -273,3 +273,22 @@ async fn a_plugin_of_the_0_1_0_world_serves_and_is_told_shutdown_when_drained() 
     );
     server.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_handoff_never_the_drain_deadline_closes_even_a_plugin_that_could_move()
+-> anyhow::Result<()> {
+    let config = settings("greeter", HandoffPolicy::Never)
+        .drain_timeout(Duration::from_millis(300))
+        .build()?;
+    let (server, versions) = serve("greeter", &config).await?;
+    let (mut client, _) = greeted(&server).await?;
+    versions.swap(plugin("greeter"), &config).await?;
+    let rest = read_to_end(&mut client).await?;
+    ensure!(
+        rest == b"bye (upgrade)\n",
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    ensure!(server.stats.ended(EndKind::Upgrade) == 1);
+    server.shutdown().await
+}

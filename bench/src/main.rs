@@ -14,8 +14,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_bench::{median, micros, paired_ratios, percentile};
 use shoal_host::{
-    CloseReason, Compilation, ConnInfo, ConnectionHandler, CpuGroup, HandlerFactory, MailboxLimits,
-    Mailboxes, NewConnection, Next, Plugin, Runtime, RuntimeConfig, ServerConfig, Stats,
+    CloseReason, Compilation, ConnInfo, ConnectionHandler, CpuGroup, Event, HandlerFactory,
+    Instance, MailboxLimits, Mailboxes, NewConnection, Next, Plugin, Runtime, RuntimeConfig,
+    ServerConfig, Stats,
 };
 
 #[derive(Parser)]
@@ -841,6 +842,27 @@ fn swap_report(results: &mut Results) -> String {
         let (without, with) = (cell(Kind::Native), cell(Kind::Wasm));
         out.push_str(&format!("| {metric} | {without} | {with} |\n"));
     }
+    out.push_str(
+        "\nLive state handoff: 1,000 chat members with names, `chat.wasm` replaced by a rename \
+         with `chat-v2.wasm` on a listener with `handoff = \"immediate\"`, members quiet while \
+         they move; each move's time from the server's log; medians of the rounds.\n\n\
+         | metric | value |\n|---|---|\n",
+    );
+    for metric in [
+        HANDOFF_ONE,
+        HANDOFF_MEDIAN,
+        HANDOFF_P99,
+        HANDOFF_FIRST,
+        HANDOFF_SPAN,
+        HANDOFF_MOVED,
+        HANDOFF_FAILED,
+    ] {
+        let value = results
+            .get_mut(&(Kind::Wasm, metric))
+            .and_then(|values| median(values))
+            .map_or_else(|| "–".to_string(), |v| format!("{v:.1}"));
+        out.push_str(&format!("| {metric} | {value} |\n"));
+    }
     out
 }
 
@@ -878,25 +900,7 @@ fn hot_swap(
                     live.display()
                 ),
             )?;
-            let mut child = pin(pinned, "1", &bin_dir.join("shoal"))
-                .args(["serve", "--config"])
-                .arg(&config)
-                .arg("--cache-dir")
-                .arg(folder.join("cache"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?);
-            let mut line = String::new();
-            stdout.read_line(&mut line)?;
-            let addr = line
-                .trim()
-                .strip_prefix("listening on ")
-                .and_then(|rest| rest.split_once(' '))
-                .map(|(addr, _)| addr.to_string())
-                .with_context(|| format!("shoal serve --config printed {line:?}"))?;
-            let server = Server { child, addr };
+            let server = serve_watched(bin_dir, pinned, &config, &folder, None)?;
             let (v1, v2) = (plugins.join("echo.wasm"), plugins.join("echo-v2.wasm"));
             let measured = loadgen(
                 bin_dir,
@@ -935,8 +939,215 @@ fn hot_swap(
                 record(results, column, SWAP_CACHED, &measured, "swap_ms")?;
             }
         }
+        eprintln!(
+            "round {round}/{}: handoff of 1,000 chat members",
+            args.rounds
+        );
+        handoff(bin_dir, pinned, &plugins, &folder, results)?;
     }
     Ok(())
+}
+
+/// `shoal serve --config` (watching its plugin files) with a compile cache in `folder`.
+/// With `log`, its log goes to that file, with each connection's move (`versions` at debug).
+fn serve_watched(
+    bin_dir: &Path,
+    pinned: bool,
+    config: &Path,
+    folder: &Path,
+    log: Option<&Path>,
+) -> anyhow::Result<Server> {
+    let mut command = pin(pinned, "1", &bin_dir.join("shoal"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--cache-dir")
+        .arg(folder.join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(log) = log {
+        command
+            .env("RUST_LOG", "info,shoal_host::versions=debug")
+            .stderr(std::fs::File::create(log)?);
+    }
+    let mut child = command.spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?);
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|rest| rest.split_once(' '))
+        .map(|(addr, _)| addr.to_string())
+        .with_context(|| format!("shoal serve --config printed {line:?}"))?;
+    Ok(Server { child, addr })
+}
+
+const HANDOFF_FIRST: &str = "rename → first member on the new build, ms";
+const HANDOFF_MEDIAN: &str = "one move in the server (snapshot → new instance → resume), median µs";
+const HANDOFF_P99: &str = "one move in the server, p99 µs";
+const HANDOFF_SPAN: &str = "first → last of the 1,000 moves, ms";
+const HANDOFF_MOVED: &str = "members on the new build afterwards";
+const HANDOFF_FAILED: &str = "members disconnected";
+const HANDOFF_ONE: &str =
+    "one move in-process (chat → chat-v2: snapshot, new instance, resume, old dropped), µs";
+
+/// 1,000 chat members with names on `shoal serve --config` (`handoff = "immediate"`),
+/// `chat.wasm` replaced by `chat-v2.wasm` with a rename: when every member is served by the
+/// new build, and what the moves cost per connection.
+fn handoff(
+    bin_dir: &Path,
+    pinned: bool,
+    plugins: &Path,
+    folder: &Path,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(folder);
+    std::fs::create_dir_all(folder)?;
+    let live = folder.join("chat.wasm");
+    std::fs::copy(plugins.join("chat.wasm"), &live)?;
+    let config = folder.join("handoff.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"chat\"\naddress = \"127.0.0.1:0\"\n\
+             plugin = \"{}\"\nmax_connections = 2000\nhandoff = \"immediate\"\n",
+            live.display()
+        ),
+    )?;
+    let log = folder.join("shoal.log");
+    let server = serve_watched(bin_dir, pinned, &config, folder, Some(&log))?;
+    let next = plugins.join("chat-v2.wasm");
+    let measured = loadgen(
+        bin_dir,
+        pinned,
+        &[
+            "handoff",
+            "--addr",
+            &server.addr,
+            "--conns",
+            "1000",
+            "--live",
+            &live.display().to_string(),
+            "--next",
+            &next.display().to_string(),
+            "--next-name",
+            "chat-v2",
+        ],
+    )?;
+    drop(server);
+    record(
+        results,
+        Kind::Wasm,
+        HANDOFF_FIRST,
+        &measured,
+        "first_moved_ms",
+    )?;
+    record(results, Kind::Wasm, HANDOFF_MOVED, &measured, "moved")?;
+    record(
+        results,
+        Kind::Wasm,
+        HANDOFF_FAILED,
+        &measured,
+        "failed_conns",
+    )?;
+    let (mut moves, span) = moves_logged(&std::fs::read_to_string(&log)?)?;
+    moves.sort();
+    let at = |share| percentile(&moves, share).map_or(f64::NAN, micros);
+    for (metric, value) in [
+        (HANDOFF_MEDIAN, at(0.5)),
+        (HANDOFF_P99, at(0.99)),
+        (HANDOFF_SPAN, span.as_secs_f64() * 1e3),
+    ] {
+        results.entry((Kind::Wasm, metric)).or_default().push(value);
+    }
+    let moves = handoff_in_process(plugins, 1000)?;
+    let median_move = percentile(&moves, 0.5).context("no moves")?;
+    results
+        .entry((Kind::Wasm, HANDOFF_ONE))
+        .or_default()
+        .push(micros(median_move));
+    Ok(())
+}
+
+/// The moves a server logged (`moved from version 1 to version 2 with 8 bytes of state in
+/// 80.48µs`): each one's time, and the span from the first to the last (by the lines' UTC
+/// timestamps).
+fn moves_logged(log: &str) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let mut took = Vec::new();
+    let mut stamps = Vec::new();
+    for line in log
+        .lines()
+        .filter(|line| line.contains("moved from version"))
+    {
+        let time = line
+            .split_once(" in ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .with_context(|| format!("no time in {line:?}"))?;
+        took.push(debug_duration(time)?);
+        // `2026-11-29T02:34:06.434589Z`: seconds of the day are enough for a span.
+        let clock = line
+            .get(11..26)
+            .with_context(|| format!("no timestamp in {line:?}"))?;
+        let (h, m, s) = (&clock[0..2], &clock[3..5], &clock[6..]);
+        let seconds = h.parse::<f64>()? * 3600.0 + m.parse::<f64>()? * 60.0 + s.parse::<f64>()?;
+        stamps.push(seconds);
+    }
+    anyhow::ensure!(!took.is_empty(), "the server logged no move");
+    let first = stamps.iter().copied().fold(f64::INFINITY, f64::min);
+    let last = stamps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Ok((took, Duration::from_secs_f64((last - first).max(0.0))))
+}
+
+/// A `Duration` as `{:?}` writes it: `697ns`, `80.48µs`, `637.17ms`, `1.2s`.
+fn debug_duration(text: &str) -> anyhow::Result<Duration> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .with_context(|| format!("no unit in {text:?}"))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse()?;
+    let seconds = match unit {
+        "ns" => number / 1e9,
+        "µs" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        _ => bail!("unknown unit in {text:?}"),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// What a connection's move costs the host: the old instance's `snapshot`, a new instance of
+/// the new version, its `resume`, the old instance dropped — the calls a listener makes for
+/// each connection it moves — `count` times, in-process.
+fn handoff_in_process(plugins: &Path, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let runtime = Runtime::new(RuntimeConfig::builder().max_instances(16).build()?)?;
+    let old = Plugin::from_file(&runtime, plugins.join("chat.wasm"))?;
+    let new = Plugin::from_file(&runtime, plugins.join("chat-v2.wasm"))?;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = ServerConfig::default();
+    let info = bench_conn_info();
+    tokio.block_on(async {
+        let mut samples = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut member = Instance::new(&old, &config).await?;
+            anyhow::ensure!(member.init(&info).await? == Ok(Next::Continue));
+            let typed = Event::Data(b"/nick someone\nhalf a li".to_vec());
+            member.handle(&typed).await?;
+            member.clear_output();
+            let start = Instant::now();
+            let state = member.snapshot().await?.context("chat exports handoff")?;
+            let mut moved = Instance::new(&new, &config).await?;
+            anyhow::ensure!(moved.resume(&info, &state).await? == Ok(Next::Continue));
+            drop(member);
+            samples.push(start.elapsed());
+            moved.close(&CloseReason::PeerClosed).await?;
+        }
+        samples.sort();
+        Ok(samples)
+    })
 }
 
 fn two_tenants(bin_dir: &Path, pinned: bool, config: &Path) -> anyhow::Result<(Server, String)> {
@@ -1113,6 +1324,28 @@ fn ratio_cell(results: &Results, metric: &'static str, other: Kind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_servers_moves_are_read_from_its_log() -> anyhow::Result<()> {
+        let log = "2026-11-29T02:34:06.434589Z DEBUG shoal_host::versions: moved from version 1 \
+                   to version 2 with 8 bytes of state in 697.121µs conn=424\n\
+                   2026-11-29T02:34:06.500000Z  INFO something else in 3s\n\
+                   2026-11-29T02:34:07.235229Z DEBUG shoal_host::versions: moved from version 1 \
+                   to version 2 with 8 bytes of state in 637.173557ms conn=129\n";
+        let (took, span) = moves_logged(log)?;
+        assert_eq!(
+            took,
+            [
+                Duration::from_nanos(697_121),
+                Duration::from_nanos(637_173_557)
+            ]
+        );
+        assert_eq!(span.as_micros(), 800_640);
+        assert_eq!(debug_duration("12ns")?, Duration::from_nanos(12));
+        assert_eq!(debug_duration("1.5s")?, Duration::from_millis(1500));
+        assert!(debug_duration("3 weeks").is_err());
+        Ok(())
+    }
 
     #[test]
     fn loadgen_lines_parse() -> anyhow::Result<()> {

@@ -78,6 +78,8 @@ struct Version {
     faulted: AtomicUsize,
     /// The ids of its live connections.
     connections: Mutex<std::collections::HashSet<u64>>,
+    /// Connections that could not move to it (logged loudly once).
+    refused_moves: AtomicUsize,
     /// When a crash loop rolls it back; `None` for a first version, which has nothing to
     /// roll back to.
     watch: Option<RollbackWatch>,
@@ -174,18 +176,27 @@ impl Versions {
         let previous = self.shared.current.swap(Arc::clone(&version));
         *lock(&self.shared.previous) = Some(Arc::clone(&previous));
         *lock(&self.shared.rolled_back) = None;
-        if config.handoff() == HandoffPolicy::Immediate && version.plugin.exports_handoff() {
+        let immediate =
+            config.handoff() == HandoffPolicy::Immediate && version.plugin.exports_handoff();
+        if immediate {
+            // Every older version's connections that can move, not only the previous one's.
             self.shared.request_moves(MoveRequest::IfPossible);
         }
+        let moving = immediate && previous.plugin.exports_handoff();
         if let Some(drain) = config.drain_timeout() {
-            self.drain_at(Arc::downgrade(&previous), drain, config.name().to_string());
+            let request = match config.handoff() {
+                HandoffPolicy::Never => MoveRequest::End,
+                _ => MoveRequest::OrEnd,
+            };
+            self.drain_at(Arc::downgrade(&previous), drain, request, config.name());
         }
         tracing::info!(
             listener = config.name(),
             plugin = version.plugin.name(),
             hash = %version.plugin.content_hash(),
-            "version {number} is current; version {} keeps its {} connections",
+            "version {number} is current; version {} {} its {} connections",
             previous.number,
+            if moving { "hands off" } else { "keeps" },
             previous.live.load(Ordering::Relaxed),
         );
         Ok(version.info(true))
@@ -193,8 +204,15 @@ impl Versions {
 
     /// After `drain`, move the connections still on `retired` to the current version or,
     /// when they cannot move, close them (unless `retired` is current again: a rollback).
-    fn drain_at(&self, retired: Weak<Version>, drain: Duration, listener: String) {
+    fn drain_at(
+        &self,
+        retired: Weak<Version>,
+        drain: Duration,
+        request: MoveRequest,
+        listener: &str,
+    ) {
         let shared = Arc::clone(&self.shared);
+        let listener = listener.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(drain).await;
             let Some(version) = retired.upgrade() else {
@@ -207,17 +225,20 @@ impl Versions {
             if ids.is_empty() {
                 return;
             }
+            let what = if request == MoveRequest::End {
+                "close"
+            } else {
+                "move to the current version or close"
+            };
             tracing::info!(
                 listener,
-                "drain deadline: the {} connections still on version {} move to version {} \
-                 or close",
+                "drain deadline: the {} connections still on version {} {what}",
                 ids.len(),
                 version.number,
-                shared.current.load().number,
             );
             if let Some((_, mailboxes)) = shared.listener.get() {
                 for id in ids {
-                    mailboxes.request_move(id, MoveRequest::OrEnd);
+                    mailboxes.request_move(id, request);
                 }
             }
         });
@@ -325,6 +346,7 @@ impl Version {
             opened: AtomicUsize::new(0),
             faulted: AtomicUsize::new(0),
             connections: Mutex::default(),
+            refused_moves: AtomicUsize::new(0),
             watch,
         }
     }
@@ -441,10 +463,8 @@ impl VersionedInstance {
         let place = target.opened.fetch_add(1, Ordering::Relaxed);
         let mut instance = match target.plugin.create(conn.clone()).await {
             Ok(instance) => instance,
-            Err(error) => {
-                self.shared.faulted(&target, place);
-                return self.stays(&target, &format!("no instance: {error}"));
-            }
+            // Not the new version's fault (the instance pool is full, say): not counted.
+            Err(error) => return self.stays(&target, &format!("no instance: {error}")),
         };
         match instance.resume(info, &state).await {
             Ok(Ok(next)) => {
@@ -481,11 +501,18 @@ impl VersionedInstance {
             "cannot move to version {}: {why}; it stays on version {}",
             target.number, self.version.number
         );
-        tracing::warn!(
-            conn = self.instance.conn_id(),
-            plugin = target.plugin.name(),
-            "{why}"
-        );
+        // Once per version at `warn`: a version that refuses every state would otherwise log
+        // a line per connection.
+        if target.refused_moves.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                conn = self.instance.conn_id(),
+                plugin = target.plugin.name(),
+                "{why} (further refusals of version {} at debug)",
+                target.number
+            );
+        } else {
+            tracing::debug!(conn = self.instance.conn_id(), "{why}");
+        }
         HandoffOutcome::Stayed(why)
     }
 

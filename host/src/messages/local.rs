@@ -126,6 +126,9 @@ pub(crate) enum MoveRequest {
     IfPossible,
     /// The version's drain deadline: move, or end with `close(upgrade)`.
     OrEnd,
+    /// The version's drain deadline where moves are off (`handoff = "never"`): end with
+    /// `close(upgrade)`.
+    End,
 }
 
 /// What a connection's mailbox has for it next.

@@ -374,6 +374,7 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
                 };
                 continue;
             }
+            Ok(Input::Move(MoveRequest::End)) => return Ending::Drained,
             Ok(Input::Move(request)) => {
                 match Box::pin(guest.hand_off(conn.new, conn.info)).await {
                     HandoffOutcome::Moved(resumed) => next = resumed,

@@ -8,6 +8,7 @@
 //! loadgen broadcast --addr A [--conns N] [--seconds S]       chat lines delivered per second
 //! loadgen spin --addr A [--conns N] [--seconds S]            keep N guests looping (spin plugin)
 //! loadgen swap --addr A --live F --v1 F --v2 F [--every S]    echo load through hot swaps
+//! loadgen handoff --addr A --live F --next F --next-name N    chat members moved by a swap
 //! ```
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+mod handoff;
 mod swap;
 
 #[derive(Parser)]
@@ -72,6 +74,21 @@ enum Scenario {
         v2: std::path::PathBuf,
         #[arg(long, default_value_t = 1.0)]
         every: f64,
+    },
+    /// `conns` chat members with names; the served chat file replaced by `next` (whose
+    /// `/version` says `next_name`) with a rename; each member asks `/version` until the new
+    /// build answers: when they moved, and the moves' cost per connection.
+    Handoff {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        #[arg(long)]
+        live: std::path::PathBuf,
+        #[arg(long)]
+        next: std::path::PathBuf,
+        #[arg(long)]
+        next_name: String,
     },
     /// Messages delivered per second through the `chat` plugin's broadcast: `conns` clients
     /// join, the first sends numbered lines as fast as the room keeps up (at most `window`
@@ -155,6 +172,22 @@ fn main() -> anyhow::Result<()> {
                     every,
                 };
                 swap::run(load).await
+            }
+            Scenario::Handoff {
+                addr,
+                conns,
+                live,
+                next,
+                next_name,
+            } => {
+                let load = handoff::HandoffLoad {
+                    addr,
+                    conns,
+                    live,
+                    next,
+                    next_name,
+                };
+                handoff::run(load).await
             }
         }
     })

@@ -105,7 +105,7 @@ pub async fn run(load: SwapLoad) -> anyhow::Result<()> {
 }
 
 /// Put `version` in place of `live` as a deploy tool does: a copy beside it, then a rename.
-fn replace(live: &Path, version: &Path) -> anyhow::Result<()> {
+pub fn replace(live: &Path, version: &Path) -> anyhow::Result<()> {
     let temporary = live.with_extension("wasm.new");
     std::fs::copy(version, &temporary)?;
     std::fs::rename(&temporary, live)?;

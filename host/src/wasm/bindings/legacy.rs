@@ -4,8 +4,9 @@
 //! [`CloseReason`] here (an `upgrade` reaches them as `shutdown`).
 //!
 //! wasmtime type-checks component values by shape, not by name, so the 0.2.0 types lower
-//! into 0.1.0's exactly; a component whose 0.1.0 exports do not have these shapes is refused
-//! when it is linked ([`HandlerIndices::new`]).
+//! into 0.1.0's exactly. The shapes are checked when an instance's functions are loaded
+//! ([`HandlerIndices::load`]): a component whose 0.1.0 exports have others fails its first
+//! instance — the check a listener runs before it serves, or a swap's probe.
 
 use wasmtime::AsContextMut;
 use wasmtime::component::{
@@ -106,7 +107,8 @@ pub(crate) struct HandlerIndices {
 }
 
 impl HandlerIndices {
-    /// Find the handler's functions in `pre`'s component and check their types.
+    /// Find the handler's functions in `pre`'s component (their types are checked by
+    /// [`HandlerIndices::load`]).
     pub(crate) fn new(pre: &InstancePre<ConnState>) -> wasmtime::Result<Self> {
         let component = pre.component();
         let interface = component
