@@ -104,20 +104,27 @@ async fn ten_chat_members_keep_their_names_and_lines_through_a_swap() -> anyhow:
     .with_context(|| format!("versions: {:?}", live(&versions)))?;
     members[0].0.get_mut().write_all(b"sentence\n").await?;
 
-    for (client, _) in &mut members {
-        // Every line user0 sent, once each, in order, whichever version relayed it.
+    for (i, (client, _)) in members.iter_mut().enumerate() {
+        // Every line user0 sent, once each, in order, whichever version relayed it; and
+        // user1's line, begun before the move and ended after it (user1 does not hear it).
         let mut heard = Vec::new();
-        while heard.len() < 300 {
-            let line = read_until(client, |line| line.starts_with("user0: ")).await?;
-            heard.push(line);
+        let mut sentence = i == 0;
+        while heard.len() < 300 || !sentence {
+            let line = read_until(client, |line| {
+                line.starts_with("user0: ") || line.starts_with("user1: ")
+            })
+            .await?;
+            if line.starts_with("user0: ") {
+                heard.push(line);
+            } else {
+                ensure!(line == "user1: half a sentence" && !sentence, "{line:?}");
+                sentence = true;
+            }
         }
         let expected: Vec<String> = (0..300).map(|k| format!("user0: line {k}")).collect();
         ensure!(heard == expected, "lines lost, doubled or reordered");
     }
     for (i, (client, id)) in members.iter_mut().enumerate() {
-        if i != 0 {
-            read_until(client, |line| line == "user1: half a sentence").await?;
-        }
         ensure!(version_of(client).await? == "* chat-v2", "moved to chat-v2");
         client.get_mut().write_all(b"/who\n").await?;
         let mut who = Vec::new();

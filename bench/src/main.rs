@@ -63,7 +63,8 @@ enum Scenario {
     /// In-process: each plugin compiled cold, and loaded from the compile cache.
     Compile,
     /// Hot swap: echo load on 1,000 connections while the plugin file is replaced every
-    /// second, against the same load without swaps.
+    /// second, against the same load without swaps; then 1,000 chat members moved to a new
+    /// build with their state (handoff).
     Swap,
     /// In-process lifecycle: create, `init`, `close`, drop.
     Lifecycle,
