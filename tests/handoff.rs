@@ -191,72 +191,103 @@ async fn greeted(server: &TestServer) -> anyhow::Result<(ChatClient, u64)> {
     Ok((client, id))
 }
 
+/// A greeter listener (`plugins/greeter`, whose behaviour in a handoff its listener's name
+/// chooses) and one client it greeted.
+struct Greeter {
+    server: TestServer,
+    versions: Versions,
+    config: ServerConfig,
+    client: ChatClient,
+    id: u64,
+}
+
+impl Greeter {
+    async fn start(
+        listener: &str,
+        handoff: HandoffPolicy,
+        drain: Option<Duration>,
+    ) -> anyhow::Result<Self> {
+        let mut settings = settings(listener, handoff);
+        if let Some(drain) = drain {
+            settings = settings.drain_timeout(drain);
+        }
+        let config = settings.build()?;
+        let (server, versions) = serve("greeter", &config).await?;
+        let (client, id) = greeted(&server).await?;
+        Ok(Self {
+            server,
+            versions,
+            config,
+            client,
+            id,
+        })
+    }
+
+    /// A new version of the greeter (the same build) becomes current.
+    async fn swap(&self) -> anyhow::Result<()> {
+        self.versions.swap(plugin("greeter"), &self.config).await?;
+        Ok(())
+    }
+}
+
+/// Read `client` to its end, which must be `last`.
+async fn ends_with(client: &mut ChatClient, last: &[u8]) -> anyhow::Result<()> {
+    let rest = read_to_end(client).await?;
+    ensure!(rest == last, "{:?}", String::from_utf8_lossy(&rest));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_connection_keeps_its_partial_line_and_its_output_order() -> anyhow::Result<()> {
-    let config = settings("greeter", HandoffPolicy::Immediate).build()?;
-    let (server, versions) = serve("greeter", &config).await?;
-    let (mut client, id) = greeted(&server).await?;
-    client.get_mut().write_all(b"hel").await?;
+    let mut g = Greeter::start("greeter", HandoffPolicy::Immediate, None).await?;
+    g.client.get_mut().write_all(b"hel").await?;
     // Give the old version the bytes before the swap.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    versions.swap(plugin("greeter"), &config).await?;
-    ensure!(read_line(&mut client).await? == format!("moved {id}"));
-    client.get_mut().write_all(b"lo\n").await?;
-    ensure!(read_line(&mut client).await? == format!("{id}: hello"));
-    ensure!(live(&versions) == vec![(2, 1)]);
-    server.shutdown().await
+    g.swap().await?;
+    ensure!(read_line(&mut g.client).await? == format!("moved {}", g.id));
+    g.client.get_mut().write_all(b"lo\n").await?;
+    ensure!(read_line(&mut g.client).await? == format!("{}: hello", g.id));
+    ensure!(live(&g.versions) == vec![(2, 1)]);
+    g.server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_handoff_stays_on_its_version_until_the_drain_deadline() -> anyhow::Result<()> {
-    let config = settings("refuse-handoff", HandoffPolicy::Immediate)
-        .drain_timeout(Duration::from_millis(800))
-        .build()?;
-    let (server, versions) = serve("greeter", &config).await?;
-    let (mut client, id) = greeted(&server).await?;
-    versions.swap(plugin("greeter"), &config).await?;
+    let drain = Some(Duration::from_millis(800));
+    let mut g = Greeter::start("refuse-handoff", HandoffPolicy::Immediate, drain).await?;
+    g.swap().await?;
     wait_for("the refusal to be logged", || {
         !log_lines_with(&["refused its state on request", "stays on version 1"]).is_empty()
     })
     .await?;
-    client.get_mut().write_all(b"ping\n").await?;
+    g.client.get_mut().write_all(b"ping\n").await?;
+    let answer = read_line(&mut g.client).await?;
     ensure!(
-        read_line(&mut client).await? == format!("{id}: ping"),
-        "still served"
+        answer == format!("{}: ping", g.id),
+        "still served: {answer}"
     );
-    ensure!(
-        live(&versions) == vec![(1, 1), (2, 0)],
-        "{:?}",
-        live(&versions)
-    );
-    let rest = read_to_end(&mut client).await?;
-    ensure!(
-        rest == b"bye (upgrade)\n",
-        "{:?}",
-        String::from_utf8_lossy(&rest)
-    );
-    ensure!(server.stats.ended(EndKind::Upgrade) == 1);
-    server.shutdown().await
+    let versions = live(&g.versions);
+    ensure!(versions == vec![(1, 1), (2, 0)], "{versions:?}");
+    ends_with(&mut g.client, b"bye (upgrade)\n").await?;
+    ensure!(g.server.stats.ended(EndKind::Upgrade) == 1);
+    g.server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_traps_ends_only_its_connection() -> anyhow::Result<()> {
-    let config = settings("trap-snapshot", HandoffPolicy::Immediate).build()?;
-    let (server, versions) = serve("greeter", &config).await?;
-    let (mut doomed, _) = greeted(&server).await?;
-    versions.swap(plugin("greeter"), &config).await?;
+    let mut g = Greeter::start("trap-snapshot", HandoffPolicy::Immediate, None).await?;
+    g.swap().await?;
     // Closed without `close` (a faulted instance is not entered again): no goodbye.
-    let rest = read_to_end(&mut doomed).await?;
-    ensure!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
-    ensure!(server.stats.faults() == 1);
-    let (mut fresh, id) = greeted(&server).await?;
+    ends_with(&mut g.client, b"").await?;
+    ensure!(g.server.stats.faults() == 1);
+    let (mut fresh, id) = greeted(&g.server).await?;
     fresh.get_mut().write_all(b"ok\n").await?;
     ensure!(read_line(&mut fresh).await? == format!("{id}: ok"));
     ensure!(
         !log_lines_with(&["`snapshot` failed"]).is_empty(),
         "the fault is logged with the export"
     );
-    server.shutdown().await
+    g.server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,30 +303,17 @@ async fn a_plugin_of_the_0_1_0_world_serves_and_is_told_shutdown_when_drained() 
     client.get_mut().write_all(b"peers\n").await?;
     ensure!(read_line(&mut client).await? == "1 peers");
     versions.swap(plugin("greeter"), &config).await?;
-    let rest = read_to_end(&mut client).await?;
-    ensure!(
-        rest == b"bye (shutdown)\n",
-        "{:?}",
-        String::from_utf8_lossy(&rest)
-    );
+    ends_with(&mut client, b"bye (shutdown)\n").await?;
     server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_handoff_never_the_drain_deadline_closes_even_a_plugin_that_could_move()
 -> anyhow::Result<()> {
-    let config = settings("greeter", HandoffPolicy::Never)
-        .drain_timeout(Duration::from_millis(300))
-        .build()?;
-    let (server, versions) = serve("greeter", &config).await?;
-    let (mut client, _) = greeted(&server).await?;
-    versions.swap(plugin("greeter"), &config).await?;
-    let rest = read_to_end(&mut client).await?;
-    ensure!(
-        rest == b"bye (upgrade)\n",
-        "{:?}",
-        String::from_utf8_lossy(&rest)
-    );
-    ensure!(server.stats.ended(EndKind::Upgrade) == 1);
-    server.shutdown().await
+    let drain = Some(Duration::from_millis(300));
+    let mut g = Greeter::start("greeter", HandoffPolicy::Never, drain).await?;
+    g.swap().await?;
+    ends_with(&mut g.client, b"bye (upgrade)\n").await?;
+    ensure!(g.server.stats.ended(EndKind::Upgrade) == 1);
+    g.server.shutdown().await
 }
