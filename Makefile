@@ -7,7 +7,8 @@
 # Plugins are built for wasm32-wasip2 (or wasm32-unknown-unknown, where they use no WASI) by
 # scripts/build-plugins.sh, which installs the targets through rustup (or falls back to
 # Debian's toolchain) and leaves each plugin at
-# target/plugins/<name>.wasm.
+# target/plugins/<name>.wasm; the C plugins (plugins/c) by scripts/build-c-plugins.sh, with
+# Debian's clang, as target/plugins/<name>-c.wasm.
 
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
@@ -24,6 +25,7 @@ deps:
 
 plugins:
 	@scripts/build-plugins.sh
+	@scripts/build-c-plugins.sh
 
 build: plugins
 	$(CARGO) build --workspace --all-targets

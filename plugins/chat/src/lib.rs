@@ -11,7 +11,9 @@
 //! Lines end with `\n` (a `\r` before it is dropped); a line longer than 4 KiB is cut there,
 //! but a command (`/...`) longer than that is refused whole. Control characters in a line are
 //! relayed escaped (`\u{1b}`), never raw: they could retitle or clear the others' terminals.
-//! A name is unique in the room (ignoring case, and never another member's id): the host
+//! A name is 1 to 32 ASCII letters, digits, `_` or `-` (the same in every language shoal's
+//! chat is written in; no look-alike letters from other scripts), unique in the room
+//! (ignoring case, and never another member's id): the host
 //! checks and sets it at once (`mailbox::claim_name`).
 //!
 //! A connection moves to a new version of the plugin with its name and any partial line

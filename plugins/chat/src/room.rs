@@ -180,7 +180,7 @@ impl Chat {
             && name.len() <= MAX_NAME
             && name
                 .chars()
-                .all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid {
             return reply(b"* a name is 1 to 32 letters, digits, _ or -\n");
         }
