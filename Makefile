@@ -8,7 +8,8 @@
 # scripts/build-plugins.sh, which installs the targets through rustup (or falls back to
 # Debian's toolchain) and leaves each plugin at
 # target/plugins/<name>.wasm; the C plugins (plugins/c) by scripts/build-c-plugins.sh, with
-# Debian's clang, as target/plugins/<name>-c.wasm.
+# Debian's clang, as target/plugins/<name>-c.wasm; the JavaScript plugins (plugins/js) by
+# scripts/build-js-plugins.sh, with componentize-js from npm, as target/plugins/<name>-js.wasm.
 
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
@@ -26,6 +27,7 @@ deps:
 plugins:
 	@scripts/build-plugins.sh
 	@scripts/build-c-plugins.sh
+	@scripts/build-js-plugins.sh
 
 build: plugins
 	$(CARGO) build --workspace --all-targets

@@ -1,5 +1,5 @@
 //! The same tests for the echo and the chat plugin of every guest language shoal ships: Rust
-//! (`plugins/echo`, `plugins/chat`) and C (`plugins/c`). A user picks a language; the
+//! (`plugins/echo`, `plugins/chat`), C (`plugins/c`) and JavaScript (`plugins/js`). A user picks a language; the
 //! plugins must behave alike on the wire, byte for byte — echo: a round trip, 1 MiB, 200
 //! clients at once, a client's half-close; chat: join, line, `/nick`, `/who`, leave, and a
 //! hostile member (names cannot be taken twice, control characters never reach another
@@ -62,6 +62,7 @@ macro_rules! language {
 
 language!(rust, "echo", "chat");
 language!(c, "echo-c", "chat-c");
+language!(js, "echo-js", "chat-js");
 
 type Client = ChatClient;
 
@@ -237,5 +238,26 @@ async fn an_overlong_command_is_refused_whole(chat: &str) -> anyhow::Result<()> 
     // None of it reached the room as chat text; the writer still chats.
     say(&mut writer, b"after\n").await?;
     assert_eq!(read_line(&mut reader).await?, format!("{writer_id}: after"));
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thrown_javascript_exception_ends_only_its_connection_and_is_logged() -> anyhow::Result<()>
+{
+    support::captured_logs();
+    let server = TestServer::start("thrower-js").await?;
+    let mut bystander = server.connect().await?;
+    let mut thrower = server.connect().await?;
+    ensure!(echo(&mut bystander, b"before").await? == b"before");
+    thrower.write_all(b"throw this\n").await?;
+    // Closed without output: the instance trapped, so `close` is not called.
+    ensure!(read_to_end(&mut thrower).await?.is_empty());
+    ensure!(echo(&mut bystander, b"after").await? == b"after");
+    support::wait_for("the exception's message in the log", || {
+        !support::log_lines_with(&["thrown on request: throw this"]).is_empty()
+    })
+    .await?;
+    ensure!(server.stats.faults() == 1);
+    drop(bystander);
     server.shutdown().await
 }

@@ -6,6 +6,7 @@
 
 pub mod mutate;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -46,9 +47,19 @@ pub fn runtime() -> Runtime {
         .clone()
 }
 
-/// Load a plugin built from this repository's sources.
+/// Load a plugin built from this repository's sources, once per test binary: a JavaScript
+/// component takes Cranelift tens of seconds to compile, and every test of a binary shares
+/// its engine ([`runtime`]) anyway.
 pub fn plugin(name: &str) -> Plugin {
-    Plugin::from_file(&runtime(), plugin_path(name)).expect("plugin loads")
+    static LOADED: OnceLock<Mutex<HashMap<String, Plugin>>> = OnceLock::new();
+    let mut loaded = LOADED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loaded
+        .entry(name.to_string())
+        .or_insert_with(|| Plugin::from_file(&runtime(), plugin_path(name)).expect("plugin loads"))
+        .clone()
 }
 
 /// A server running in this process until [`TestServer::shutdown`].
