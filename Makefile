@@ -9,7 +9,9 @@
 # Debian's toolchain) and leaves each plugin at
 # target/plugins/<name>.wasm; the C plugins (plugins/c) by scripts/build-c-plugins.sh, with
 # Debian's clang, as target/plugins/<name>-c.wasm; the JavaScript plugins (plugins/js) by
-# scripts/build-js-plugins.sh, with componentize-js from npm, as target/plugins/<name>-js.wasm.
+# scripts/build-js-plugins.sh, with componentize-js from npm, as target/plugins/<name>-js.wasm;
+# the Python plugins (plugins/python) by scripts/build-python-plugins.sh, with componentize-py
+# from PyPI, as target/plugins/<name>-py.wasm.
 
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
@@ -28,6 +30,7 @@ plugins:
 	@scripts/build-plugins.sh
 	@scripts/build-c-plugins.sh
 	@scripts/build-js-plugins.sh
+	@scripts/build-python-plugins.sh
 
 build: plugins
 	$(CARGO) build --workspace --all-targets

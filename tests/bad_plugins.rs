@@ -143,3 +143,50 @@ fn a_huge_file_is_refused_before_it_is_read() -> anyhow::Result<()> {
     assert!(message.contains("1GiB"), "{message}");
     Ok(())
 }
+
+#[test]
+fn a_plugin_creating_more_core_instances_than_the_pool_allows_names_the_setting() {
+    // The default engine allows 4 core instances per component; a Python plugin creates 14.
+    let engine = shoal_host::Runtime::new(
+        shoal_host::RuntimeConfig::builder()
+            .max_instances(1)
+            .build()
+            .expect("valid config"),
+    )
+    .expect("engine starts");
+    let err = Plugin::from_file(&engine, plugin_path("echo-py")).err();
+    let Some(
+        err @ PluginError::TooManyCoreInstances {
+            needed: 14,
+            allowed: 4,
+            ..
+        },
+    ) = err
+    else {
+        panic!("expected TooManyCoreInstances, got {err:?}");
+    };
+    assert!(
+        err.to_string()
+            .contains("set core_instances_per_component = 14 or more"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_node_sizes_its_pool_for_the_plugins_it_starts_with() {
+    let spec = shoal_host::NodeSpec {
+        listeners: vec![shoal_host::ListenerSpec {
+            address: "127.0.0.1:0".parse().expect("address"),
+            plugin: shoal_host::PluginSource::File(plugin_path("echo-py")),
+            config: shoal_host::ServerConfig::default(),
+        }],
+        ..shoal_host::NodeSpec::default()
+    };
+    assert_eq!(spec.core_instances_needed(), 14);
+    let more = shoal_host::NodeSpec {
+        core_instances_per_component: Some(20),
+        ..spec
+    };
+    assert_eq!(more.core_instances_needed(), 20);
+    assert_eq!(shoal_host::NodeSpec::default().core_instances_needed(), 4);
+}

@@ -1,5 +1,6 @@
 //! The same tests for the echo and the chat plugin of every guest language shoal ships: Rust
-//! (`plugins/echo`, `plugins/chat`), C (`plugins/c`) and JavaScript (`plugins/js`). A user picks a language; the
+//! (`plugins/echo`, `plugins/chat`), C (`plugins/c`), JavaScript (`plugins/js`) and Python
+//! (`plugins/python`). A user picks a language; the
 //! plugins must behave alike on the wire, byte for byte — echo: a round trip, 1 MiB, 200
 //! clients at once, a client's half-close; chat: join, line, `/nick`, `/who`, leave, and a
 //! hostile member (names cannot be taken twice, control characters never reach another
@@ -63,6 +64,7 @@ macro_rules! language {
 language!(rust, "echo", "chat");
 language!(c, "echo-c", "chat-c");
 language!(js, "echo-js", "chat-js");
+language!(python, "echo-py", "chat-py");
 
 type Client = ChatClient;
 
@@ -255,6 +257,26 @@ async fn a_thrown_javascript_exception_ends_only_its_connection_and_is_logged() 
     ensure!(echo(&mut bystander, b"after").await? == b"after");
     support::wait_for("the exception's message in the log", || {
         !support::log_lines_with(&["thrown on request: throw this"]).is_empty()
+    })
+    .await?;
+    ensure!(server.stats.faults() == 1);
+    drop(bystander);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_python_exception_ends_only_its_connection_and_is_logged() -> anyhow::Result<()> {
+    support::captured_logs();
+    let server = TestServer::start("raiser-py").await?;
+    let mut bystander = server.connect().await?;
+    let mut raiser = server.connect().await?;
+    ensure!(echo(&mut bystander, b"before").await? == b"before");
+    raiser.write_all(b"raise this\n").await?;
+    // Closed without output: the instance trapped, so `close` is not called.
+    ensure!(read_to_end(&mut raiser).await?.is_empty());
+    ensure!(echo(&mut bystander, b"after").await? == b"after");
+    support::wait_for("the exception's message in the log", || {
+        !support::log_lines_with(&["raised on request: raise this"]).is_empty()
     })
     .await?;
     ensure!(server.stats.faults() == 1);

@@ -101,6 +101,22 @@ pub enum PluginError {
         /// The 16-bit layer of its header.
         layer: u16,
     },
+    /// The component creates more core instances than the engine's instance pool allows per
+    /// component (a limit fixed when the engine starts).
+    #[error(
+        "{name} creates {needed} core instances per connection, more than the {allowed} this \
+         engine's instance pool allows (`core_instances_per_component`, sized when the \
+         server starts for the plugins it starts with): restart with this plugin in the \
+         config, or set core_instances_per_component = {needed} or more"
+    )]
+    TooManyCoreInstances {
+        /// The plugin's file or name.
+        name: String,
+        /// The core instances one instance of it creates.
+        needed: u32,
+        /// The engine's limit.
+        allowed: u32,
+    },
     /// The bytes are a core Wasm module, not a component.
     #[error(
         "{name} is a core WebAssembly module, not a component; build it for `wasm32-wasip2` \

@@ -313,8 +313,20 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {
-    let runtime = Runtime::new(RuntimeConfig::builder().max_instances(1).build()?)
-        .context("cannot start the Wasm engine")?;
+    // An engine whose pool fits the plugin, as a node serving it would make.
+    let spec = NodeSpec {
+        listeners: vec![ListenerSpec {
+            address: "127.0.0.1:0".parse()?,
+            plugin: PluginSource::File(path.to_path_buf()),
+            config: ServerConfig::default(),
+        }],
+        ..NodeSpec::default()
+    };
+    let config = RuntimeConfig::builder()
+        .max_instances(1)
+        .core_instances_per_component(spec.core_instances_needed())
+        .build()?;
+    let runtime = Runtime::new(config).context("cannot start the Wasm engine")?;
     let plugin = Plugin::from_file(&runtime, path)?;
     let world = plugin.world_version().as_str();
     let handoff = if plugin.exports_handoff() {

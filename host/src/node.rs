@@ -21,6 +21,7 @@ use crate::server::listener::{Server, pool_shortfall};
 use crate::versions::{VersionInfo, Versions};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::runtime::{Runtime, RuntimeConfig};
+use crate::wasm::shape;
 
 /// The Wasm engine and every listener of one process. It sizes the instance pool,
 /// loads each plugin (through the compile cache), binds every address, serves, and stops
@@ -177,6 +178,7 @@ impl Node {
         let runtime_config = runtime_config
             .max_instances(instances)
             .max_memory_bytes(memory)
+            .core_instances_per_component(spec.core_instances_needed())
             .cache_dir(spec.cache_dir)
             .cpu_shares(spec.cpu_shares)
             .build()
@@ -495,6 +497,29 @@ const POOL_ADDRESS_SPACE: u128 = 64 << 40;
 /// Each instance of the pool reserves two memory slots (guests built through the WASI
 /// adapter have two memories), each the largest `memory_limit` plus a 64 KiB guard: refuse a
 /// spec whose pool cannot be reserved, naming the listener that asks the most.
+impl NodeSpec {
+    /// Core instances per component an engine serving this spec must allow: what its
+    /// plugins create (read from their files; one that cannot be read is left for its load
+    /// to report), its own [`core_instances_per_component`](Self::core_instances_per_component),
+    /// and the runtime's default, whichever is largest.
+    #[must_use]
+    pub fn core_instances_needed(&self) -> u32 {
+        let plugins = self
+            .listeners
+            .iter()
+            .filter_map(|listener| match &listener.plugin {
+                PluginSource::File(path) => std::fs::read(path)
+                    .ok()
+                    .and_then(|bytes| shape::core_instances(&bytes).ok()),
+                PluginSource::Bytes { bytes, .. } => shape::core_instances(bytes).ok(),
+            });
+        plugins.chain(self.core_instances_per_component).fold(
+            RuntimeConfig::default().core_instances_per_component(),
+            u32::max,
+        )
+    }
+}
+
 fn check_reservation(spec: &NodeSpec, instances: u32) -> Result<(), NodeError> {
     let Some(largest) = spec
         .listeners

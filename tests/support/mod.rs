@@ -40,6 +40,8 @@ pub fn runtime() -> Runtime {
         .get_or_init(|| {
             let config = RuntimeConfig::builder()
                 .max_instances(4096)
+                // A Python plugin creates 14 core instances (a Rust one up to 3).
+                .core_instances_per_component(16)
                 .build()
                 .expect("valid runtime config");
             Runtime::new(config).expect("engine starts")

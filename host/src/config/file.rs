@@ -57,6 +57,8 @@ struct File {
     cpu_shares: Option<bool>,
     /// The largest plugin file loaded.
     max_plugin_size: Option<ByteSize>,
+    /// Core instances one plugin instance may create, at least.
+    core_instances_per_component: Option<u32>,
     #[serde(rename = "listener", default)]
     listeners: Vec<ListenerEntry>,
 }
@@ -162,6 +164,14 @@ impl NodeSpec {
             field: field.to_string(),
             reason,
         };
+        if let Some(count) = file.core_instances_per_component
+            && !(1..=1000).contains(&count)
+        {
+            return Err(ConfigFileError::Parse {
+                path: path.to_path_buf(),
+                message: format!("core_instances_per_component = {count}: it is 1 to 1000"),
+            });
+        }
         if file.listeners.is_empty() {
             return Err(ConfigFileError::Parse {
                 path: path.to_path_buf(),
@@ -224,6 +234,7 @@ impl NodeSpec {
             cache_dir: file.cache_dir.map(|dir| base.join(dir)),
             cpu_shares: file.cpu_shares.unwrap_or(true),
             max_plugin_size: file.max_plugin_size.map(|size| size.0),
+            core_instances_per_component: file.core_instances_per_component,
         })
     }
 }

@@ -23,6 +23,10 @@ pub struct NodeSpec {
     pub cpu_shares: bool,
     /// The largest plugin file the node loads; `None` for the runtime's default (64 MiB).
     pub max_plugin_size: Option<usize>,
+    /// Core Wasm instances one plugin instance may create, at least: the node allows what the
+    /// plugins it starts with need (and 4 at least); more leaves room for a plugin swapped in
+    /// later that needs more (a Python plugin creates 14).
+    pub core_instances_per_component: Option<u32>,
 }
 
 impl Default for NodeSpec {
@@ -33,6 +37,7 @@ impl Default for NodeSpec {
             cache_dir: None,
             cpu_shares: true,
             max_plugin_size: None,
+            core_instances_per_component: None,
         }
     }
 }

@@ -14,4 +14,5 @@ pub(crate) mod instance;
 pub(crate) mod limits;
 pub(crate) mod plugin;
 pub(crate) mod runtime;
+pub(crate) mod shape;
 pub(crate) mod store;

@@ -16,6 +16,7 @@ use crate::wasm::cache::Lookup;
 use crate::wasm::digest::ContentHash;
 use crate::wasm::exports::{HANDLER_EXPORT, PluginExports, WorldVersion};
 use crate::wasm::runtime::Runtime;
+use crate::wasm::shape;
 use crate::wasm::store::ConnState;
 
 /// A compiled, validated plugin, ready to be instantiated for each connection. Cheap to clone.
@@ -242,6 +243,7 @@ fn load(
     started: Instant,
 ) -> Result<Plugin, PluginError> {
     check_header(shown, bytes)?;
+    fits_the_pool(runtime, shown, bytes)?;
     let hash = ContentHash::of(bytes);
     let (component, compilation) = compile(runtime, &name, shown, bytes, &hash)?;
     check_world(shown, runtime, &component)?;
@@ -261,6 +263,21 @@ fn load(
             load,
         }),
     })
+}
+
+/// A component that creates more core instances than the engine's pool allows per component
+/// is refused naming the setting, before Cranelift spends its time on it. (A component that
+/// does not parse is left for the compiler to describe.)
+fn fits_the_pool(runtime: &Runtime, shown: &str, bytes: &[u8]) -> Result<(), PluginError> {
+    let allowed = runtime.config().core_instances_per_component();
+    match shape::core_instances(bytes) {
+        Ok(needed) if needed > allowed => Err(PluginError::TooManyCoreInstances {
+            name: shown.to_string(),
+            needed,
+            allowed,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Tell "not Wasm", "a core module" and "an unknown version" apart before wasmtime gives a

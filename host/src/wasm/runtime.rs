@@ -55,6 +55,12 @@ impl RuntimeConfig {
         self.max_instances
     }
 
+    /// Core Wasm instances one component may create.
+    #[must_use]
+    pub fn core_instances_per_component(&self) -> u32 {
+        self.core_instances_per_component
+    }
+
     /// Largest linear memory one instance may grow to, in bytes.
     #[must_use]
     pub fn max_memory_bytes(&self) -> usize {
