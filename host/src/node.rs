@@ -19,7 +19,7 @@ use crate::node_handle::{HandleListener, NodeHandle, ServeErased, Start};
 use crate::observe::stats::Stats;
 use crate::server::listener::{Server, pool_shortfall};
 use crate::versions::{VersionInfo, Versions};
-use crate::wasm::plugin::Plugin;
+use crate::wasm::plugin::{Plugin, read_plugin_file};
 use crate::wasm::runtime::{Runtime, RuntimeConfig};
 use crate::wasm::shape;
 
@@ -494,21 +494,23 @@ impl Node {
 /// x86-64's 128 TiB of user address space, leaving room for everything else.
 const POOL_ADDRESS_SPACE: u128 = 64 << 40;
 
-/// Each instance of the pool reserves two memory slots (guests built through the WASI
-/// adapter have two memories), each the largest `memory_limit` plus a 64 KiB guard: refuse a
-/// spec whose pool cannot be reserved, naming the listener that asks the most.
 impl NodeSpec {
     /// Core instances per component an engine serving this spec must allow: what its
-    /// plugins create (read from their files; one that cannot be read is left for its load
-    /// to report), its own [`core_instances_per_component`](Self::core_instances_per_component),
-    /// and the runtime's default, whichever is largest.
+    /// plugins create (read from their files with the checks of a load — a FIFO is never
+    /// opened, a file past `max_plugin_size` never read; one that cannot be read is left for
+    /// its load to report), its own
+    /// [`core_instances_per_component`](Self::core_instances_per_component), and the
+    /// runtime's default, whichever is largest.
     #[must_use]
     pub fn core_instances_needed(&self) -> u32 {
+        let max = self
+            .max_plugin_size
+            .unwrap_or_else(|| RuntimeConfig::default().max_plugin_bytes());
         let plugins = self
             .listeners
             .iter()
             .filter_map(|listener| match &listener.plugin {
-                PluginSource::File(path) => std::fs::read(path)
+                PluginSource::File(path) => read_plugin_file(path, max)
                     .ok()
                     .and_then(|bytes| shape::core_instances(&bytes).ok()),
                 PluginSource::Bytes { bytes, .. } => shape::core_instances(bytes).ok(),
@@ -520,6 +522,9 @@ impl NodeSpec {
     }
 }
 
+/// Each instance of the pool reserves two memory slots (guests built through the WASI
+/// adapter have two memories), each the largest `memory_limit` plus a 64 KiB guard: refuse a
+/// spec whose pool cannot be reserved, naming the listener that asks the most.
 fn check_reservation(spec: &NodeSpec, instances: u32) -> Result<(), NodeError> {
     let Some(largest) = spec
         .listeners

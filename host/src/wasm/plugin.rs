@@ -181,7 +181,7 @@ impl fmt::Debug for Plugin {
 
 /// Read a plugin file: a regular file, no larger than `max` bytes, with a WebAssembly
 /// header — each checked before the rest is read.
-fn read_plugin_file(path: &Path, max: usize) -> Result<Vec<u8>, PluginError> {
+pub(crate) fn read_plugin_file(path: &Path, max: usize) -> Result<Vec<u8>, PluginError> {
     use std::io::Read;
     let unreadable = |error| PluginError::Read {
         path: path.to_path_buf(),
