@@ -33,6 +33,9 @@ struct Args {
     /// Lifecycles per round in the in-process lifecycle benchmark.
     #[arg(long, default_value_t = 5_000)]
     lifecycles: usize,
+    /// Lifecycles per engine and language in the polyglot scenario.
+    #[arg(long, default_value_t = 500)]
+    polyglot_lifecycles: usize,
     /// Instance pool size of the in-process lifecycle runtime (small values let the
     /// benchmark run under valgrind, whose address space cannot hold a large pool).
     #[arg(long, default_value_t = 1_000)]
@@ -44,7 +47,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "compile,lifecycle,load,memory,broadcast,noisy,swap"
+        default_value = "compile,lifecycle,load,memory,broadcast,noisy,swap,polyglot"
     )]
     scenarios: Vec<Scenario>,
     /// Another build's `shoal` binary (an earlier commit, say) to run the load scenarios
@@ -77,7 +80,12 @@ enum Scenario {
     /// Echo latency and throughput on one listener beside 0, 1, 4 and 16 looping guests of
     /// another, with CPU shares on and off.
     Noisy,
+    /// In-process: each guest language's echo — size, compile time, and one connection's
+    /// instance (lifecycle) with copy-on-write memory images off and on.
+    Polyglot,
 }
+
+mod polyglot;
 
 /// A server under test, started as its own process.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -284,6 +292,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut polyglot_rows = Vec::new();
+    if args.scenarios.contains(&Scenario::Polyglot) {
+        polyglot_rows = polyglot::run(&args.plugins, args.polyglot_lifecycles)?;
+    }
+
     let mut noisy_rows = Vec::new();
     if args.scenarios.contains(&Scenario::Noisy) {
         noisy_rows = noisy_neighbour(&args, &bin_dir, pinned)?;
@@ -303,6 +316,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !compile_rows.is_empty() {
         report.push_str(&compile_report(&compile_rows));
+    }
+    if !polyglot_rows.is_empty() {
+        report.push_str(&polyglot::report(&polyglot_rows));
     }
     println!("{report}");
     std::fs::create_dir_all("target/bench")?;
@@ -394,7 +410,10 @@ fn compile_times(args: &Args) -> anyhow::Result<Vec<CompileRow>> {
     plugins.sort();
     // wrong-world is a test plugin shoal must refuse: nothing to time.
     plugins.retain(|path| {
-        let runtime = RuntimeConfig::builder().max_instances(1).build();
+        let runtime = RuntimeConfig::builder()
+            .max_instances(1)
+            .core_instances_per_component(16)
+            .build();
         let loads = runtime.map_err(anyhow::Error::from).and_then(|config| {
             Plugin::from_file(&Runtime::new(config)?, path).map_err(anyhow::Error::from)
         });
@@ -407,6 +426,8 @@ fn compile_times(args: &Args) -> anyhow::Result<Vec<CompileRow>> {
     let runtime = |cache: Option<&Path>| -> anyhow::Result<Runtime> {
         let config = RuntimeConfig::builder()
             .max_instances(16)
+            // A Python component creates 14 core instances.
+            .core_instances_per_component(16)
             .cache_dir(cache.map(Path::to_path_buf))
             .build()?;
         Ok(Runtime::new(config)?)
