@@ -185,3 +185,27 @@ async fn without_a_cache_every_load_compiles() -> anyhow::Result<()> {
     assert_eq!(hash, shoal_host::ContentHash::of(&bytes).to_string());
     Ok(())
 }
+
+#[test]
+fn a_long_compile_says_how_long_it_has_taken() -> anyhow::Result<()> {
+    captured_logs();
+    // Lines every millisecond: any real compile (tens of milliseconds here) prints some.
+    let runtime = Runtime::new(
+        RuntimeConfig::builder()
+            .max_instances(1)
+            .compile_progress_every(Duration::from_millis(1))
+            .build()?,
+    )?;
+    let plugin = Plugin::from_file(&runtime, plugin_path("probe"))?;
+    assert_eq!(plugin.load_report().compilation, Compilation::Compiled);
+    let lines = log_lines_with(&["still compiling probe", "so far"]);
+    assert!(!lines.is_empty(), "no progress line");
+    // And none once it is done.
+    let after = lines.len();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        log_lines_with(&["still compiling probe", "so far"]).len(),
+        after
+    );
+    Ok(())
+}

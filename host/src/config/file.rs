@@ -165,11 +165,11 @@ impl NodeSpec {
             reason,
         };
         if let Some(count) = file.core_instances_per_component
-            && !(1..=1000).contains(&count)
+            && !(1..=64).contains(&count)
         {
             return Err(ConfigFileError::Parse {
                 path: path.to_path_buf(),
-                message: format!("core_instances_per_component = {count}: it is 1 to 1000"),
+                message: format!("core_instances_per_component = {count}: it is 1 to 64"),
             });
         }
         if file.listeners.is_empty() {

@@ -15,7 +15,7 @@ use crate::wasm::bindings::legacy;
 use crate::wasm::cache::Lookup;
 use crate::wasm::digest::ContentHash;
 use crate::wasm::exports::{HANDLER_EXPORT, PluginExports, WorldVersion};
-use crate::wasm::runtime::Runtime;
+use crate::wasm::runtime::{Runtime, RuntimeConfig};
 use crate::wasm::shape;
 use crate::wasm::store::ConnState;
 
@@ -265,6 +265,52 @@ fn load(
     })
 }
 
+/// While a compile runs, a log line every few seconds says how long it has taken: Cranelift
+/// spends seconds to tens of seconds on a JavaScript or Python component, and a start that
+/// prints nothing meanwhile looks hung. Dropping it stops the lines.
+struct CompileProgress {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CompileProgress {
+    fn start(name: &str, size: usize, config: &RuntimeConfig) -> Self {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let every = config.compile_progress_every();
+        let name = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name("compile-progress".into())
+            .spawn(move || {
+                let started = Instant::now();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(every)
+                {
+                    tracing::info!(
+                        plugin = %name,
+                        "still compiling {name} ({}): {:.0?} so far",
+                        kib(size),
+                        started.elapsed(),
+                    );
+                }
+            })
+            // Without a thread there are no progress lines, and nothing else is lost.
+            .ok();
+        Self {
+            done: Some(done),
+            thread,
+        }
+    }
+}
+
+impl Drop for CompileProgress {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A component that creates more core instances than the engine's pool allows per component
 /// is refused naming the setting, before Cranelift spends its time on it. (A component that
 /// does not parse is left for the compiler to describe.)
@@ -336,7 +382,10 @@ fn compile(
             ),
         }
     }
-    let component = Component::new(engine, bytes).map_err(|e| PluginError::Compile {
+    let progress = CompileProgress::start(name, bytes.len(), runtime.config());
+    let compiled = Component::new(engine, bytes);
+    drop(progress);
+    let component = compiled.map_err(|e| PluginError::Compile {
         name: shown.to_string(),
         message: one_line(&format!("{e:#}")),
     })?;

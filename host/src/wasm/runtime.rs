@@ -32,6 +32,7 @@ pub struct RuntimeConfig {
     cpu_shares: bool,
     cpu_slots: usize,
     max_plugin_bytes: usize,
+    compile_progress_every: Duration,
 }
 
 impl RuntimeConfig {
@@ -103,6 +104,12 @@ impl RuntimeConfig {
     pub fn max_plugin_bytes(&self) -> usize {
         self.max_plugin_bytes
     }
+
+    /// How often a compile still running says so in the log.
+    #[must_use]
+    pub fn compile_progress_every(&self) -> Duration {
+        self.compile_progress_every
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -119,7 +126,10 @@ impl Default for RuntimeConfig {
     ///   uses [`default_cache_dir`](crate::default_cache_dir));
     /// * `cpu_shares`: on — CPU-bound guests share the cores between listeners by weight;
     /// * `cpu_slots`: the machine's available parallelism (tokio's default worker count);
-    /// * `max_plugin_bytes`: 64 MiB (a JavaScript or Python component is ~12–20 MB).
+    /// * `max_plugin_bytes`: 64 MiB (a JavaScript or Python component is ~12–20 MB);
+    /// * `compile_progress_every`: 5 s — a compile still running says so in the log this
+    ///   often (Cranelift takes seconds to tens of seconds on a JavaScript or Python
+    ///   component, and a start that prints nothing looks hung).
     fn default() -> Self {
         Self {
             max_instances: Self::DEFAULT_MAX_INSTANCES,
@@ -132,6 +142,7 @@ impl Default for RuntimeConfig {
             cpu_shares: true,
             cpu_slots: thread::available_parallelism().map_or(1, usize::from),
             max_plugin_bytes: 64 << 20,
+            compile_progress_every: Duration::from_secs(5),
         }
     }
 }
@@ -227,6 +238,14 @@ impl RuntimeConfigBuilder {
         self
     }
 
+    /// How often a compile still running logs how long it has taken (default 5 s, at least
+    /// 1 ms).
+    #[must_use]
+    pub fn compile_progress_every(mut self, every: Duration) -> Self {
+        self.config.compile_progress_every = every;
+        self
+    }
+
     /// Check the settings.
     ///
     /// # Errors
@@ -256,6 +275,12 @@ impl RuntimeConfigBuilder {
             return Err(ConfigError::new(
                 "epoch_tick",
                 "must be between 100µs and 1s",
+            ));
+        }
+        if c.compile_progress_every < Duration::from_millis(1) {
+            return Err(ConfigError::new(
+                "compile_progress_every",
+                "must be at least 1ms",
             ));
         }
         if !(1..=4 << 30).contains(&c.max_plugin_bytes) {
