@@ -74,6 +74,16 @@ impl Serving {
         Ok(())
     }
 
+    /// Wait (at most 10 s) until version `number` is current.
+    async fn until_current(&self, number: u64) -> anyhow::Result<()> {
+        wait_for(&format!("version {number} to be current"), || {
+            self.versions()
+                .iter()
+                .any(|(n, _, current)| *n == number && *current)
+        })
+        .await
+    }
+
     /// The listener's versions as (number, live connections, current).
     fn versions(&self) -> Vec<(u64, usize, bool)> {
         self.handle
@@ -248,16 +258,8 @@ async fn a_swap_under_load_loses_no_connection_and_no_byte() -> anyhow::Result<(
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let temporary = folder.join(".echo.wasm.new");
-    std::fs::copy(plugin_path("echo-v2"), &temporary)?;
-    std::fs::rename(&temporary, &live_file)?;
-    wait_for("version 2 to be current", || {
-        server
-            .versions()
-            .iter()
-            .any(|(number, _, current)| *number == 2 && *current)
-    })
-    .await?;
+    deploy(&live_file, "echo-v2")?;
+    server.until_current(2).await?;
     swapped.store(true, Ordering::Release);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
@@ -303,6 +305,15 @@ async fn serve_a_watched_copy(
     Ok((folder, live, server, watch))
 }
 
+/// Put the plugin `name` in place of `live` as a deploy tool does: a temporary file beside
+/// it, then a rename over it.
+fn deploy(live: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let temporary = live.with_extension("wasm.tmp");
+    std::fs::copy(plugin_path(name), &temporary)?;
+    std::fs::rename(&temporary, live)?;
+    Ok(())
+}
+
 /// A folder of this test's own, emptied first.
 fn scratch_folder(name: &str) -> anyhow::Result<std::path::PathBuf> {
     let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -317,17 +328,8 @@ async fn a_plugin_file_replaced_by_a_rename_becomes_the_new_version() -> anyhow:
     let (folder, live, server, _watch) = serve_a_watched_copy("rename").await?;
     let (mut old, version) = connect_and_tell_version(server.addr).await?;
     assert_eq!(version, 1);
-    // As a deploy tool does it: write a temporary file beside it, then rename it over.
-    let temporary = folder.join(".echo.wasm.tmp");
-    std::fs::copy(plugin_path("echo-v2"), &temporary)?;
-    std::fs::rename(&temporary, &live)?;
-    wait_for("version 2 to be current", || {
-        server
-            .versions()
-            .iter()
-            .any(|(number, _, current)| *number == 2 && *current)
-    })
-    .await?;
+    deploy(&live, "echo-v2")?;
+    server.until_current(2).await?;
     let (_new, version) = connect_and_tell_version(server.addr).await?;
     assert_eq!(version, 2);
     assert_eq!(echo(&mut old, b"kept v1").await?, b"kept v1");
@@ -368,13 +370,7 @@ async fn a_version_in_a_crash_loop_is_rolled_back_and_not_taken_again() -> anyho
             .await
             .with_context(|| format!("connection {n} ends at its trap"))??;
     }
-    wait_for("the rollback", || {
-        server
-            .versions()
-            .iter()
-            .any(|(number, _, current)| *number == 1 && *current)
-    })
-    .await?;
+    server.until_current(1).await.context("the rollback")?;
     // Each connection's log line says which version it ran.
     let trapped = log_lines_with(&["trapped", "version=2"]);
     assert!(!trapped.is_empty(), "the trap's log line names version 2");
