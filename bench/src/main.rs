@@ -909,20 +909,14 @@ fn hot_swap(
         };
         for every in order {
             eprintln!("round {round}/{}: hot swap every {every} s", args.rounds);
-            let _ = std::fs::remove_dir_all(&folder);
-            std::fs::create_dir_all(&folder)?;
-            let live = folder.join("echo.wasm");
-            std::fs::copy(plugins.join("echo.wasm"), &live)?;
-            let config = folder.join("swap.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "[[listener]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\n\
-                     plugin = \"{}\"\nmax_connections = 2000\n",
-                    live.display()
-                ),
+            let (server, live) = serve_watched(
+                bin_dir,
+                pinned,
+                &folder,
+                &plugins.join("echo.wasm"),
+                "",
+                None,
             )?;
-            let server = serve_watched(bin_dir, pinned, &config, &folder, None)?;
             let (v1, v2) = (plugins.join("echo.wasm"), plugins.join("echo-v2.wasm"));
             let measured = loadgen(
                 bin_dir,
@@ -970,19 +964,37 @@ fn hot_swap(
     Ok(())
 }
 
-/// `shoal serve --config` (watching its plugin files) with a compile cache in `folder`.
-/// With `log`, its log goes to that file, with each connection's move (`versions` at debug).
+/// `shoal serve --config` on a copy of the plugin `source` in `folder` (emptied first), as
+/// the one listener of a config with `settings` added, watching the copy, with a compile
+/// cache in `folder`; and the copy's path. With `log`, the server's log goes to that file,
+/// with each connection's move (`versions` at debug).
 fn serve_watched(
     bin_dir: &Path,
     pinned: bool,
-    config: &Path,
     folder: &Path,
+    source: &Path,
+    settings: &str,
     log: Option<&Path>,
-) -> anyhow::Result<Server> {
+) -> anyhow::Result<(Server, PathBuf)> {
+    let _ = std::fs::remove_dir_all(folder);
+    std::fs::create_dir_all(folder)?;
+    let file = source.file_name().context("plugin file name")?;
+    let live = folder.join(file);
+    std::fs::copy(source, &live)?;
+    let name = live.file_stem().context("plugin name")?.to_string_lossy();
+    let config = folder.join("shoal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\n\
+             plugin = \"{}\"\nmax_connections = 2000\n{settings}",
+            live.display()
+        ),
+    )?;
     let mut command = pin(pinned, "1", &bin_dir.join("shoal"));
     command
         .args(["serve", "--config"])
-        .arg(config)
+        .arg(&config)
         .arg("--cache-dir")
         .arg(folder.join("cache"))
         .stdin(Stdio::null())
@@ -1003,7 +1015,7 @@ fn serve_watched(
         .and_then(|rest| rest.split_once(' '))
         .map(|(addr, _)| addr.to_string())
         .with_context(|| format!("shoal serve --config printed {line:?}"))?;
-    Ok(Server { child, addr })
+    Ok((Server { child, addr }, live))
 }
 
 const HANDOFF_FIRST: &str = "rename → first member on the new build, ms";
@@ -1025,21 +1037,15 @@ fn handoff(
     folder: &Path,
     results: &mut Results,
 ) -> anyhow::Result<()> {
-    let _ = std::fs::remove_dir_all(folder);
-    std::fs::create_dir_all(folder)?;
-    let live = folder.join("chat.wasm");
-    std::fs::copy(plugins.join("chat.wasm"), &live)?;
-    let config = folder.join("handoff.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listener]]\nname = \"chat\"\naddress = \"127.0.0.1:0\"\n\
-             plugin = \"{}\"\nmax_connections = 2000\nhandoff = \"immediate\"\n",
-            live.display()
-        ),
-    )?;
     let log = folder.join("shoal.log");
-    let server = serve_watched(bin_dir, pinned, &config, folder, Some(&log))?;
+    let (server, live) = serve_watched(
+        bin_dir,
+        pinned,
+        folder,
+        &plugins.join("chat.wasm"),
+        "handoff = \"immediate\"\n",
+        Some(&log),
+    )?;
     let next = plugins.join("chat-v2.wasm");
     let measured = loadgen(
         bin_dir,

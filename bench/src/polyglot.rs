@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shoal_bench::{micros, percentile};
-use shoal_host::{
-    CloseReason, ConnInfo, Instance, Next, Plugin, Runtime, RuntimeConfig, ServerConfig,
-};
+use shoal_host::{Plugin, Runtime, RuntimeConfig, ServerConfig, Stats};
+
+use crate::lifecycles;
 
 /// One language's echo.
 pub struct Row {
@@ -31,7 +31,7 @@ const ECHOES: [(&str, &str); 4] = [
 ];
 
 /// Each language's echo, `count` lifecycles on each engine (after a tenth as many to warm
-/// it up).
+/// it up), as the `lifecycle` scenario counts them.
 pub fn run(plugins: &Path, count: usize) -> anyhow::Result<Vec<Row>> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -61,8 +61,10 @@ pub fn run(plugins: &Path, count: usize) -> anyhow::Result<Vec<Row>> {
             let started = Instant::now();
             let plugin = Plugin::from_file(&runtime, &path)?;
             row.load[i] = started.elapsed();
-            tokio.block_on(lifecycles(&plugin, count / 10))?;
-            let mut samples = tokio.block_on(lifecycles(&plugin, count))?;
+            let config = ServerConfig::default();
+            let stats = std::sync::Arc::new(Stats::default());
+            tokio.block_on(lifecycles(&plugin, &config, &stats, count / 10))?;
+            let mut samples = tokio.block_on(lifecycles(&plugin, &config, &stats, count))?;
             samples.sort();
             row.p50[i] = percentile(&samples, 0.5).context("no lifecycles")?;
             row.p99[i] = percentile(&samples, 0.99).context("no lifecycles")?;
@@ -70,27 +72,6 @@ pub fn run(plugins: &Path, count: usize) -> anyhow::Result<Vec<Row>> {
         rows.push(row);
     }
     Ok(rows)
-}
-
-/// `count` lifecycles: a fresh instance, `init`, `close`, dropped.
-async fn lifecycles(plugin: &Plugin, count: usize) -> anyhow::Result<Vec<Duration>> {
-    let config = ServerConfig::default();
-    let info = ConnInfo {
-        id: 1,
-        peer: "127.0.0.1:1".into(),
-        local: "127.0.0.1:2".into(),
-        listener: "bench".into(),
-    };
-    let mut samples = Vec::with_capacity(count);
-    for _ in 0..count {
-        let start = Instant::now();
-        let mut instance = Instance::new(plugin, &config).await?;
-        anyhow::ensure!(instance.init(&info).await? == Ok(Next::Continue));
-        instance.close(&CloseReason::PeerClosed).await?;
-        drop(instance);
-        samples.push(start.elapsed());
-    }
-    Ok(samples)
 }
 
 /// The scenario's table.
