@@ -7,25 +7,16 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 js="$root/plugins/js"
+# shellcheck source=plugin-lib.sh
+. "$root/scripts/plugin-lib.sh"
 
 command -v npm >/dev/null 2>&1 || "$root/scripts/apt-install.sh" build-js-plugins nodejs npm
 if [ ! -x "$js/node_modules/.bin/componentize-js" ] \
     || [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
     (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
 fi
-mkdir -p "$root/target/plugins"
-built=()
-for source in "$js"/*.js; do
-    name=$(basename "$source" .js)
-    out="$root/target/plugins/$name-js.wasm"
-    if [ "$out" -nt "$source" ] && [ "$out" -nt "$root/wit/plugin.wit" ] \
-        && [ "$out" -nt "$js/package-lock.json" ]; then
-        built+=("$name-js.wasm (kept)")
-        continue
-    fi
-    "$js/node_modules/.bin/componentize-js" "$source" --wit "$root/wit" --world-name plugin \
-        --disable random clocks http fetch-event -o "$out.new" >/dev/null
-    mv "$out.new" "$out"
-    built+=("$name-js.wasm")
-done
-echo "build-js-plugins: ${built[*]}" >&2
+componentize() {
+    "$js/node_modules/.bin/componentize-js" "$1" --wit "$root/wit" --world-name plugin \
+        --disable random clocks http fetch-event -o "$3" >/dev/null
+}
+build_components build-js-plugins js "$js/package-lock.json" componentize "$js"/*.js

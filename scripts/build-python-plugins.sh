@@ -7,6 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py="$root/plugins/python"
 venv="$root/target/python"
+# shellcheck source=plugin-lib.sh
+. "$root/scripts/plugin-lib.sh"
 
 if [ ! -x "$venv/bin/componentize-py" ] || [ "$py/requirements.txt" -nt "$venv/bin/componentize-py" ]; then
     python3 -m venv "$venv" 2>/dev/null || {
@@ -16,19 +18,8 @@ if [ ! -x "$venv/bin/componentize-py" ] || [ "$py/requirements.txt" -nt "$venv/b
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$py/requirements.txt"
     touch "$venv/bin/componentize-py"
 fi
-mkdir -p "$root/target/plugins"
-built=()
-for source in "$py"/*.py; do
-    name=$(basename "$source" .py)
-    out="$root/target/plugins/$name-py.wasm"
-    if [ "$out" -nt "$source" ] && [ "$out" -nt "$root/wit/plugin.wit" ] \
-        && [ "$out" -nt "$py/requirements.txt" ]; then
-        built+=("$name-py.wasm (kept)")
-        continue
-    fi
-    "$venv/bin/componentize-py" --quiet -d "$root/wit" -w plugin componentize -p "$py" "$name" \
-        -o "$out.new"
-    mv "$out.new" "$out"
-    built+=("$name-py.wasm")
-done
-echo "build-python-plugins: ${built[*]}" >&2
+componentize() {
+    "$venv/bin/componentize-py" --quiet -d "$root/wit" -w plugin componentize -p "$py" "$2" \
+        -o "$3"
+}
+build_components build-python-plugins py "$py/requirements.txt" componentize "$py"/*.py

@@ -1,4 +1,4 @@
-# Shared by build-plugins.sh and fallback-toolchain.sh (sourced; expects $root and $cargo).
+# Shared by the plugin build scripts (sourced; expects $root, and $cargo for install_plugins).
 #
 # A plugin whose Cargo.toml says `wasi = false` under [package.metadata.shoal] uses no WASI:
 # it is built for wasm32-unknown-unknown and made a component without the WASI adapter, so it
@@ -42,4 +42,28 @@ install_plugins() {
             "$root/target/debug/shoal-componentize" "$wasi_modules/$file" "$root/target/plugins/$name.wasm"
         fi
     done
+}
+
+# Build the guest sources given after the first four arguments into
+# target/plugins/<name>-SUFFIX.wasm with `BUILD SOURCE NAME OUT`, keeping a component newer
+# than its source, wit/plugin.wit and the toolchain's pin file PIN; WHO names the caller in
+# the summary line.   build_components WHO SUFFIX PIN BUILD SOURCE...
+build_components() {
+    local who=$1 suffix=$2 pin=$3 build=$4 source name out
+    shift 4
+    local built=()
+    mkdir -p "$root/target/plugins"
+    for source in "$@"; do
+        name=$(basename "${source%.*}")
+        out="$root/target/plugins/$name-$suffix.wasm"
+        if [ "$out" -nt "$source" ] && [ "$out" -nt "$root/wit/plugin.wit" ] \
+            && [ "$out" -nt "$pin" ]; then
+            built+=("$name-$suffix.wasm (kept)")
+            continue
+        fi
+        "$build" "$source" "$name" "$out.new"
+        mv "$out.new" "$out"
+        built+=("$name-$suffix.wasm")
+    done
+    echo "$who: ${built[*]}" >&2
 }
