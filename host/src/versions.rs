@@ -221,8 +221,8 @@ impl Versions {
             if Arc::ptr_eq(&version, &shared.current.load()) {
                 return;
             }
-            let ids: Vec<u64> = lock(&version.connections).iter().copied().collect();
-            if ids.is_empty() {
+            let asked = shared.ask_to_move(&version, request);
+            if asked == 0 {
                 return;
             }
             let what = if request == MoveRequest::End {
@@ -232,15 +232,9 @@ impl Versions {
             };
             tracing::info!(
                 listener,
-                "drain deadline: the {} connections still on version {} {what}",
-                ids.len(),
+                "drain deadline: the {asked} connections still on version {} {what}",
                 version.number,
             );
-            if let Some((_, mailboxes)) = shared.listener.get() {
-                for id in ids {
-                    mailboxes.request_move(id, request);
-                }
-            }
         });
     }
 
@@ -273,9 +267,6 @@ impl Shared {
 
     /// Ask every connection of an older version that can hand off to move to the current one.
     fn request_moves(&self, request: MoveRequest) {
-        let Some((_, mailboxes)) = self.listener.get() else {
-            return;
-        };
         let current = self.current.load_full();
         let older: Vec<Arc<Version>> = self
             .made()
@@ -284,11 +275,20 @@ impl Shared {
             .filter(|version| !Arc::ptr_eq(version, &current) && version.plugin.exports_handoff())
             .collect();
         for version in older {
-            let ids: Vec<u64> = lock(&version.connections).iter().copied().collect();
-            for id in ids {
-                mailboxes.request_move(id, request);
-            }
+            self.ask_to_move(&version, request);
         }
+    }
+
+    /// Ask every connection on `version` to move (through its mailbox); how many were asked.
+    fn ask_to_move(&self, version: &Version, request: MoveRequest) -> usize {
+        let Some((_, mailboxes)) = self.listener.get() else {
+            return 0;
+        };
+        let ids: Vec<u64> = lock(&version.connections).iter().copied().collect();
+        for &id in &ids {
+            mailboxes.request_move(id, request);
+        }
+        ids.len()
     }
 
     /// One of `version`'s connections (the `place`-th it was given) faulted: past the
