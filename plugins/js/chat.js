@@ -25,7 +25,7 @@ let name = '';
 let partial = new Uint8Array(0);
 /** Dropping the rest of an overlong command, up to its newline. */
 let discarding = false;
-/** Lines for the room, sent together at the end of the chunk (or sooner, see BATCH). */
+/** Lines for the room (UTF-8), sent together at the end of the chunk (or sooner, see BATCH). */
 let outgoing = [];
 let outgoingBytes = 0;
 
@@ -44,7 +44,13 @@ function reply(text) {
 /** Send the room the lines gathered so far. */
 function flush() {
   if (outgoing.length > 0) {
-    broadcast(encoder.encode(outgoing.join('')));
+    const joined = new Uint8Array(outgoingBytes);
+    let at = 0;
+    for (const bytes of outgoing) {
+      joined.set(bytes, at);
+      at += bytes.length;
+    }
+    broadcast(joined);
     outgoing = [];
     outgoingBytes = 0;
   }
@@ -112,9 +118,9 @@ function line(bytes) {
     flush();
     return reply('* chat-js\n');
   }
-  const out = `${name}: ${text}\n`;
-  outgoing.push(out);
-  outgoingBytes += encoder.encode(out).length;
+  const encoded = encoder.encode(`${name}: ${text}\n`);
+  outgoing.push(encoded);
+  outgoingBytes += encoded.length;
   if (outgoingBytes >= BATCH) {
     flush();
   }
