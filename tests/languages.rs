@@ -11,6 +11,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::ensure;
+use shoal_host::MemoryInit;
 use support::{ChatClient, TestServer, join_chat, random_bytes, read_line, read_to_end};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -282,4 +283,28 @@ async fn a_raised_python_exception_ends_only_its_connection_and_is_logged() -> a
     ensure!(server.stats.faults() == 1);
     drop(bystander);
     server.shutdown().await
+}
+
+/// A JavaScript or Python guest's memory starts with megabytes of data, mapped copy-on-write
+/// from the compiled image on the runtime's second engine; a Rust or C guest's few kilobytes
+/// are copied on the first (an image mapping per connection would cost it kernel memory maps
+/// for no gain: BENCHMARKS.md, issue 14).
+#[test]
+fn each_language_runs_on_the_engine_its_memory_image_picks() {
+    for (plugin, expected) in [
+        ("echo", MemoryInit::Copy),
+        ("chat-c", MemoryInit::Copy),
+        ("echo-js", MemoryInit::CopyOnWrite),
+        ("echo-py", MemoryInit::CopyOnWrite),
+    ] {
+        let load = support::plugin(plugin).load_report();
+        assert_eq!(load.memory_init, expected, "{plugin}");
+        let large = load.image_bytes >= 1 << 20;
+        assert_eq!(
+            large,
+            expected == MemoryInit::CopyOnWrite,
+            "{plugin}: {} bytes of data",
+            load.image_bytes
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Context;
+use shoal_host::MemoryInit;
 use support::{
     TestServer, captured_logs, log_lines_with, plugin, random_bytes, read_line, read_to_end,
     wait_for,
@@ -272,6 +273,29 @@ async fn a_full_instance_pool_closes_only_the_newcomer() -> anyhow::Result<()> {
             .build()?,
     )?;
     let greeter = shoal_host::Plugin::from_file(&runtime, support::plugin_path("greeter"))?;
+    assert_eq!(greeter.load_report().memory_init, MemoryInit::Copy);
+    only_the_newcomer_is_closed(greeter).await
+}
+
+/// The copy-on-write engine (a large guest's) has a pool of its own, bounded alike: here a
+/// small plugin is put on it with a threshold of 0 bytes.
+#[tokio::test]
+async fn a_full_copy_on_write_pool_closes_only_the_newcomer() -> anyhow::Result<()> {
+    let runtime = shoal_host::Runtime::new(
+        shoal_host::RuntimeConfig::builder()
+            .max_instances(8)
+            .copy_on_write_above(Some(0))
+            .copy_on_write_instances(2)
+            .build()?,
+    )?;
+    let greeter = shoal_host::Plugin::from_file(&runtime, support::plugin_path("greeter"))?;
+    assert_eq!(greeter.load_report().memory_init, MemoryInit::CopyOnWrite);
+    only_the_newcomer_is_closed(greeter).await
+}
+
+/// With a pool of two greeters held, a third connection gets no instance (counted) while the
+/// two keep talking; once one leaves, a newcomer is greeted.
+async fn only_the_newcomer_is_closed(greeter: shoal_host::Plugin) -> anyhow::Result<()> {
     let config = shoal_host::ServerConfig::builder()
         .name("greeter")
         .build()?;

@@ -294,7 +294,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut polyglot_rows = Vec::new();
     if args.scenarios.contains(&Scenario::Polyglot) {
-        polyglot_rows = polyglot::run(&args.plugins, args.polyglot_lifecycles)?;
+        polyglot_rows = polyglot::run(&args, &bin_dir, pinned)?;
     }
 
     let mut noisy_rows = Vec::new();
@@ -318,7 +318,7 @@ fn main() -> anyhow::Result<()> {
         report.push_str(&compile_report(&compile_rows));
     }
     if !polyglot_rows.is_empty() {
-        report.push_str(&polyglot::report(&polyglot_rows));
+        report.push_str(&polyglot::report(&mut polyglot_rows));
     }
     println!("{report}");
     std::fs::create_dir_all("target/bench")?;
@@ -661,9 +661,15 @@ impl Server {
                 (baseline, args)
             }
         };
-        let mut command = pin(pinned, "1", &program);
+        Self::spawn(&program, &args, pinned, kind.label())
+    }
+
+    /// Start `program` with `args` (on core 1 when pinned) and wait for the address it
+    /// prints as `listening on ADDR`.
+    fn spawn(program: &Path, args: &[String], pinned: bool, label: &str) -> anyhow::Result<Self> {
+        let mut command = pin(pinned, "1", program);
         let mut child = command
-            .args(&args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -675,21 +681,33 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on ")
-            .with_context(|| format!("{} printed {line:?}", kind.label()))?
+            .with_context(|| format!("{label} printed {line:?}"))?
             .to_string();
         Ok(Self { child, addr })
     }
 
+    /// Resident memory (`VmRSS`), KiB.
     fn rss_kib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let line = status
+        self.proc_kib("status", "VmRSS:")
+    }
+
+    /// Proportional set size (`Pss`): resident memory with each shared page divided among
+    /// the processes that map it, KiB.
+    fn pss_kib(&self) -> anyhow::Result<f64> {
+        self.proc_kib("smaps_rollup", "Pss:")
+    }
+
+    /// The KiB figure of the line starting with `key` in `/proc/PID/file`.
+    fn proc_kib(&self, file: &str, key: &str) -> anyhow::Result<f64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))?;
+        let line = text
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .context("no VmRSS")?;
+            .find(|l| l.starts_with(key))
+            .with_context(|| format!("no {key} in /proc/PID/{file}"))?;
         let kib: f64 = line
             .split_whitespace()
             .nth(1)
-            .context("VmRSS value")?
+            .with_context(|| format!("{key} value"))?
             .parse()?;
         Ok(kib)
     }
@@ -1234,11 +1252,29 @@ fn noisy_report(rows: &mut [NoisyRow]) -> String {
 /// Server RSS growth per connection while `idle_conns` connections are open and initialised.
 fn idle_memory(kind: Kind, bin_dir: &Path, args: &Args, pinned: bool) -> anyhow::Result<f64> {
     let server = Server::start(kind, bin_dir, args, pinned)?;
+    let growth = idle_growth(&server, bin_dir, args.idle_conns, pinned)?;
+    Ok(growth.rss_kib)
+}
+
+/// What a server's memory grew by, per idle connection.
+struct IdleGrowth {
+    rss_kib: f64,
+    pss_kib: f64,
+}
+
+/// Open `conns` connections to `server` (each after one echoed byte, so each has its
+/// instance), hold them idle, and read how much the server's RSS and PSS grew per connection.
+fn idle_growth(
+    server: &Server,
+    bin_dir: &Path,
+    conns: usize,
+    pinned: bool,
+) -> anyhow::Result<IdleGrowth> {
     std::thread::sleep(Duration::from_millis(200));
-    let before = server.rss_kib()?;
-    let conns = args.idle_conns.to_string();
+    let (rss_before, pss_before) = (server.rss_kib()?, server.pss_kib()?);
+    let count = conns.to_string();
     let mut client = pin(pinned, "0", &bin_dir.join("loadgen"))
-        .args(["idle", "--addr", &server.addr, "--conns", &conns])
+        .args(["idle", "--addr", &server.addr, "--conns", &count])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -1250,12 +1286,15 @@ fn idle_memory(kind: Kind, bin_dir: &Path, args: &Args, pinned: bool) -> anyhow:
         bail!("loadgen idle did not get ready: {line:?}");
     }
     std::thread::sleep(Duration::from_millis(500));
-    let after = server.rss_kib()?;
+    let (rss_after, pss_after) = (server.rss_kib()?, server.pss_kib()?);
     if let Some(mut stdin) = client.stdin.take() {
         let _ = stdin.write_all(b"done");
     }
     client.wait()?;
-    Ok((after - before) / args.idle_conns as f64)
+    Ok(IdleGrowth {
+        rss_kib: (rss_after - rss_before) / conns as f64,
+        pss_kib: (pss_after - pss_before) / conns as f64,
+    })
 }
 
 fn report(args: &Args, pinned: bool, results: &mut Results) -> String {

@@ -1,25 +1,44 @@
-//! The `polyglot` scenario, in process: the echo plugin of every guest language shoal ships
-//! (Rust, C, JavaScript, Python), each instantiated, `init`, `close`d and dropped many times
-//! on an engine with copy-on-write memory images off (shoal's default) and on — what one
-//! connection's instance costs in each language, and whether copy-on-write pays for it.
+//! The `polyglot` scenario: the echo plugin of every guest language shoal ships (Rust, C,
+//! JavaScript, Python), side by side in one run.
+//!
+//! In process: each compiled without a cache and then loaded from one; `count` lifecycles
+//! (instantiate, `init`, `close`, drop: one connection's instance) on the engine that copies
+//! a plugin's memory and on the one that maps it copy-on-write — what each language's
+//! connection costs, and which engine the default settings pick for it. Then as a server
+//! (`shoal serve`, on core 1 when pinned): the RSS and PSS 1,000 idle connections add, and
+//! echo round trips per second (100 connections × 512 B), every language in each round.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
-use shoal_bench::{micros, percentile};
-use shoal_host::{Plugin, Runtime, RuntimeConfig, ServerConfig, Stats};
+use shoal_bench::{median, micros, percentile};
+use shoal_host::{
+    Compilation, MemoryInit, Plugin, Runtime, RuntimeConfig, RuntimeConfigBuilder, ServerConfig,
+    Stats,
+};
 
-use crate::lifecycles;
+use crate::{Args, Server, idle_growth, lifecycles, loadgen};
+
+/// Idle connections held per language for the memory figures.
+const IDLE_CONNS: usize = 1_000;
 
 /// One language's echo.
 pub struct Row {
     pub language: &'static str,
     pub size: usize,
-    /// Per engine: copy-on-write off, then on.
-    pub load: [Duration; 2],
+    /// Compiled without a cache, then loaded from the cache it was saved in.
+    pub compile: Duration,
+    pub from_cache: Duration,
+    /// What the default settings pick for it.
+    pub memory_init: MemoryInit,
+    /// Per engine: memory copied, then mapped copy-on-write.
     pub p50: [Duration; 2],
     pub p99: [Duration; 2],
+    /// Per round, as a server.
+    pub rss_kib: Vec<f64>,
+    pub pss_kib: Vec<f64>,
+    pub round_trips: Vec<f64>,
 }
 
 /// The echo plugins, by language.
@@ -30,70 +49,189 @@ const ECHOES: [(&str, &str); 4] = [
     ("Python", "echo-py.wasm"),
 ];
 
-/// Each language's echo, `count` lifecycles on each engine (after a tenth as many to warm
-/// it up), as the `lifecycle` scenario counts them.
-pub fn run(plugins: &Path, count: usize) -> anyhow::Result<Vec<Row>> {
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+/// The in-process figures of every language, then `args.rounds` rounds of the server ones.
+pub fn run(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<Vec<Row>> {
+    let cache = std::env::current_dir()?.join("target/bench/polyglot-cache");
+    if cache.exists() {
+        std::fs::remove_dir_all(&cache)?;
+    }
     let mut rows = Vec::new();
     for (language, file) in ECHOES {
-        let path = plugins.join(file);
-        let size = std::fs::metadata(&path)
-            .with_context(|| format!("{} (make plugins)", path.display()))?
-            .len();
-        let mut row = Row {
+        rows.push(in_process(
             language,
-            size: usize::try_from(size)?,
-            load: [Duration::ZERO; 2],
-            p50: [Duration::ZERO; 2],
-            p99: [Duration::ZERO; 2],
-        };
-        for (i, copy_on_write) in [false, true].into_iter().enumerate() {
-            eprintln!("polyglot: {language}, copy-on-write {copy_on_write}");
-            let runtime = Runtime::new(
-                RuntimeConfig::builder()
-                    .max_instances(16)
-                    .core_instances_per_component(16)
-                    .copy_on_write(copy_on_write)
-                    .build()?,
-            )?;
-            let started = Instant::now();
-            let plugin = Plugin::from_file(&runtime, &path)?;
-            row.load[i] = started.elapsed();
-            let config = ServerConfig::default();
-            let stats = std::sync::Arc::new(Stats::default());
-            tokio.block_on(lifecycles(&plugin, &config, &stats, count / 10))?;
-            let mut samples = tokio.block_on(lifecycles(&plugin, &config, &stats, count))?;
-            samples.sort();
-            row.p50[i] = percentile(&samples, 0.5).context("no lifecycles")?;
-            row.p99[i] = percentile(&samples, 0.99).context("no lifecycles")?;
+            &args.plugins.join(file),
+            &cache,
+            args.polyglot_lifecycles,
+        )?);
+    }
+    for round in 1..=args.rounds {
+        for (row, (_, file)) in rows.iter_mut().zip(ECHOES) {
+            eprintln!(
+                "polyglot round {round}/{}: {} as a server",
+                args.rounds, row.language
+            );
+            let plugin = std::fs::canonicalize(args.plugins.join(file))?;
+            as_server(row, &plugin, &cache, args, bin_dir, pinned)?;
         }
-        rows.push(row);
     }
     Ok(rows)
 }
 
-/// The scenario's table.
-pub fn report(rows: &[Row]) -> String {
+/// Compile times, the default's choice of engine, and lifecycles on both engines.
+fn in_process(
+    language: &'static str,
+    path: &Path,
+    cache: &Path,
+    count: usize,
+) -> anyhow::Result<Row> {
+    eprintln!("polyglot: {language} in process");
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("{} (make plugins)", path.display()))?
+        .len();
+    let runtime = |settings: RuntimeConfigBuilder| -> anyhow::Result<Runtime> {
+        let config = settings
+            .max_instances(16)
+            .core_instances_per_component(16)
+            .cache_dir(Some(cache.to_path_buf()))
+            .build()?;
+        Ok(Runtime::new(config)?)
+    };
+    let compiled = Plugin::from_file(&runtime(RuntimeConfig::builder())?, path)?.load_report();
+    let cached = Plugin::from_file(&runtime(RuntimeConfig::builder())?, path)?.load_report();
+    anyhow::ensure!(
+        compiled.compilation == Compilation::Compiled
+            && cached.compilation == Compilation::FromCache,
+        "{language}: expected a compile, then a load from the cache"
+    );
+    let mut row = Row {
+        language,
+        size: usize::try_from(size)?,
+        compile: compiled.took,
+        from_cache: cached.took,
+        memory_init: cached.memory_init,
+        p50: [Duration::ZERO; 2],
+        p99: [Duration::ZERO; 2],
+        rss_kib: Vec::new(),
+        pss_kib: Vec::new(),
+        round_trips: Vec::new(),
+    };
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Every plugin on the copying engine, then every plugin on the copy-on-write one.
+    for (i, above) in [None, Some(0)].into_iter().enumerate() {
+        let runtime = runtime(RuntimeConfig::builder().copy_on_write_above(above))?;
+        let plugin = Plugin::from_file(&runtime, path)?;
+        let config = ServerConfig::default();
+        let stats = std::sync::Arc::new(Stats::default());
+        tokio.block_on(lifecycles(&plugin, &config, &stats, count / 10))?;
+        let mut samples = tokio.block_on(lifecycles(&plugin, &config, &stats, count))?;
+        samples.sort();
+        row.p50[i] = percentile(&samples, 0.5).context("no lifecycles")?;
+        row.p99[i] = percentile(&samples, 0.99).context("no lifecycles")?;
+    }
+    Ok(row)
+}
+
+/// One round as a server: memory per idle connection, then echo round trips.
+fn as_server(
+    row: &mut Row,
+    plugin: &Path,
+    cache: &Path,
+    args: &Args,
+    bin_dir: &Path,
+    pinned: bool,
+) -> anyhow::Result<()> {
+    let serve_args: Vec<String> = [
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--max-connections".into(),
+        (IDLE_CONNS + 100).to_string(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+        plugin.display().to_string(),
+    ]
+    .into();
+    let shoal: PathBuf = bin_dir.join("shoal");
+    let server = Server::spawn(&shoal, &serve_args, pinned, row.language)?;
+    let growth = idle_growth(&server, bin_dir, IDLE_CONNS, pinned)?;
+    row.rss_kib.push(growth.rss_kib);
+    row.pss_kib.push(growth.pss_kib);
+    let seconds = args.seconds.to_string();
+    let echo = loadgen(
+        bin_dir,
+        pinned,
+        &[
+            "echo",
+            "--addr",
+            &server.addr,
+            "--conns",
+            "100",
+            "--size",
+            "512",
+            "--seconds",
+            &seconds,
+        ],
+    )?;
+    row.round_trips.push(
+        *echo
+            .get("round_trips_per_sec")
+            .context("loadgen printed no round_trips_per_sec")?,
+    );
+    Ok(())
+}
+
+/// The scenario's tables.
+pub fn report(rows: &mut [Row]) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut out = String::from(
-        "\nPolyglot: each language's echo, in process — compiled without a cache, then \
-         instantiated, `init`, `close`d and dropped (one connection's instance), with \
-         copy-on-write memory images off (the default) and on.\n\n\
-         | language | size KiB | compile, ms | lifecycle p50 µs (CoW off) | p99 µs (off) \
-         | lifecycle p50 µs (CoW on) | p99 µs (on) |\n|---|---|---|---|---|---|---|\n",
+        "\nPolyglot, in process: each language's echo compiled without a cache, then loaded \
+         from it; lifecycles (instantiate, `init`, `close`, drop) with its memory copied and \
+         mapped copy-on-write; the engine the default settings pick (copy-on-write from a \
+         1 MiB image).\n\n\
+         | language | size KiB | compile ms | from cache ms | default | lifecycle p50 µs \
+         (copied) | p99 µs | lifecycle p50 µs (copy-on-write) | p99 µs |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
-    for row in rows {
+    for row in rows.iter() {
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            "| {} | {} | {:.0} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
             row.language,
             row.size.div_ceil(1024),
-            ms(row.load[0]),
+            ms(row.compile),
+            ms(row.from_cache),
+            match row.memory_init {
+                MemoryInit::Copy => "copied",
+                MemoryInit::CopyOnWrite => "copy-on-write",
+            },
             micros(row.p50[0]),
             micros(row.p99[0]),
             micros(row.p50[1]),
             micros(row.p99[1]),
+        ));
+    }
+    let rust_round_trips = rows
+        .first()
+        .map(|rust| rust.round_trips.clone())
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "\nPolyglot, as a server (`shoal serve`, default settings; medians of {} rounds, every \
+         language in each round): memory {IDLE_CONNS} idle connections add (each after one \
+         echoed byte), and echo round trips/s over 100 connections × 512 B.\n\n\
+         | language | RSS per idle connection KiB | PSS per idle connection KiB | round \
+         trips/s | vs Rust |\n|---|---|---|---|---|\n",
+        rows.first().map_or(0, |row| row.round_trips.len()),
+    ));
+    for row in rows.iter_mut() {
+        let mut ratios = shoal_bench::paired_ratios(&row.round_trips, &rust_round_trips);
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} |\n",
+            row.language,
+            median(&mut row.rss_kib).unwrap_or(f64::NAN),
+            median(&mut row.pss_kib).unwrap_or(f64::NAN),
+            median(&mut row.round_trips).unwrap_or(f64::NAN),
+            median(&mut ratios).unwrap_or(f64::NAN),
         ));
     }
     out

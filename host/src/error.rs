@@ -166,6 +166,15 @@ pub enum PluginError {
         /// wasmtime's explanation, naming the import.
         message: String,
     },
+    /// The engine the plugin needs (copy-on-write memory, for a large guest) could not start.
+    #[error("cannot start the copy-on-write engine {name} needs: {error}")]
+    Engine {
+        /// The plugin's name.
+        name: String,
+        /// Why the engine did not start.
+        #[source]
+        error: RuntimeError,
+    },
 }
 
 /// Why the server stopped with an error.

@@ -143,5 +143,5 @@ pub use wasm::digest::ContentHash;
 pub use wasm::exports::{HANDLER_EXPORT, HANDOFF_EXPORT, WorldVersion};
 pub use wasm::instance::Instance;
 pub use wasm::plugin::{Compilation, LoadReport, Plugin};
-pub use wasm::runtime::{Runtime, RuntimeConfig, RuntimeConfigBuilder};
+pub use wasm::runtime::{MemoryInit, Runtime, RuntimeConfig, RuntimeConfigBuilder};
 pub use watch::{PluginWatch, SETTLE};

@@ -10,8 +10,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use shoal_host::{
-    ListenerSpec, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime, RuntimeConfig, Server,
-    ServerConfig,
+    ListenerSpec, MemoryInit, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime,
+    RuntimeConfig, Server, ServerConfig,
 };
 
 /// The echo plugin, served when `shoal serve` is given no plugin.
@@ -338,5 +338,13 @@ fn check(path: &Path) -> anyhow::Result<()> {
         "ok: {} implements the shoal:plugin@{world} world (exports its handler{handoff})",
         plugin.name()
     );
+    let load = plugin.load_report();
+    let image = load.image_bytes.div_ceil(1024);
+    match load.memory_init {
+        MemoryInit::Copy => println!("memory: {image} KiB of data, copied into each instance"),
+        MemoryInit::CopyOnWrite => {
+            println!("memory: a {image} KiB image, mapped copy-on-write into each instance");
+        }
+    }
     Ok(())
 }

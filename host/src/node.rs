@@ -175,6 +175,9 @@ impl Node {
         if let Some(max) = spec.max_plugin_size {
             runtime_config = runtime_config.max_plugin_bytes(max);
         }
+        if let Some(count) = spec.copy_on_write_instances {
+            runtime_config = runtime_config.copy_on_write_instances(count);
+        }
         let runtime_config = runtime_config
             .max_instances(instances)
             .max_memory_bytes(memory)
@@ -522,10 +525,18 @@ impl NodeSpec {
     }
 }
 
-/// Each instance of the pool reserves two memory slots (guests built through the WASI
-/// adapter have two memories), each the largest `memory_limit` plus a 64 KiB guard: refuse a
-/// spec whose pool cannot be reserved, naming the listener that asks the most.
+/// Each instance of the pools reserves two memory slots (guests built through the WASI
+/// adapter have two memories), each the largest `memory_limit` plus a 64 KiB guard — the
+/// pool of the engine that copies memories and the smaller one of the copy-on-write engine:
+/// refuse a spec whose pools cannot be reserved, naming the listener that asks the most.
 fn check_reservation(spec: &NodeSpec, instances: u32) -> Result<(), NodeError> {
+    let mut pools = RuntimeConfig::builder().max_instances(instances);
+    if let Some(count) = spec.copy_on_write_instances {
+        pools = pools.copy_on_write_instances(count);
+    }
+    let copy_on_write = pools
+        .build()
+        .map_or(0, |config| config.copy_on_write_instances());
     let Some(largest) = spec
         .listeners
         .iter()
@@ -534,7 +545,7 @@ fn check_reservation(spec: &NodeSpec, instances: u32) -> Result<(), NodeError> {
         return Ok(());
     };
     let slot = largest.config.memory_limit() as u128 + (64 << 10);
-    let needed = u128::from(instances) * 2 * slot;
+    let needed = (u128::from(instances) + u128::from(copy_on_write)) * 2 * slot;
     if needed <= POOL_ADDRESS_SPACE {
         return Ok(());
     }
@@ -542,10 +553,11 @@ fn check_reservation(spec: &NodeSpec, instances: u32) -> Result<(), NodeError> {
     Err(NodeError::Unfit {
         listener: largest.config.name().to_string(),
         reason: format!(
-            "memory_limit ({}) × {instances} pool instances × 2 memories needs {:.0}TiB of \
+            "memory_limit ({}) × {} pool instances × 2 memories needs {:.0}TiB of \
              address space to reserve, more than the {:.0}TiB a process may use: lower \
              memory_limit or max_connections",
             size(&largest.config.memory_limit()),
+            u64::from(instances) + u64::from(copy_on_write),
             tib(needed),
             tib(POOL_ADDRESS_SPACE),
         ),

@@ -59,6 +59,8 @@ struct File {
     max_plugin_size: Option<ByteSize>,
     /// Core instances one plugin instance may create, at least.
     core_instances_per_component: Option<u32>,
+    /// Instances of large guests (memory mapped copy-on-write) alive at once.
+    copy_on_write_instances: Option<u32>,
     #[serde(rename = "listener", default)]
     listeners: Vec<ListenerEntry>,
 }
@@ -172,6 +174,14 @@ impl NodeSpec {
                 message: format!("core_instances_per_component = {count}: it is 1 to 64"),
             });
         }
+        if let Some(count) = file.copy_on_write_instances
+            && !(1..=16_384).contains(&count)
+        {
+            return Err(ConfigFileError::Parse {
+                path: path.to_path_buf(),
+                message: format!("copy_on_write_instances = {count}: it is 1 to 16384"),
+            });
+        }
         if file.listeners.is_empty() {
             return Err(ConfigFileError::Parse {
                 path: path.to_path_buf(),
@@ -235,6 +245,7 @@ impl NodeSpec {
             cpu_shares: file.cpu_shares.unwrap_or(true),
             max_plugin_size: file.max_plugin_size.map(|size| size.0),
             core_instances_per_component: file.core_instances_per_component,
+            copy_on_write_instances: file.copy_on_write_instances,
         })
     }
 }
@@ -382,6 +393,16 @@ mod tests {
         assert_eq!(grants.env_vars(), [("GREETING".into(), "hello".into())]);
         assert_eq!(grants.config_value("room"), Some("lobby"));
         assert_eq!(grants.dir().map(|d| d.guest.as_str()), Some("/public"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_copy_on_write_pool_is_read_and_bounded() -> Result<(), ConfigFileError> {
+        let text = format!("copy_on_write_instances = 300\n{TWO}");
+        let spec = NodeSpec::parse(&text, Path::new("shoal.toml"), &base())?;
+        assert_eq!(spec.copy_on_write_instances, Some(300));
+        let message = error(&format!("copy_on_write_instances = 0\n{TWO}"));
+        assert!(message.contains("it is 1 to 16384"), "{message}");
         Ok(())
     }
 

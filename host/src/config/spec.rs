@@ -27,6 +27,9 @@ pub struct NodeSpec {
     /// plugins it starts with need (and 4 at least); more leaves room for a plugin swapped in
     /// later that needs more (a Python plugin creates 14).
     pub core_instances_per_component: Option<u32>,
+    /// Instances of large guests (JavaScript, Python: memory mapped copy-on-write) alive at
+    /// once; `None` for the runtime's default (2,048), never more than the node's pool.
+    pub copy_on_write_instances: Option<u32>,
 }
 
 impl Default for NodeSpec {
@@ -38,6 +41,7 @@ impl Default for NodeSpec {
             cpu_shares: true,
             max_plugin_size: None,
             core_instances_per_component: None,
+            copy_on_write_instances: None,
         }
     }
 }

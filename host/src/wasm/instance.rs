@@ -97,7 +97,7 @@ impl Instance {
         plugin: &Plugin,
         settings: &ConnSettings,
     ) -> Result<Self, InstantiateError> {
-        let mut store = Store::new(plugin.runtime().engine(), ConnState::new(settings));
+        let mut store = Store::new(plugin.engine(), ConnState::new(settings));
         store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
             let state = store.data_mut();

@@ -15,8 +15,8 @@ use crate::wasm::bindings::legacy;
 use crate::wasm::cache::Lookup;
 use crate::wasm::digest::ContentHash;
 use crate::wasm::exports::{HANDLER_EXPORT, PluginExports, WorldVersion};
-use crate::wasm::runtime::{Runtime, RuntimeConfig};
-use crate::wasm::shape;
+use crate::wasm::runtime::{MemoryInit, PluginEngine, Runtime, RuntimeConfig};
+use crate::wasm::shape::Shape;
 use crate::wasm::store::ConnState;
 
 /// A compiled, validated plugin, ready to be instantiated for each connection. Cheap to clone.
@@ -28,6 +28,7 @@ pub struct Plugin {
 struct PluginInner {
     name: Arc<str>,
     runtime: Runtime,
+    engine: Arc<PluginEngine>,
     pre: InstancePre<ConnState>,
     exports: PluginExports,
     hash: ContentHash,
@@ -44,6 +45,10 @@ pub struct LoadReport {
     pub size: usize,
     /// From reading the bytes to a linked plugin.
     pub took: Duration,
+    /// Bytes of data its memory starts with (of its largest core module).
+    pub image_bytes: usize,
+    /// Whether that memory is copied or mapped copy-on-write for each instance.
+    pub memory_init: MemoryInit,
 }
 
 /// Where a plugin's machine code came from.
@@ -57,16 +62,24 @@ pub enum Compilation {
 
 impl LoadReport {
     /// The log line for the plugin loaded from `file`: `compiled echo.wasm (24 KiB) in 38 ms`
-    /// or `loaded echo.wasm (24 KiB) from cache in 2 ms`.
+    /// or `loaded echo.wasm (24 KiB) from cache in 2 ms`, and for a large guest
+    /// `…, memory mapped copy-on-write from a 2637 KiB image`.
     #[must_use]
     pub fn describe(&self, file: &str) -> String {
         let millis = self.took.as_secs_f64() * 1e3;
         let size = kib(self.size);
-        match self.compilation {
+        let how = match self.compilation {
             Compilation::Compiled => format!("compiled {file} ({size}) in {millis:.0} ms"),
             Compilation::FromCache => {
                 format!("loaded {file} ({size}) from cache in {millis:.0} ms")
             }
+        };
+        match self.memory_init {
+            MemoryInit::Copy => how,
+            MemoryInit::CopyOnWrite => format!(
+                "{how}, memory mapped copy-on-write from a {} image",
+                kib(self.image_bytes)
+            ),
         }
     }
 }
@@ -146,6 +159,11 @@ impl Plugin {
 
     pub(crate) fn runtime(&self) -> &Runtime {
         &self.inner.runtime
+    }
+
+    /// The engine the plugin was compiled for: every store of its instances is made on it.
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        self.inner.engine.engine()
     }
 
     pub(crate) fn pre(&self) -> &InstancePre<ConnState> {
@@ -243,20 +261,32 @@ fn load(
     started: Instant,
 ) -> Result<Plugin, PluginError> {
     check_header(shown, bytes)?;
-    fits_the_pool(runtime, shown, bytes)?;
+    // A component that does not parse is left for the compiler to describe.
+    let shape = Shape::of(bytes).ok();
+    fits_the_pool(runtime, shown, shape)?;
+    let image_bytes = shape.map_or(0, |shape| shape.image_bytes);
+    let engine = runtime
+        .plugin_engine(runtime.config().memory_init_for(image_bytes))
+        .map_err(|error| PluginError::Engine {
+            name: shown.to_string(),
+            error,
+        })?;
     let hash = ContentHash::of(bytes);
-    let (component, compilation) = compile(runtime, &name, shown, bytes, &hash)?;
-    check_world(shown, runtime, &component)?;
-    let (pre, exports) = link(runtime, shown, &component)?;
+    let (component, compilation) = compile(runtime, &engine, &name, shown, bytes, &hash)?;
+    check_world(shown, &engine, &component)?;
+    let (pre, exports) = link(&engine, shown, &component)?;
     let load = LoadReport {
         compilation,
         size: bytes.len(),
         took: started.elapsed(),
+        image_bytes,
+        memory_init: engine.memory_init(),
     };
     Ok(Plugin {
         inner: Arc::new(PluginInner {
             name,
             runtime: runtime.clone(),
+            engine,
             pre,
             exports,
             hash,
@@ -312,12 +342,14 @@ impl Drop for CompileProgress {
 }
 
 /// A component that creates more core instances than the engine's pool allows per component
-/// is refused naming the setting, before Cranelift spends its time on it. (A component that
-/// does not parse is left for the compiler to describe.)
-fn fits_the_pool(runtime: &Runtime, shown: &str, bytes: &[u8]) -> Result<(), PluginError> {
+/// is refused naming the setting, before Cranelift spends its time on it.
+fn fits_the_pool(runtime: &Runtime, shown: &str, shape: Option<Shape>) -> Result<(), PluginError> {
     let allowed = runtime.config().core_instances_per_component();
-    match shape::core_instances(bytes) {
-        Ok(needed) if needed > allowed => Err(PluginError::TooManyCoreInstances {
+    match shape {
+        Some(Shape {
+            core_instances: needed,
+            ..
+        }) if needed > allowed => Err(PluginError::TooManyCoreInstances {
             name: shown.to_string(),
             needed,
             allowed,
@@ -354,13 +386,14 @@ fn check_header(name: &str, bytes: &[u8]) -> Result<(), PluginError> {
 /// from Cranelift (and then saved). A cache that fails only costs a warning.
 fn compile(
     runtime: &Runtime,
+    on: &PluginEngine,
     name: &str,
     shown: &str,
     bytes: &[u8],
     hash: &ContentHash,
 ) -> Result<(Component, Compilation), PluginError> {
-    let engine = runtime.engine();
-    let cache = runtime.cache();
+    let engine = on.engine();
+    let cache = on.cache();
     if let Some(cache) = cache {
         match cache.load(engine, hash) {
             Lookup::Hit(component) => return Ok((component, Compilation::FromCache)),
@@ -402,8 +435,8 @@ fn compile(
 }
 
 /// The component must export the handler interface of the `shoal:plugin` world.
-fn check_world(name: &str, runtime: &Runtime, component: &Component) -> Result<(), PluginError> {
-    let engine = runtime.engine();
+fn check_world(name: &str, on: &PluginEngine, component: &Component) -> Result<(), PluginError> {
+    let engine = on.engine();
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(export, _)| export).collect();
     if exports.contains(&HANDLER_EXPORT) || exports.contains(&legacy::HANDLER_EXPORT) {
@@ -423,16 +456,17 @@ fn check_world(name: &str, runtime: &Runtime, component: &Component) -> Result<(
 
 /// Resolve every import against the engine's linker and type-check the exports.
 fn link(
-    runtime: &Runtime,
+    on: &PluginEngine,
     name: &str,
     component: &Component,
 ) -> Result<(InstancePre<ConnState>, PluginExports), PluginError> {
-    let instance_pre = runtime.linker().instantiate_pre(component).map_err(|e| {
-        PluginError::UnsatisfiedImport {
-            name: name.to_string(),
-            message: format!("{e:#}"),
-        }
-    })?;
+    let instance_pre =
+        on.linker()
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::UnsatisfiedImport {
+                name: name.to_string(),
+                message: format!("{e:#}"),
+            })?;
     let exports = PluginExports::new(&instance_pre).map_err(|e| PluginError::WrongExport {
         name: name.to_string(),
         message: format!("{e:#}"),
@@ -498,6 +532,8 @@ mod tests {
             compilation: Compilation::Compiled,
             size: 24 * 1024 - 100,
             took: Duration::from_millis(38),
+            image_bytes: 2_000,
+            memory_init: MemoryInit::Copy,
         };
         assert_eq!(
             compiled.describe("echo.wasm"),
@@ -510,6 +546,16 @@ mod tests {
         assert_eq!(
             cached.describe("echo.wasm"),
             "loaded echo.wasm (24 KiB) from cache in 38 ms"
+        );
+        let large = LoadReport {
+            image_bytes: 2 << 20,
+            memory_init: MemoryInit::CopyOnWrite,
+            ..cached
+        };
+        assert_eq!(
+            large.describe("echo-js.wasm"),
+            "loaded echo-js.wasm (24 KiB) from cache in 38 ms, memory mapped copy-on-write \
+             from a 2048 KiB image"
         );
     }
 }

@@ -1,10 +1,18 @@
-//! The Wasm engine every plugin of a process shares: compilation settings, the pooling
-//! instance allocator, the epoch ticker that keeps guests from holding a thread, the one
-//! linker every plugin is linked with, and the compile cache.
+//! The Wasm engines every plugin of a process shares: compilation settings, the pooling
+//! instance allocators, the epoch ticker that keeps guests from holding a thread, the linker
+//! every plugin is linked with, and the compile cache.
+//!
+//! There are two engines, because copy-on-write memory images pay for some guests and not
+//! for others (BENCHMARKS.md, issue 14): a guest whose memory starts with megabytes of data
+//! (JavaScript, Python) is mapped copy-on-write from its image, a small guest (Rust, C) has
+//! its few kilobytes copied — an image mapping per instance would cost it kernel memory maps
+//! (`vm.max_map_count`) for no gain. Wasmtime sets copy-on-write per engine, so each plugin
+//! is compiled for the engine its image size picks; the second engine starts with the first
+//! plugin that needs it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -26,7 +34,9 @@ pub struct RuntimeConfig {
     max_memory_bytes: usize,
     core_instances_per_component: u32,
     epoch_tick: Duration,
-    copy_on_write: bool,
+    copy_on_write_above: Option<usize>,
+    copy_on_write_instances: u32,
+    copy_on_write_keep_resident_bytes: usize,
     keep_resident_bytes: usize,
     cache_dir: Option<PathBuf>,
     cpu_shares: bool,
@@ -74,6 +84,29 @@ impl RuntimeConfig {
         self.epoch_tick
     }
 
+    /// Plugins whose initial memory image is at least this many bytes run on the
+    /// copy-on-write engine; `None`: none does.
+    #[must_use]
+    pub fn copy_on_write_above(&self) -> Option<usize> {
+        self.copy_on_write_above
+    }
+
+    /// How a plugin whose largest core module starts its memory with `image_bytes` bytes of
+    /// data has it initialised.
+    #[must_use]
+    pub fn memory_init_for(&self, image_bytes: usize) -> MemoryInit {
+        match self.copy_on_write_above {
+            Some(threshold) if image_bytes >= threshold => MemoryInit::CopyOnWrite,
+            _ => MemoryInit::Copy,
+        }
+    }
+
+    /// The size of the copy-on-write engine's instance pool: its share of `max_instances`.
+    #[must_use]
+    pub fn copy_on_write_instances(&self) -> u32 {
+        self.copy_on_write_instances.min(self.max_instances)
+    }
+
     /// How many bytes of an ended instance's linear memory are zeroed in place (and stay
     /// resident for the next instance in that slot) instead of being given back to the kernel.
     #[must_use]
@@ -119,7 +152,13 @@ impl Default for RuntimeConfig {
     /// * `max_memory_bytes`: 64 MiB of linear memory per instance;
     /// * `core_instances_per_component`: 4 (a Rust `wasm32-wasip2` guest has 3);
     /// * `epoch_tick`: 1 ms;
-    /// * `copy_on_write`: off (small Rust guests instantiate faster without it);
+    /// * `copy_on_write_above`: 1 MiB — a plugin whose memory starts with at least 1 MiB of
+    ///   data (JavaScript: ~2.6 MB, Python: ~11 MB) is mapped copy-on-write from its image on
+    ///   a second engine; smaller ones (Rust, C: kilobytes) have their data copied;
+    /// * `copy_on_write_instances`: 2,048 — the second engine's pool (each slot of a pool
+    ///   costs kernel memory maps up front, and large guests cost hundreds of KiB each);
+    /// * `copy_on_write_keep_resident_bytes`: 1 MiB — a large guest dirties hundreds of KiB
+    ///   per connection, reset in place for the next one rather than faulted in again;
     /// * `keep_resident_bytes`: 64 KiB (the pages a small guest touches are zeroed in place
     ///   when its connection ends, so the next instance in the slot takes no page faults);
     /// * `cache_dir`: none — every plugin is compiled when it is loaded (the `shoal` command
@@ -136,7 +175,9 @@ impl Default for RuntimeConfig {
             max_memory_bytes: 64 << 20,
             core_instances_per_component: 4,
             epoch_tick: Duration::from_millis(1),
-            copy_on_write: false,
+            copy_on_write_above: Some(1 << 20),
+            copy_on_write_instances: 2_048,
+            copy_on_write_keep_resident_bytes: 1 << 20,
             keep_resident_bytes: 64 << 10,
             cache_dir: None,
             cpu_shares: true,
@@ -184,10 +225,27 @@ impl RuntimeConfigBuilder {
         self
     }
 
-    /// Map each instance's initial memory copy-on-write from the compiled image (default off).
+    /// Plugins whose largest core module starts its memory with at least `bytes` of data run
+    /// on the copy-on-write engine (default 1 MiB); `Some(0)` puts every plugin there, `None`
+    /// none.
     #[must_use]
-    pub fn copy_on_write(mut self, enabled: bool) -> Self {
-        self.config.copy_on_write = enabled;
+    pub fn copy_on_write_above(mut self, bytes: Option<usize>) -> Self {
+        self.config.copy_on_write_above = bytes;
+        self
+    }
+
+    /// Instance pool of the copy-on-write engine (default 2,048, at most `max_instances`).
+    #[must_use]
+    pub fn copy_on_write_instances(mut self, count: u32) -> Self {
+        self.config.copy_on_write_instances = count;
+        self
+    }
+
+    /// [`keep_resident_bytes`](Self::keep_resident_bytes) of the copy-on-write engine
+    /// (default 1 MiB).
+    #[must_use]
+    pub fn copy_on_write_keep_resident_bytes(mut self, bytes: usize) -> Self {
+        self.config.copy_on_write_keep_resident_bytes = bytes;
         self
     }
 
@@ -295,6 +353,18 @@ impl RuntimeConfigBuilder {
                 "must be at most max_memory_bytes",
             ));
         }
+        if c.copy_on_write_keep_resident_bytes > c.max_memory_bytes {
+            return Err(ConfigError::new(
+                "copy_on_write_keep_resident_bytes",
+                "must be at most max_memory_bytes",
+            ));
+        }
+        if c.copy_on_write_instances == 0 {
+            return Err(ConfigError::new(
+                "copy_on_write_instances",
+                "must be at least 1",
+            ));
+        }
         if !(1..=4096).contains(&c.cpu_slots) {
             return Err(ConfigError::new("cpu_slots", "must be between 1 and 4096"));
         }
@@ -302,7 +372,17 @@ impl RuntimeConfigBuilder {
     }
 }
 
-/// The compiler and instance allocator that plugins run on. Cheap to clone; the epoch ticker
+/// How a plugin's linear memory is initialised for each instance, and so which of the
+/// runtime's engines it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryInit {
+    /// Its data segments are copied into the instance's memory (small guests).
+    Copy,
+    /// Its memory is mapped copy-on-write from the compiled image (large guests).
+    CopyOnWrite,
+}
+
+/// The compiler and instance allocators that plugins run on. Cheap to clone; the epoch ticker
 /// thread stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Runtime {
@@ -310,13 +390,59 @@ pub struct Runtime {
 }
 
 struct RuntimeInner {
+    /// Plugins whose memory is copied.
+    copying: Arc<PluginEngine>,
+    /// Plugins whose memory is mapped copy-on-write: started by the first such plugin.
+    mapping: Arc<OnceLock<Arc<PluginEngine>>>,
+    /// Held while the copy-on-write engine starts, so that it starts once.
+    starting: Mutex<()>,
+    scheduler: Arc<CpuScheduler>,
+    config: RuntimeConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// One engine, with every plugin import linked for it and its compile cache.
+pub(crate) struct PluginEngine {
     engine: Engine,
     /// Every plugin's imports, linked once for the engine.
     linker: Linker<ConnState>,
     cache: Option<CompileCache>,
-    scheduler: Arc<CpuScheduler>,
-    config: RuntimeConfig,
-    ticker_stop: Arc<AtomicBool>,
+    memory_init: MemoryInit,
+}
+
+impl PluginEngine {
+    fn start(config: &RuntimeConfig, memory_init: MemoryInit) -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&engine_config(config, memory_init))
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker =
+            imports::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let cache = config
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| open_cache(dir, &engine));
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            memory_init,
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<ConnState> {
+        &self.linker
+    }
+
+    pub(crate) fn cache(&self) -> Option<&CompileCache> {
+        self.cache.as_ref()
+    }
+
+    pub(crate) fn memory_init(&self) -> MemoryInit {
+        self.memory_init
+    }
 }
 
 impl Runtime {
@@ -328,14 +454,8 @@ impl Runtime {
     /// A [`RuntimeError`] when wasmtime rejects the configuration or the ticker thread cannot
     /// start.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&engine_config(&config))
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let linker =
-            imports::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
-        let cache = config
-            .cache_dir
-            .as_deref()
-            .and_then(|dir| open_cache(dir, &engine));
+        let copying = Arc::new(PluginEngine::start(&config, MemoryInit::Copy)?);
+        let mapping: Arc<OnceLock<Arc<PluginEngine>>> = Arc::new(OnceLock::new());
         let clock = Arc::new(TickClock::new(config.epoch_tick));
         let scheduler = Arc::new(CpuScheduler::new(
             Arc::clone(&clock),
@@ -344,7 +464,8 @@ impl Runtime {
         ));
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&ticker_stop);
-        let ticking = engine.clone();
+        let ticking = copying.engine.clone();
+        let ticking_mapped = Arc::clone(&mapping);
         let tick = config.epoch_tick;
         thread::Builder::new()
             .name("shoal-epoch".into())
@@ -354,14 +475,17 @@ impl Runtime {
                     // The clock first: a guest interrupted by the new epoch sees the tick.
                     clock.advance();
                     ticking.increment_epoch();
+                    if let Some(mapped) = ticking_mapped.get() {
+                        mapped.engine.increment_epoch();
+                    }
                 }
             })
             .map_err(RuntimeError::Ticker)?;
         Ok(Self {
             inner: Arc::new(RuntimeInner {
-                engine,
-                linker,
-                cache,
+                copying,
+                mapping,
+                starting: Mutex::new(()),
                 scheduler,
                 config,
                 ticker_stop,
@@ -369,10 +493,46 @@ impl Runtime {
         })
     }
 
-    /// The wasmtime engine.
+    /// The wasmtime engine of plugins whose memory is copied (every plugin with a memory
+    /// image under [`RuntimeConfig::copy_on_write_above`]).
     #[must_use]
     pub fn engine(&self) -> &Engine {
-        &self.inner.engine
+        &self.inner.copying.engine
+    }
+
+    /// The engine for plugins whose memory starts as `memory_init` says, started now if it
+    /// is the copy-on-write engine's first plugin.
+    ///
+    /// # Errors
+    ///
+    /// A [`RuntimeError`] when that engine cannot start.
+    pub(crate) fn plugin_engine(
+        &self,
+        memory_init: MemoryInit,
+    ) -> Result<Arc<PluginEngine>, RuntimeError> {
+        if memory_init == MemoryInit::Copy {
+            return Ok(Arc::clone(&self.inner.copying));
+        }
+        if let Some(mapped) = self.inner.mapping.get() {
+            return Ok(Arc::clone(mapped));
+        }
+        let _starting = self
+            .inner
+            .starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mapped) = self.inner.mapping.get() {
+            return Ok(Arc::clone(mapped));
+        }
+        let mapped = Arc::new(PluginEngine::start(
+            &self.inner.config,
+            MemoryInit::CopyOnWrite,
+        )?);
+        tracing::debug!(
+            "copy-on-write engine started: {} instances",
+            self.inner.config.copy_on_write_instances()
+        );
+        Ok(Arc::clone(self.inner.mapping.get_or_init(|| mapped)))
     }
 
     /// The settings this runtime was made with.
@@ -385,19 +545,11 @@ impl Runtime {
     /// could not be used.
     #[must_use]
     pub fn cache_dir(&self) -> Option<&Path> {
-        self.inner.cache.as_ref().map(CompileCache::dir)
+        self.inner.copying.cache.as_ref().map(CompileCache::dir)
     }
 
     pub(crate) fn scheduler(&self) -> &Arc<CpuScheduler> {
         &self.inner.scheduler
-    }
-
-    pub(crate) fn linker(&self) -> &Linker<ConnState> {
-        &self.inner.linker
-    }
-
-    pub(crate) fn cache(&self) -> Option<&CompileCache> {
-        self.inner.cache.as_ref()
     }
 }
 
@@ -432,8 +584,15 @@ impl Drop for RuntimeInner {
 /// Tables of small guests fit in a page or two: reset them with a `memset`, never `madvise`.
 const TABLE_KEEP_RESIDENT_BYTES: usize = 16 << 10;
 
-fn engine_config(config: &RuntimeConfig) -> Config {
-    let instances = config.max_instances;
+fn engine_config(config: &RuntimeConfig, memory_init: MemoryInit) -> Config {
+    let (instances, keep_resident, copy_on_write) = match memory_init {
+        MemoryInit::Copy => (config.max_instances, config.keep_resident_bytes, false),
+        MemoryInit::CopyOnWrite => (
+            config.copy_on_write_instances(),
+            config.copy_on_write_keep_resident_bytes,
+            true,
+        ),
+    };
     let core_instances = instances.saturating_mul(config.core_instances_per_component);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
@@ -449,7 +608,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         // `madvise` calls and ~5 page faults (BENCHMARKS.md). `PAGEMAP_SCAN` finds the dirty
         // pages so that only those are zeroed.
         .pagemap_scan(Enabled::Auto)
-        .linear_memory_keep_resident(config.keep_resident_bytes)
+        .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES);
 
     let mut wasm = Config::new();
@@ -459,7 +618,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .concurrency_support(false)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .memory_init_cow(config.copy_on_write)
+        .memory_init_cow(copy_on_write)
         // Reserve exactly the memory limit per slot (plus a small guard) so that thousands of
         // pool slots fit in the address space. The price: Cranelift emits an explicit bounds
         // check on memory accesses instead of relying on a 4 GiB guard region.
@@ -514,6 +673,34 @@ mod tests {
             let refused = builder.build().err();
             assert_eq!(refused.map(|e| e.field()), Some(field));
         }
+    }
+
+    #[test]
+    fn plugins_with_an_image_past_the_threshold_are_mapped_copy_on_write() -> anyhow::Result<()> {
+        let default = RuntimeConfig::builder().build()?;
+        assert_eq!(default.memory_init_for(20 << 10), MemoryInit::Copy);
+        assert_eq!(default.memory_init_for(1 << 20), MemoryInit::CopyOnWrite);
+        let never = RuntimeConfig::builder().copy_on_write_above(None).build()?;
+        assert_eq!(never.memory_init_for(usize::MAX), MemoryInit::Copy);
+        let always = RuntimeConfig::builder()
+            .copy_on_write_above(Some(0))
+            .build()?;
+        assert_eq!(always.memory_init_for(0), MemoryInit::CopyOnWrite);
+        Ok(())
+    }
+
+    #[test]
+    fn the_copy_on_write_pool_is_a_share_of_the_instances() -> anyhow::Result<()> {
+        let small = RuntimeConfig::builder().max_instances(100).build()?;
+        assert_eq!(small.copy_on_write_instances(), 100);
+        let large = RuntimeConfig::builder().build()?;
+        assert_eq!(large.copy_on_write_instances(), 2_048);
+        let refused = RuntimeConfig::builder()
+            .copy_on_write_instances(0)
+            .build()
+            .err();
+        assert_eq!(refused.map(|e| e.field()), Some("copy_on_write_instances"));
+        Ok(())
     }
 
     #[test]
