@@ -228,6 +228,8 @@ pub struct InstantiateError {
     pub(crate) message: String,
     /// The linear memory instantiation asked for, when the memory limit refused it.
     pub(crate) memory_needed: Option<usize>,
+    /// Every instance of the engine's pool was in use.
+    pub(crate) pool_full: bool,
 }
 
 impl InstantiateError {
@@ -236,6 +238,23 @@ impl InstantiateError {
     #[must_use]
     pub fn memory_needed(&self) -> Option<usize> {
         self.memory_needed
+    }
+
+    /// Every instance the listener may have awake (its `max_instances`) is alive.
+    pub(crate) fn listener_full(plugin: &str, max_instances: usize) -> Self {
+        Self {
+            plugin: plugin.to_string(),
+            message: format!("its listener has max_instances ({max_instances}) awake"),
+            memory_needed: None,
+            pool_full: true,
+        }
+    }
+
+    /// Whether every instance of the engine's pool (or of the listener's share,
+    /// `max_instances`) was in use: trying again once one ends may succeed.
+    #[must_use]
+    pub fn is_pool_full(&self) -> bool {
+        self.pool_full
     }
 }
 

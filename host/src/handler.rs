@@ -78,6 +78,57 @@ pub trait ConnectionHandler: Send + 'static {
         let _ = (conn, info);
         async { HandoffOutcome::Stayed("its handler has no versions".to_string()) }
     }
+
+    /// Put the connection to sleep between two calls, its output written (see
+    /// [`ServerConfig::hibernate_after`](crate::ServerConfig::hibernate_after)): keep its
+    /// state (`handoff.snapshot`) and give its instance back. By default a handler cannot.
+    fn hibernate(&mut self) -> impl Future<Output = SleepOutcome> + Send {
+        async { SleepOutcome::Cannot("its handler cannot hibernate".to_string()) }
+    }
+
+    /// Whether the handler sleeps: [`ConnectionHandler::wake`] it before any other call.
+    fn is_asleep(&self) -> bool {
+        false
+    }
+
+    /// Wake a sleeping handler for the connection `info`: an instance of its listener's
+    /// current plugin version takes its state (`handoff.resume`); `conn` is what that
+    /// instance is made with. By default a handler never sleeps, so is awake.
+    fn wake(
+        &mut self,
+        conn: &NewConnection<'_>,
+        info: &ConnInfo,
+    ) -> impl Future<Output = WakeOutcome> + Send {
+        let _ = (conn, info);
+        async { WakeOutcome::Awake(Next::Continue) }
+    }
+}
+
+/// What became of a request to hibernate a connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SleepOutcome {
+    /// It sleeps: its state is kept, its instance is gone.
+    Asleep,
+    /// It cannot (its plugin does not export `handoff`, say): it never will, the text says
+    /// why.
+    Cannot(String),
+    /// The handler faulted giving its state up (`snapshot`): the connection must end.
+    Faulted(GuestFault),
+}
+
+/// What became of waking a sleeping connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WakeOutcome {
+    /// A new instance took its state; `resume` returned this.
+    Awake(Next),
+    /// No instance could be made within the call timeout (the pool stayed full, say).
+    NoInstance(InstantiateError),
+    /// `resume` refused the state, saying why.
+    Refused(String),
+    /// `resume` faulted.
+    Faulted(GuestFault),
 }
 
 /// What became of a request to move a connection to its listener's current plugin version.

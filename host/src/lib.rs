@@ -122,7 +122,9 @@ pub use error::{
     ConfigError, GuestFault, InstantiateError, NodeError, PluginError, RuntimeError, ServeError,
     SwapError,
 };
-pub use handler::{ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection};
+pub use handler::{
+    ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection, SleepOutcome, WakeOutcome,
+};
 pub use messages::local::Mailboxes;
 pub use messages::types::{
     FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,

@@ -17,7 +17,7 @@ use crate::handler::HandlerFactory;
 use crate::messages::local::Mailboxes;
 use crate::node_handle::{HandleListener, NodeHandle, ServeErased, Start};
 use crate::observe::stats::Stats;
-use crate::server::listener::{Server, pool_shortfall};
+use crate::server::listener::{Server, Wanted, pool_shortfall};
 use crate::versions::{VersionInfo, Versions};
 use crate::wasm::plugin::{Plugin, read_plugin_file};
 use crate::wasm::runtime::{Runtime, RuntimeConfig};
@@ -158,7 +158,9 @@ impl Node {
     /// [`NodeError`] naming the listener whose plugin cannot be loaded, or whose name is
     /// taken; or the engine cannot start.
     pub fn from_spec(spec: NodeSpec) -> Result<Self, NodeError> {
-        let instances = Self::pool_size(spec.listeners.iter().map(|l| l.config.max_connections()));
+        // Sized for the connections awake at once: all of them, unless a listener lets some
+        // hibernate (`max_instances` below `max_connections`).
+        let instances = Self::pool_size(spec.listeners.iter().map(|l| l.config.max_instances()));
         check_reservation(&spec, instances)?;
         // The pool's memory slots fit the largest limit, and never less than the default: a
         // plugin must compile for the pool even when a listener's limit is too small for it,
@@ -467,7 +469,8 @@ impl Node {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// The instance pool for listeners that allow `max_connections` each: their sum, capped at
+    /// The instance pool for listeners that may each have so many instances alive
+    /// ([`ServerConfig::max_instances`]): their sum, capped at
     /// [`RuntimeConfig::DEFAULT_MAX_INSTANCES`], at least 1.
     #[must_use]
     pub fn pool_size(max_connections: impl IntoIterator<Item = usize>) -> u32 {
@@ -480,11 +483,11 @@ impl Node {
         let Some(runtime) = &self.runtime else {
             return;
         };
-        let wasm: Vec<(&str, usize)> = self
+        let wasm: Vec<Wanted<'_>> = self
             .listeners
             .iter()
             .filter(|l| l.capacity.is_some())
-            .map(|l| (l.name(), l.config.max_connections()))
+            .map(|l| Wanted::of(&l.config))
             .collect();
         let capacity = usize::try_from(runtime.config().max_instances()).unwrap_or(usize::MAX);
         if let Some(warning) = pool_shortfall(&wasm, capacity) {

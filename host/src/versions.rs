@@ -15,8 +15,11 @@ use arc_swap::ArcSwap;
 
 use crate::config::listener::{HandoffPolicy, ServerConfig};
 use crate::error::{GuestFault, InstantiateError, SwapError};
-use crate::handler::{ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection};
+use crate::handler::{
+    ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection, SleepOutcome, WakeOutcome,
+};
 use crate::messages::local::{Mailboxes, MoveRequest};
+use crate::observe::stats::Stats;
 use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::wasm::digest::ContentHash;
 use crate::wasm::instance::Instance;
@@ -64,6 +67,10 @@ struct Shared {
     /// and its connection registry, through which the connections of a retired version are
     /// closed at its drain deadline.
     listener: std::sync::OnceLock<(String, Mailboxes)>,
+    /// One permit per instance the listener may have alive (`max_instances`, from its
+    /// first connection's settings): an awake connection holds one, a hibernating one none,
+    /// and a waking one waits for one in turn.
+    awake: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
 }
 
 struct Version {
@@ -130,6 +137,7 @@ impl Versions {
                 previous: Mutex::new(None),
                 rolled_back: Mutex::new(None),
                 listener: std::sync::OnceLock::new(),
+                awake: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -294,6 +302,12 @@ impl Shared {
     /// One of `version`'s connections (the `place`-th it was given) faulted: past the
     /// version's fault ratio, while it is still current, the previous version is made current
     /// again and the faulty content refused until its file changes.
+    /// The listener's instance permits, made with its first connection's `max_instances`.
+    fn permits(&self, config: &ServerConfig) -> &Arc<tokio::sync::Semaphore> {
+        self.awake
+            .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(config.max_instances())))
+    }
+
     fn faulted(&self, version: &Arc<Version>, place: usize) {
         let Some(watch) = version.watch else {
             return;
@@ -397,18 +411,41 @@ async fn probe(plugin: &Plugin, config: &ServerConfig) -> Result<(), SwapError> 
     }
 }
 
-/// A connection's instance of the version it started on, which it keeps alive.
+/// A connection's instance of the version it started on (or moved to), which it keeps
+/// alive — or, while the connection hibernates, only the state its last instance gave up.
 pub struct VersionedInstance {
-    instance: Instance,
+    /// `None` while the connection hibernates.
+    instance: Option<Instance>,
+    /// While it hibernates: its last instance's `snapshot`.
+    asleep: Option<Vec<u8>>,
+    conn_id: u64,
+    /// CPU time used by the instances it had before this one (it hibernated).
+    cpu_before: Duration,
     version: Arc<Version>,
+    /// Counted among `version`'s live connections (not while it hibernates).
+    on_version: bool,
     /// Its place among the version's connections.
     place: usize,
     /// Counted as faulted already.
     faulted: bool,
     shared: Arc<Shared>,
+    stats: Arc<Stats>,
+    /// Its share of the listener's `max_instances`, held while it has an instance.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// What a hibernating connection's handler is asked to do before waking: a bug in the
+/// connection task, reported as a fault rather than a panic.
+fn asleep_fault() -> GuestFault {
+    GuestFault::Trap("the connection hibernates: it must be woken before a call".to_string())
 }
 
 impl VersionedInstance {
+    /// The instance, unless the connection hibernates.
+    fn awake(&mut self) -> Result<&mut Instance, GuestFault> {
+        self.instance.as_mut().ok_or_else(asleep_fault)
+    }
+
     /// Pass a call's result on, counting a fault against the version.
     fn watch<T>(&mut self, result: Result<T, GuestFault>) -> Result<T, GuestFault> {
         if result.is_err() {
@@ -439,7 +476,12 @@ impl VersionedInstance {
         if Arc::ptr_eq(&target, &self.version) {
             return HandoffOutcome::Stayed("it runs the current version".to_string());
         }
-        if !self.instance.can_hand_off() {
+        let Some(current) = self.instance.as_mut() else {
+            return HandoffOutcome::Stayed(
+                "it hibernates, and wakes on the current version".to_string(),
+            );
+        };
+        if !current.can_hand_off() {
             return HandoffOutcome::Stayed(format!(
                 "version {} does not export handoff",
                 self.version.number
@@ -452,7 +494,7 @@ impl VersionedInstance {
             ));
         }
         let started = std::time::Instant::now();
-        let state = match self.instance.snapshot().await {
+        let state = match current.snapshot().await {
             Ok(Some(state)) => state,
             Ok(None) => return HandoffOutcome::Stayed("no handoff export".to_string()),
             Err(fault) => {
@@ -468,18 +510,17 @@ impl VersionedInstance {
         };
         match instance.resume(info, &state).await {
             Ok(Ok(next)) => {
-                instance.queue_output_first(self.instance.take_output());
-                target.live.fetch_add(1, Ordering::Relaxed);
-                lock(&target.connections).insert(instance.conn_id());
+                if let Some(old) = self.instance.as_mut() {
+                    instance.queue_output_first(old.take_output());
+                    self.cpu_before += old.cpu_time();
+                }
                 let from = self.version.number;
-                let old = std::mem::replace(&mut self.instance, instance);
+                let old = self.instance.replace(instance);
                 self.leave_version();
-                self.version = target;
-                self.place = place;
-                self.faulted = false;
+                self.join(target, place);
                 drop(old);
                 tracing::debug!(
-                    conn = self.instance.conn_id(),
+                    conn = self.conn_id,
                     "moved from version {from} to version {} with {} bytes of state in {:?}",
                     self.version.number,
                     state.len(),
@@ -505,27 +546,134 @@ impl VersionedInstance {
         // a line per connection.
         if target.refused_moves.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
-                conn = self.instance.conn_id(),
+                conn = self.conn_id,
                 plugin = target.plugin.name(),
                 "{why} (further refusals of version {} at debug)",
                 target.number
             );
         } else {
-            tracing::debug!(conn = self.instance.conn_id(), "{why}");
+            tracing::debug!(conn = self.conn_id, "{why}");
         }
         HandoffOutcome::Stayed(why)
     }
 
     /// The connection no longer runs on its version.
-    fn leave_version(&self) {
-        self.version.live.fetch_sub(1, Ordering::Relaxed);
-        lock(&self.version.connections).remove(&self.instance.conn_id());
+    fn leave_version(&mut self) {
+        if std::mem::take(&mut self.on_version) {
+            self.version.live.fetch_sub(1, Ordering::Relaxed);
+            lock(&self.version.connections).remove(&self.conn_id);
+        }
+    }
+
+    /// The connection runs on `version` now, its `place`-th connection.
+    fn join(&mut self, version: Arc<Version>, place: usize) {
+        version.live.fetch_add(1, Ordering::Relaxed);
+        lock(&version.connections).insert(self.conn_id);
+        self.version = version;
+        self.place = place;
+        self.faulted = false;
+        self.on_version = true;
+    }
+
+    /// Hibernate: keep the instance's `snapshot`, drop the instance (its pool slot comes
+    /// free) and leave the version, whose drain then need not wait for this connection.
+    async fn sleep(&mut self) -> SleepOutcome {
+        let Some(instance) = self.instance.as_mut() else {
+            return SleepOutcome::Asleep;
+        };
+        if !instance.can_hand_off() {
+            return SleepOutcome::Cannot(format!(
+                "version {} does not export handoff",
+                self.version.number
+            ));
+        }
+        match instance.snapshot().await {
+            Ok(Some(state)) => {
+                self.cpu_before += instance.cpu_time();
+                self.stats.count_asleep(state.len());
+                self.asleep = Some(state);
+                self.instance = None;
+                self.permit = None;
+                self.leave_version();
+                SleepOutcome::Asleep
+            }
+            Ok(None) => SleepOutcome::Cannot("no handoff export".to_string()),
+            Err(fault) => {
+                self.count_fault();
+                SleepOutcome::Faulted(fault)
+            }
+        }
+    }
+
+    /// Wake: an instance of the listener's current version — waiting, up to the call
+    /// timeout, for a pool slot to come free — takes the kept state with `resume`. A version
+    /// swapped in meanwhile is woken on: this is a handoff.
+    async fn wake_up(&mut self, conn: &NewConnection<'_>, info: &ConnInfo) -> WakeOutcome {
+        let Some(state) = self.asleep.take() else {
+            return WakeOutcome::Awake(Next::Continue);
+        };
+        self.stats.count_awake(state.len());
+        let started = tokio::time::Instant::now();
+        let deadline = started + conn.config.call_timeout();
+        let target = self.shared.current.load_full();
+        let permits = Arc::clone(self.shared.permits(conn.config));
+        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, permits.acquire_owned()).await
+        else {
+            let max = conn.config.max_instances();
+            return WakeOutcome::NoInstance(InstantiateError::listener_full(
+                target.plugin.name(),
+                max,
+            ));
+        };
+        let place = target.opened.fetch_add(1, Ordering::Relaxed);
+        let mut instance = loop {
+            match target.plugin.create(conn.clone()).await {
+                Ok(instance) => break instance,
+                Err(error) if error.is_pool_full() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return WakeOutcome::NoInstance(error);
+                    }
+                    tokio::time::sleep(POOL_RETRY).await;
+                }
+                Err(error) => return WakeOutcome::NoInstance(error),
+            }
+        };
+        match instance.resume(info, &state).await {
+            Ok(Ok(next)) => {
+                self.instance = Some(instance);
+                self.permit = Some(permit);
+                self.join(target, place);
+                tracing::trace!(
+                    conn = self.conn_id,
+                    "woke on version {} with {} bytes of state in {:?}",
+                    self.version.number,
+                    state.len(),
+                    started.elapsed(),
+                );
+                WakeOutcome::Awake(next)
+            }
+            Ok(Err(refusal)) => {
+                self.shared.faulted(&target, place);
+                WakeOutcome::Refused(refusal)
+            }
+            Err(fault) => {
+                self.shared.faulted(&target, place);
+                WakeOutcome::Faulted(fault)
+            }
+        }
     }
 }
+
+/// How often a waking connection that found the engine's instance pool full (all of its
+/// listener's share free, other listeners holding the rest) tries again.
+const POOL_RETRY: Duration = Duration::from_millis(5);
 
 impl Drop for VersionedInstance {
     fn drop(&mut self) {
         self.leave_version();
+        if let Some(state) = &self.asleep {
+            self.stats.count_awake(state.len());
+        }
     }
 }
 
@@ -549,60 +697,94 @@ impl HandlerFactory for Versions {
         let version = self.shared.current.load_full();
         let place = version.opened.fetch_add(1, Ordering::Relaxed);
         let conn_id = conn.conn_id;
+        let stats = Arc::clone(conn.stats);
         if self.shared.listener.get().is_none() {
             let listener = (conn.config.name().to_string(), conn.mailboxes.clone());
             let _ = self.shared.listener.set(listener);
         }
+        // With every instance the listener may have awake in use, a new connection waits
+        // for one (in turn with the waking ones) up to the call timeout.
+        let permits = Arc::clone(self.shared.permits(conn.config));
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let wait = conn.config.call_timeout();
+                match tokio::time::timeout(wait, permits.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        let max = conn.config.max_instances();
+                        return Err(InstantiateError::listener_full(version.plugin.name(), max));
+                    }
+                }
+            }
+        };
         let instance = match version.plugin.create(conn).await {
             Ok(instance) => instance,
             Err(error) => {
-                // A version that cannot even start its instances is as faulty.
-                self.shared.faulted(&version, place);
+                // A version that cannot even start its instances is as faulty (a full pool
+                // is not its fault).
+                if !error.is_pool_full() {
+                    self.shared.faulted(&version, place);
+                }
                 return Err(error);
             }
         };
         version.live.fetch_add(1, Ordering::Relaxed);
         lock(&version.connections).insert(conn_id);
         Ok(VersionedInstance {
-            instance,
+            instance: Some(instance),
+            asleep: None,
+            conn_id,
+            cpu_before: Duration::ZERO,
             version,
+            on_version: true,
             place,
             faulted: false,
             shared: Arc::clone(&self.shared),
+            stats,
+            permit: Some(permit),
         })
     }
 }
 
 impl ConnectionHandler for VersionedInstance {
     async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
-        let result = self.instance.init(info).await;
+        let result = self.awake()?.init(info).await;
         self.watch(result)
     }
 
     async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
-        let result = self.instance.handle(event).await;
+        let result = self.awake()?.handle(event).await;
         self.watch(result)
     }
 
     async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
-        let result = self.instance.close(reason).await;
+        let result = self.awake()?.close(reason).await;
         self.watch(result)
     }
 
     fn output(&self) -> &[u8] {
-        self.instance.output()
+        self.instance.as_ref().map_or(&[], Instance::output)
     }
 
     fn clear_output(&mut self) {
-        self.instance.clear_output();
+        if let Some(instance) = self.instance.as_mut() {
+            instance.clear_output();
+        }
     }
 
     fn mark_unwritable(&mut self) {
-        self.instance.mark_unwritable();
+        if let Some(instance) = self.instance.as_mut() {
+            instance.mark_unwritable();
+        }
     }
 
     fn cpu_time(&self) -> Duration {
-        self.instance.cpu_time()
+        self.cpu_before
+            + self
+                .instance
+                .as_ref()
+                .map_or(Duration::ZERO, Instance::cpu_time)
     }
 
     fn version(&self) -> Option<u64> {
@@ -611,5 +793,17 @@ impl ConnectionHandler for VersionedInstance {
 
     async fn hand_off(&mut self, conn: &NewConnection<'_>, info: &ConnInfo) -> HandoffOutcome {
         self.move_to_current(conn, info).await
+    }
+
+    async fn hibernate(&mut self) -> SleepOutcome {
+        self.sleep().await
+    }
+
+    fn is_asleep(&self) -> bool {
+        self.asleep.is_some()
+    }
+
+    async fn wake(&mut self, conn: &NewConnection<'_>, info: &ConnInfo) -> WakeOutcome {
+        self.wake_up(conn, info).await
     }
 }

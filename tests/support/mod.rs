@@ -356,7 +356,12 @@ pub type ChatClient = BufReader<TcpStream>;
 /// Join the chat: the client and its id (from the welcome line), with the join notices of
 /// those who come later still to read.
 pub async fn join_chat(server: &TestServer) -> anyhow::Result<(ChatClient, u64)> {
-    let mut client = BufReader::new(server.connect().await?);
+    join_stream(server.connect().await?).await
+}
+
+/// Join the chat over `stream`, connected to a chat listener: the client and its id.
+pub async fn join_stream(stream: TcpStream) -> anyhow::Result<(ChatClient, u64)> {
+    let mut client = BufReader::new(stream);
     let welcome = read_line(&mut client).await?;
     let id = welcome
         .strip_prefix("* welcome, you are ")

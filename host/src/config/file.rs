@@ -73,6 +73,7 @@ struct ListenerEntry {
     plugin: PathBuf,
     pool_size: Option<usize>,
     max_connections: Option<usize>,
+    max_instances: Option<usize>,
     idle_timeout: Option<DurationText>,
     cpu_budget_per_call: Option<DurationText>,
     call_timeout: Option<DurationText>,
@@ -88,6 +89,7 @@ struct ListenerEntry {
     rollback_fault_ratio: Option<f64>,
     drain_timeout: Option<DurationText>,
     handoff: Option<HandoffPolicy>,
+    hibernate_after: Option<DurationText>,
     #[serde(default)]
     capabilities: CapabilitiesEntry,
 }
@@ -259,6 +261,9 @@ impl ListenerEntry {
         if let Some(value) = self.max_connections {
             builder = builder.max_connections(value);
         }
+        if let Some(value) = self.max_instances {
+            builder = builder.max_instances(value);
+        }
         if let Some(value) = self.idle_timeout {
             builder = builder.idle_timeout(value.0);
         }
@@ -297,6 +302,9 @@ impl ListenerEntry {
         }
         if let Some(value) = self.handoff {
             builder = builder.handoff(value);
+        }
+        if let Some(value) = self.hibernate_after {
+            builder = builder.hibernate_after(value.0);
         }
         if self.rollback_window.is_some() || self.rollback_fault_ratio.is_some() {
             let defaults = ServerConfig::default();
@@ -403,6 +411,20 @@ mod tests {
         assert_eq!(spec.copy_on_write_instances, Some(300));
         let message = error(&format!("copy_on_write_instances = 0\n{TWO}"));
         assert!(message.contains("it is 1 to 16384"), "{message}");
+        Ok(())
+    }
+
+    #[test]
+    fn hibernation_settings_are_read() -> Result<(), ConfigFileError> {
+        let text = TWO.replace(
+            "cpu_share = 3",
+            "cpu_share = 3\nmax_instances = 10\nhibernate_after = \"30s\"",
+        );
+        let specs = check(&text)?;
+        let chat = &specs[1].config;
+        assert_eq!(chat.max_instances(), 10);
+        assert_eq!(chat.hibernate_after(), Some(Duration::from_secs(30)));
+        assert_eq!(specs[0].config.hibernate_after(), None);
         Ok(())
     }
 

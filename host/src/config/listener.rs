@@ -24,6 +24,9 @@ pub mod bounds {
     /// `cpu_budget_per_call`, `call_timeout` and `write_timeout`.
     pub const CALL_TIME: RangeInclusive<Duration> =
         Duration::from_millis(1)..=Duration::from_secs(3600);
+    /// `hibernate_after`: from 1 ms to a week.
+    pub const HIBERNATE_AFTER: RangeInclusive<Duration> =
+        Duration::from_millis(1)..=Duration::from_secs(7 * 24 * 3600);
     /// `idle_timeout`: up to a week.
     pub const IDLE_TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(1)..=Duration::from_secs(7 * 24 * 3600);
@@ -91,6 +94,7 @@ pub struct ServerConfig {
     name: String,
     pool_size: usize,
     max_connections: usize,
+    max_instances: Option<usize>,
     cpu_budget_per_call: Duration,
     call_timeout: Duration,
     idle_timeout: Duration,
@@ -109,6 +113,7 @@ pub struct ServerConfig {
     rollback_fault_ratio: f64,
     drain_timeout: Option<Duration>,
     handoff: HandoffPolicy,
+    hibernate_after: Option<Duration>,
 }
 
 /// When the connections of a replaced plugin version move to the new version with their
@@ -154,6 +159,25 @@ impl ServerConfig {
     #[must_use]
     pub fn max_connections(&self) -> usize {
         self.max_connections
+    }
+
+    /// Most of its connections awake at once, each with an instance: `max_connections`
+    /// unless set lower — then the others must hibernate
+    /// ([`hibernate_after`](Self::hibernate_after)), and a connection that would be one too
+    /// many — waking, or new — waits its turn, up to the call timeout.
+    #[must_use]
+    pub fn max_instances(&self) -> usize {
+        self.max_instances.unwrap_or(self.max_connections)
+    }
+
+    /// The setting [`max_instances`](Self::max_instances) comes from, for messages.
+    #[must_use]
+    pub fn max_instances_setting(&self) -> &'static str {
+        if self.max_instances.is_some() {
+            "max_instances"
+        } else {
+            "max_connections"
+        }
     }
 
     /// Most time one guest call may run.
@@ -238,6 +262,16 @@ impl ServerConfig {
         self.handoff
     }
 
+    /// How long a connection stays idle (no byte from its client, no message, no output
+    /// pending) before it hibernates: its plugin's `handoff.snapshot` is kept and its
+    /// instance given back, until the next byte or message wakes it on the listener's current
+    /// version (`handoff.resume`). `None` (the default): connections never hibernate, and a
+    /// plugin without `handoff` never does.
+    #[must_use]
+    pub fn hibernate_after(&self) -> Option<Duration> {
+        self.hibernate_after
+    }
+
     /// Most messages one connection's mailbox holds.
     #[must_use]
     pub fn mailbox_messages(&self) -> usize {
@@ -306,6 +340,7 @@ impl Default for ServerConfig {
             name: "default".to_string(),
             pool_size: 10,
             max_connections: 16_384,
+            max_instances: None,
             cpu_budget_per_call: Duration::from_millis(100),
             call_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
@@ -324,6 +359,7 @@ impl Default for ServerConfig {
             rollback_fault_ratio: 0.5,
             drain_timeout: None,
             handoff: HandoffPolicy::AtDrain,
+            hibernate_after: None,
         }
     }
 }
@@ -353,6 +389,14 @@ impl ServerConfigBuilder {
     #[must_use]
     pub fn max_connections(mut self, count: usize) -> Self {
         self.config.max_connections = count;
+        self
+    }
+
+    /// Most connections awake at once (default: `max_connections`); see
+    /// [`ServerConfig::max_instances`].
+    #[must_use]
+    pub fn max_instances(mut self, count: usize) -> Self {
+        self.config.max_instances = Some(count);
         self
     }
 
@@ -426,6 +470,14 @@ impl ServerConfigBuilder {
     #[must_use]
     pub fn handoff(mut self, policy: HandoffPolicy) -> Self {
         self.config.handoff = policy;
+        self
+    }
+
+    /// Hibernate connections idle this long (default: never); see
+    /// [`ServerConfig::hibernate_after`].
+    #[must_use]
+    pub fn hibernate_after(mut self, after: Duration) -> Self {
+        self.config.hibernate_after = Some(after);
         self
     }
 
@@ -503,6 +555,15 @@ impl ServerConfigBuilder {
             &bounds::MAX_CONNECTIONS,
             count,
         )?;
+        if let Some(instances) = c.max_instances {
+            check("max_instances", instances, &bounds::MAX_CONNECTIONS, count)?;
+            if instances > c.max_connections {
+                return Err(ConfigError::new(
+                    "max_instances",
+                    format!("must be at most max_connections ({})", c.max_connections),
+                ));
+            }
+        }
         let call = &bounds::CALL_TIME;
         check("cpu_budget_per_call", c.cpu_budget_per_call, call, duration)?;
         check("call_timeout", c.call_timeout, call, duration)?;
@@ -543,6 +604,10 @@ impl ServerConfigBuilder {
         )?;
         if let Some(drain) = c.drain_timeout {
             check("drain_timeout", drain, &bounds::DRAIN_TIMEOUT, duration)?;
+        }
+        if let Some(after) = c.hibernate_after {
+            let bounds = &bounds::HIBERNATE_AFTER;
+            check("hibernate_after", after, bounds, duration)?;
         }
         let window = &bounds::ROLLBACK_WINDOW;
         check("rollback_window", c.rollback_window, window, count)?;
@@ -703,5 +768,32 @@ mod tests {
             .build()
             .err();
         assert_eq!(err.map(|e| e.field()), Some("cpu_budget_per_call"));
+    }
+    #[test]
+    fn max_instances_defaults_to_max_connections_and_stays_below_it() {
+        let default = ServerConfig::builder().max_connections(100).build();
+        assert_eq!(default.map(|c| c.max_instances()).ok(), Some(100));
+        let fewer = ServerConfig::builder()
+            .max_connections(100)
+            .max_instances(10)
+            .build();
+        assert_eq!(fewer.map(|c| c.max_instances()).ok(), Some(10));
+        let more = ServerConfig::builder()
+            .max_connections(100)
+            .max_instances(101)
+            .build()
+            .err();
+        assert_eq!(more.map(|e| e.field()), Some("max_instances"));
+    }
+
+    #[test]
+    fn hibernate_after_is_bounded() {
+        let never = ServerConfig::builder().build();
+        assert_eq!(never.map(|c| c.hibernate_after()).ok(), Some(None));
+        let zero = ServerConfig::builder()
+            .hibernate_after(Duration::ZERO)
+            .build()
+            .err();
+        assert_eq!(zero.map(|e| e.field()), Some("hibernate_after"));
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct Stats {
     live_instances: AtomicUsize,
     live_connections: AtomicUsize,
+    asleep: AtomicUsize,
+    asleep_bytes: AtomicUsize,
     accepted: AtomicU64,
     faults: AtomicU64,
     guest_cpu_nanos: AtomicU64,
@@ -159,6 +161,29 @@ impl Stats {
     #[must_use]
     pub fn live_connections(&self) -> usize {
         self.live_connections.load(Ordering::Acquire)
+    }
+
+    /// Connections hibernating now: open, with their state kept and no instance.
+    #[must_use]
+    pub fn asleep(&self) -> usize {
+        self.asleep.load(Ordering::Acquire)
+    }
+
+    /// Bytes of state the hibernating connections keep (their snapshots): the memory they
+    /// hold besides their sockets and mailboxes.
+    #[must_use]
+    pub fn asleep_bytes(&self) -> usize {
+        self.asleep_bytes.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn count_asleep(&self, state_bytes: usize) {
+        self.asleep.fetch_add(1, Ordering::AcqRel);
+        self.asleep_bytes.fetch_add(state_bytes, Ordering::AcqRel);
+    }
+
+    pub(crate) fn count_awake(&self, state_bytes: usize) {
+        self.asleep.fetch_sub(1, Ordering::AcqRel);
+        self.asleep_bytes.fetch_sub(state_bytes, Ordering::AcqRel);
     }
 
     /// Connections accepted since the server started.

@@ -18,7 +18,9 @@ use arc_swap::ArcSwap;
 use crate::config::listener::ServerConfig;
 use crate::conn_id;
 use crate::error::GuestFault;
-use crate::handler::{ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection};
+use crate::handler::{
+    ConnectionHandler, HandlerFactory, HandoffOutcome, NewConnection, SleepOutcome, WakeOutcome,
+};
 use crate::messages::local::{Mailbox, Mailboxes, MoveRequest, Received};
 use crate::messages::types::{MailboxLimits, Message};
 use crate::observe::stats::Stats;
@@ -178,7 +180,11 @@ async fn serve<F: HandlerFactory, T: Transport>(
     who.version = guest.version();
     let hooks = &ctx.hooks;
     let mut handle = None;
-    let ending = match Box::pin(guest.init(&info)).await {
+    let conn = Conn {
+        new: &new,
+        info: &info,
+    };
+    let mut ending = match Box::pin(guest.init(&info)).await {
         Ok(Ok(next)) => {
             handle = (hooks.on_open.is_some() || hooks.on_close.is_some()).then(|| {
                 ConnectionHandle::new(id, Arc::from(info.peer.as_str()), ctx.mailboxes.clone())
@@ -186,10 +192,6 @@ async fn serve<F: HandlerFactory, T: Transport>(
             if let (Some(on_open), Some(handle)) = (&hooks.on_open, &handle) {
                 on_open(handle);
             }
-            let conn = Conn {
-                new: &new,
-                info: &info,
-            };
             event_loop(ctx, conn, &mut guest, &mut stream, &mut mailbox, next).await
         }
         Ok(Err(refusal)) => Ending::Refused(refusal),
@@ -198,6 +200,12 @@ async fn serve<F: HandlerFactory, T: Transport>(
             fault,
         },
     };
+    // A hibernating connection is woken to hear its `close` (an idle timeout, a shutdown).
+    if ending.close_reason().is_some()
+        && let Err(unwoken) = wake(&mut guest, conn).await
+    {
+        ending = unwoken;
+    }
     // Gone from the registry before `close`: messages sent to it from now on (the others'
     // replies to its leave notice, say) get `no-such-connection` instead of being lost.
     drop(mailbox);
@@ -243,8 +251,10 @@ fn record<F>(
     ended.store(true, Ordering::Release);
     let kind = kind.name();
     let cpu_ms = u64::try_from(cpu.as_millis()).unwrap_or(u64::MAX);
-    if let Some(fault) = ending.fault() {
+    if ending.is_fault() {
         ctx.stats.count_fault();
+    }
+    if let Some(fault) = ending.fault() {
         // The fault last: its text may run over several lines (a Wasm backtrace).
         log_conn!(WARN, who, ending = kind, cpu_ms, %fault, "closing the connection: {ending}");
         return;
@@ -320,6 +330,13 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
     let mut last_input = Instant::now();
     let idle = tokio::time::sleep_until(last_input + config.idle_timeout());
     tokio::pin!(idle);
+    // Hibernation: after `hibernate_after` without a byte or a message, between two calls
+    // and with the output written. Like the idle timer, moved only when it fires.
+    let hibernate_after = config.hibernate_after();
+    let mut may_sleep = hibernate_after.is_some();
+    let mut last_activity = last_input;
+    let hibernate = tokio::time::sleep_until(last_activity + hibernate_after.unwrap_or_default());
+    tokio::pin!(hibernate);
     let overflow = mailbox.overflow_signal();
     loop {
         // The overflow branch is polled only while the write is pending: a client that does
@@ -352,8 +369,33 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
                 idle.as_mut().reset(deadline);
                 continue;
             }
+            () = &mut hibernate, if may_sleep && !guest.is_asleep() => {
+                let after = hibernate_after.unwrap_or_default();
+                let due = last_activity + after;
+                if Instant::now() < due {
+                    hibernate.as_mut().reset(due);
+                    continue;
+                }
+                match Box::pin(guest.hibernate()).await {
+                    SleepOutcome::Asleep => {}
+                    SleepOutcome::Cannot(_) => may_sleep = false,
+                    SleepOutcome::Faulted(fault) => {
+                        return Ending::Fault {
+                            export: Export::Snapshot,
+                            fault,
+                        };
+                    }
+                }
+                continue;
+            }
             input = next_input(stream, mailbox, config.read_buffer_size()) => input,
         };
+        if may_sleep && guest.is_asleep() {
+            // It sleeps until this input: its timer runs from the input on.
+            hibernate
+                .as_mut()
+                .reset(Instant::now() + hibernate_after.unwrap_or_default());
+        }
         let event = match input {
             Ok(Input::Data(buffer)) if buffer.is_empty() => {
                 read_buffers::give_back(buffer);
@@ -361,6 +403,7 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
             }
             Ok(Input::Data(buffer)) => {
                 last_input = Instant::now();
+                last_activity = last_input;
                 Event::Data(buffer)
             }
             Ok(Input::Drained) => {
@@ -368,6 +411,12 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
                 continue;
             }
             Ok(Input::Message(message)) => {
+                last_activity = Instant::now();
+                match wake(guest, conn).await {
+                    Ok(Some(Next::Close)) => return Ending::GuestClosed,
+                    Ok(_) => {}
+                    Err(ending) => return ending,
+                }
                 next = match handle_messages(guest, mailbox, message).await {
                     Ok(next) => next,
                     Err(fault) => return handle_fault(fault),
@@ -396,6 +445,11 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
             Ok(Input::MailboxClosed) => return Ending::MailboxFull,
             Err(error) => return Ending::io(Operation::Read, error),
         };
+        match wake(guest, conn).await {
+            Ok(Some(Next::Close)) => return Ending::GuestClosed,
+            Ok(_) => {}
+            Err(ending) => return ending,
+        }
         next = match guest.handle(&event).await {
             Ok(next) => next,
             Err(fault) => return handle_fault(fault),
@@ -403,6 +457,23 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
         if let Event::Data(buffer) = event {
             read_buffers::give_back(buffer);
         }
+    }
+}
+
+/// Wake a hibernating guest before its next call: `Ok(Some(next))` with what its `resume`
+/// returned, `Ok(None)` when it was awake, or the ending when it cannot be woken.
+async fn wake(guest: &mut impl ConnectionHandler, conn: Conn<'_>) -> Result<Option<Next>, Ending> {
+    if !guest.is_asleep() {
+        return Ok(None);
+    }
+    match Box::pin(guest.wake(conn.new, conn.info)).await {
+        WakeOutcome::Awake(next) => Ok(Some(next)),
+        WakeOutcome::NoInstance(error) => Err(Ending::NoInstance(error)),
+        WakeOutcome::Refused(why) => Err(Ending::WakeRefused(why)),
+        WakeOutcome::Faulted(fault) => Err(Ending::Fault {
+            export: Export::Resume,
+            fault,
+        }),
     }
 }
 

@@ -37,6 +37,9 @@ pub(crate) enum Ending {
     Refused(String),
     /// No handler could be made (the instance pool is full, say).
     NoInstance(InstantiateError),
+    /// A hibernating connection woke and its plugin's `resume` refused its own state; `close`
+    /// is not called. Counted as a fault.
+    WakeRefused(String),
 }
 
 /// What the connection was doing with its socket when it failed.
@@ -53,6 +56,7 @@ pub(crate) enum Export {
     Handle,
     Close,
     Snapshot,
+    Resume,
 }
 
 impl Export {
@@ -62,6 +66,7 @@ impl Export {
             Export::Handle => "handle",
             Export::Close => "close",
             Export::Snapshot => "snapshot",
+            Export::Resume => "resume",
         }
     }
 }
@@ -96,7 +101,7 @@ impl Ending {
             Ending::MailboxFull => EndKind::Limit(Limit::Mailbox),
             Ending::Io { .. } => EndKind::IoError,
             Ending::Fault { fault, .. } => fault.limit().map_or(EndKind::Trap, EndKind::Limit),
-            Ending::Refused(_) => EndKind::Refused,
+            Ending::Refused(_) | Ending::WakeRefused(_) => EndKind::Refused,
             Ending::NoInstance(_) => EndKind::NoInstance,
         }
     }
@@ -115,8 +120,17 @@ impl Ending {
             Ending::WriteTimeout => CloseReason::Limit(WRITE_TIMEOUT.to_string()),
             Ending::MailboxFull => CloseReason::Limit(MAILBOX_FULL.to_string()),
             Ending::Io { .. } => CloseReason::Error(self.to_string()),
-            Ending::Fault { .. } | Ending::Refused(_) | Ending::NoInstance(_) => return None,
+            Ending::Fault { .. }
+            | Ending::Refused(_)
+            | Ending::NoInstance(_)
+            | Ending::WakeRefused(_) => return None,
         })
+    }
+
+    /// Whether it counts as a fault: a guest call faulted, or a woken connection's plugin
+    /// refused its own state.
+    pub(crate) fn is_fault(&self) -> bool {
+        matches!(self, Ending::Fault { .. } | Ending::WakeRefused(_))
     }
 
     /// The guest fault behind this ending, if a fault ended it.
@@ -131,7 +145,9 @@ impl Ending {
     /// refusals information, the ordinary endings debug detail.
     pub(crate) fn level(&self) -> tracing::Level {
         match self {
-            Ending::Fault { .. } | Ending::NoInstance(_) => tracing::Level::WARN,
+            Ending::Fault { .. } | Ending::NoInstance(_) | Ending::WakeRefused(_) => {
+                tracing::Level::WARN
+            }
             Ending::Idle
             | Ending::WriteTimeout
             | Ending::MailboxFull
@@ -172,6 +188,12 @@ impl fmt::Display for Ending {
             Ending::Fault { export, .. } => write!(f, "`{}` failed", export.name()),
             Ending::Refused(text) => write!(f, "plugin refused the connection: {text}"),
             Ending::NoInstance(error) => write!(f, "{error}"),
+            Ending::WakeRefused(text) => {
+                write!(
+                    f,
+                    "woken from hibernation, `resume` refused its state: {text}"
+                )
+            }
         }
     }
 }
@@ -187,6 +209,7 @@ mod tests {
             plugin: "echo".into(),
             message: "pool full".into(),
             memory_needed: None,
+            pool_full: true,
         }
     }
 

@@ -148,10 +148,10 @@ impl<F: HandlerFactory> Server<F> {
         let local = listener.local_addr().map_err(ServeError::LocalAddr)?;
         let shutdown_timeout = self.config.shutdown_timeout();
         let max_connections = self.config.max_connections();
+        let wanted = Wanted::of(&self.config);
         if self.check_pool
             && let Some(capacity) = self.factory.capacity()
-            && let Some(warning) =
-                pool_shortfall(&[(self.config.name(), max_connections)], capacity)
+            && let Some(warning) = pool_shortfall(&[wanted], capacity)
         {
             tracing::warn!("{warning}");
         }
@@ -175,7 +175,17 @@ impl<F: HandlerFactory> Server<F> {
             hard_stop: hard_stop.clone(),
         });
         let name = self.config.name();
-        tracing::info!(%local, plugin = ctx.factory.name(), listener = name, "serving");
+        let instances = wanted.count;
+        let hibernate_after = ctx.config.load().hibernate_after();
+        tracing::info!(
+            %local,
+            plugin = ctx.factory.name(),
+            listener = name,
+            max_connections,
+            instances,
+            ?hibernate_after,
+            "serving"
+        );
 
         let supervisor = tokio::spawn(acceptor::supervise(Arc::clone(&pool)));
         // If this future is dropped before `shutdown` resolves, the detached acceptors and
@@ -231,25 +241,40 @@ impl Drop for Stop {
     }
 }
 
-/// What to tell the operator when `listeners` (name, `max_connections`) may hold more
-/// connections at once than an instance pool of `capacity`, or `None` when the pool is large
-/// enough.
-pub(crate) fn pool_shortfall(listeners: &[(&str, usize)], capacity: usize) -> Option<String> {
-    let wanted: usize = listeners.iter().map(|(_, max)| max).sum();
+/// The instances one listener may have alive at once, and the setting that says so.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted<'a> {
+    pub(crate) listener: &'a str,
+    /// `max_instances`, or `max_connections` when that is not set.
+    pub(crate) setting: &'static str,
+    pub(crate) count: usize,
+}
+
+impl<'a> Wanted<'a> {
+    pub(crate) fn of(config: &'a ServerConfig) -> Self {
+        Self {
+            listener: config.name(),
+            setting: config.max_instances_setting(),
+            count: config.max_instances(),
+        }
+    }
+}
+
+/// What to tell the operator when `listeners` may have more instances alive at once than
+/// an instance pool of `capacity`, or `None` when the pool is large enough.
+pub(crate) fn pool_shortfall(listeners: &[Wanted<'_>], capacity: usize) -> Option<String> {
+    let wanted: usize = listeners.iter().map(|l| l.count).sum();
     if wanted <= capacity {
         return None;
     }
     let allowed = match listeners {
-        [(name, max)] => format!("max_connections of `{name}` is {max}"),
+        [one] => format!("{} of `{}` is {}", one.setting, one.listener, one.count),
         _ => {
             let names: Vec<String> = listeners
                 .iter()
-                .map(|(name, max)| format!("`{name}` ({max})"))
+                .map(|l| format!("`{}` ({} {})", l.listener, l.setting, l.count))
                 .collect();
-            format!(
-                "max_connections of {} add up to {wanted}",
-                names.join(" + ")
-            )
+            format!("the listeners' {} add up to {wanted}", names.join(" + "))
         }
     };
     Some(format!(
@@ -278,14 +303,23 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    fn wanted(listener: &str, count: usize) -> Wanted<'_> {
+        Wanted {
+            listener,
+            setting: "max_connections",
+            count,
+        }
+    }
+
     #[test]
     fn a_pool_large_enough_says_nothing() {
-        assert_eq!(pool_shortfall(&[("echo", 100), ("chat", 50)], 150), None);
+        let listeners = [wanted("echo", 100), wanted("chat", 50)];
+        assert_eq!(pool_shortfall(&listeners, 150), None);
     }
 
     #[test]
     fn a_pool_too_small_for_one_listener_says_so() {
-        let warning = pool_shortfall(&[("default", 20_000)], 16_384);
+        let warning = pool_shortfall(&[wanted("default", 20_000)], 16_384);
         assert_eq!(
             warning.as_deref(),
             Some(
@@ -297,12 +331,17 @@ mod tests {
 
     #[test]
     fn a_pool_too_small_names_every_listener_and_the_sum() {
-        let warning = pool_shortfall(&[("echo", 16_384), ("chat", 1000)], 16_384);
+        let chat = Wanted {
+            setting: "max_instances",
+            ..wanted("chat", 1000)
+        };
+        let warning = pool_shortfall(&[wanted("echo", 16_384), chat], 16_384);
         assert_eq!(
             warning.as_deref(),
             Some(
-                "max_connections of `echo` (16384) + `chat` (1000) add up to 17384, but the \
-                 instance pool holds 16384: when it is full, a new connection is closed at once"
+                "the listeners' `echo` (max_connections 16384) + `chat` (max_instances 1000) \
+                 add up to 17384, but the instance pool holds 16384: when it is full, a new \
+                 connection is closed at once"
             )
         );
     }

@@ -130,6 +130,9 @@ impl Instance {
                     plugin: plugin.name().to_string(),
                     message: format!("{e:#}"),
                     memory_needed: store.data().memory.asked(),
+                    pool_full: e
+                        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some(),
                 });
             }
         };
