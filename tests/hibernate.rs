@@ -368,3 +368,30 @@ async fn wait_long(what: &str, mut condition: impl FnMut() -> bool) -> anyhow::R
     }
     Ok(())
 }
+
+/// A room of sleepers is best left quiet: with `announce = "off"` granted, the chat tells
+/// nobody of joins and leaves (each notice would wake every member), and a member's line
+/// still reaches the others.
+#[tokio::test]
+async fn a_quiet_room_wakes_nobody_on_joins() -> anyhow::Result<()> {
+    let config = ServerConfig::builder()
+        .name("chat")
+        .max_connections(16)
+        .hibernate_after(Duration::from_millis(50))
+        .capabilities(shoal_host::Capabilities::default().config("announce", "off"))
+        .build()?;
+    let server = serve(plugin("chat"), config).await?;
+    let (mut first, first_id) = join_chat(&server).await?;
+    all_asleep(&server, 1).await?;
+    let (mut second, _) = join_chat(&server).await?;
+    // The join woke nobody: the first member still sleeps, with nothing to read.
+    ensure!(server.stats.asleep() == 1);
+    say(&mut first, "anyone?\n").await?;
+    ensure!(read_line(&mut second).await? == format!("{first_id}: anyone?"));
+    drop(second);
+    all_asleep(&server, 1).await?;
+    say(&mut first, "still quiet\n").await?;
+    let quiet = tokio::time::timeout(Duration::from_millis(200), read_line(&mut first)).await;
+    ensure!(quiet.is_err(), "a leave was announced: {quiet:?}");
+    server.shutdown().await
+}

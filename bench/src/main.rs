@@ -47,7 +47,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "compile,lifecycle,load,memory,broadcast,noisy,swap,polyglot"
+        default_value = "compile,lifecycle,load,memory,broadcast,noisy,swap,polyglot,hibernate"
     )]
     scenarios: Vec<Scenario>,
     /// Another build's `shoal` binary (an earlier commit, say) to run the load scenarios
@@ -83,8 +83,12 @@ enum Scenario {
     /// In-process: each guest language's echo — size, compile time, and one connection's
     /// instance (lifecycle) with copy-on-write memory images off and on.
     Polyglot,
+    /// A chat room of `--idle-conns` members at rest, hibernating and awake: memory per
+    /// connection, wake-up latency, broadcast to the room.
+    Hibernate,
 }
 
+mod hibernate;
 mod polyglot;
 
 /// A server under test, started as its own process.
@@ -297,6 +301,11 @@ fn main() -> anyhow::Result<()> {
         polyglot_rows = polyglot::run(&args, &bin_dir, pinned)?;
     }
 
+    let mut hibernate_rows = Vec::new();
+    if args.scenarios.contains(&Scenario::Hibernate) {
+        hibernate_rows = hibernate::run(&args, &bin_dir, pinned)?;
+    }
+
     let mut noisy_rows = Vec::new();
     if args.scenarios.contains(&Scenario::Noisy) {
         noisy_rows = noisy_neighbour(&args, &bin_dir, pinned)?;
@@ -319,6 +328,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !polyglot_rows.is_empty() {
         report.push_str(&polyglot::report(&mut polyglot_rows));
+    }
+    if !hibernate_rows.is_empty() {
+        report.push_str(&hibernate::report(&mut hibernate_rows, args.idle_conns));
     }
     println!("{report}");
     std::fs::create_dir_all("target/bench")?;
@@ -678,9 +690,11 @@ impl Server {
         let stdout = child.stdout.take().context("server stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
+        // `listening on ADDR`, or `listening on ADDR (NAME)` for a config file's listener.
         let addr = line
             .trim()
             .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
             .with_context(|| format!("{label} printed {line:?}"))?
             .to_string();
         Ok(Self { child, addr })

@@ -6,7 +6,9 @@
 //! - `/nick NAME` renames (others get `* <old> is now NAME`);
 //! - `/who` lists who is connected, one `* <id> <name>` line each;
 //! - `/version` names the plugin that serves the connection (`* chat`);
-//! - on leave, the others get `* <name> left`.
+//! - on leave, the others get `* <name> left`;
+//! - with `announce = "off"` in the listener's granted config, joins and leaves are not
+//!   announced (a large room whose members hibernate: each notice would wake them all).
 //!
 //! Lines end with `\n` (a `\r` before it is dropped); a line longer than 4 KiB is cut there,
 //! but a command (`/...`) longer than that is refused whole. Control characters in a line are

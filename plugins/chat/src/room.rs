@@ -1,4 +1,4 @@
-use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Handoff, Level, Next, mailbox};
+use shoal_guest::{CloseReason, ConnInfo, Event, Handler, Handoff, Level, Next, config, mailbox};
 
 /// Longest line kept; the rest of a longer line starts a new one.
 const MAX_LINE: usize = 4096;
@@ -30,7 +30,9 @@ impl Handler for Chat {
             discarding: false,
             outgoing: Vec::new(),
         };
-        mailbox::broadcast(format!("* {} joined\n", chat.id).as_bytes());
+        if announces() {
+            mailbox::broadcast(format!("* {} joined\n", chat.id).as_bytes());
+        }
         let welcome = format!(
             "* welcome, you are {}; /nick NAME renames you, /who lists the room\n",
             chat.id
@@ -52,8 +54,17 @@ impl Handler for Chat {
     }
 
     fn close(self, _reason: CloseReason) {
-        mailbox::broadcast(format!("* {} left\n", self.name).as_bytes());
+        if announces() {
+            mailbox::broadcast(format!("* {} left\n", self.name).as_bytes());
+        }
     }
+}
+
+/// Whether joins and leaves are announced to the room: unless the listener grants
+/// `announce = "off"` in its config (a room of thousands, most of them asleep, where every
+/// join would wake everyone).
+fn announces() -> bool {
+    config::get("announce").as_deref() != Some("off")
 }
 
 /// The first byte of a snapshot: the layout of what follows.

@@ -9,6 +9,8 @@
 //! loadgen spin --addr A [--conns N] [--seconds S]            keep N guests looping (spin plugin)
 //! loadgen swap --addr A --live F --v1 F --v2 F [--every S]    echo load through hot swaps
 //! loadgen handoff --addr A --live F --next F --next-name N    chat members moved by a swap
+//! loadgen hibernate --addr A [--conns N] [--samples K] [--lines L] [--settle S]
+//!                                                            an idle chat room: wake-ups, broadcast
 //! ```
 
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 mod handoff;
+mod hibernate;
 mod swap;
 
 #[derive(Parser)]
@@ -115,6 +118,22 @@ enum Scenario {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+    /// An idle chat room (served with `announce = "off"`): `conns` members join and stay
+    /// quiet for `settle` seconds; `ready` is printed and a line awaited on stdin; then
+    /// `samples` members ask `/version` one at a time, and the first sends `lines` lines to
+    /// all: wake-up latency and messages delivered per second.
+    Hibernate {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        #[arg(long, default_value_t = 10)]
+        lines: usize,
+        #[arg(long, default_value_t = 1.5)]
+        settle: f64,
+    },
     /// Open `conns` connections, echo one byte on each, print `ready`, hold them until stdin
     /// closes.
     Idle {
@@ -143,6 +162,22 @@ fn main() -> anyhow::Result<()> {
                 seconds,
             } => echo(addr, conns, size, Duration::from_secs_f64(seconds)).await,
             Scenario::Idle { addr, conns } => idle(addr, conns).await,
+            Scenario::Hibernate {
+                addr,
+                conns,
+                samples,
+                lines,
+                settle,
+            } => {
+                let load = hibernate::HibernateLoad {
+                    addr,
+                    conns,
+                    samples,
+                    lines,
+                    settle: Duration::from_secs_f64(settle),
+                };
+                hibernate::run(load).await
+            }
             Scenario::Spin {
                 addr,
                 conns,
