@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use shoal_host::{EndKind, Plugin, Runtime, RuntimeConfig, ServerConfig, Versions};
 use support::{ChatClient, TestServer, captured_logs, join_chat, plugin, read_line, wait_for};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -30,6 +30,18 @@ async fn serve(plugin: Plugin, config: ServerConfig) -> anyhow::Result<TestServe
 async fn say(client: &mut ChatClient, line: &str) -> anyhow::Result<()> {
     client.get_mut().write_all(line.as_bytes()).await?;
     Ok(())
+}
+
+/// Connect to a greeter: the client, with its greeting read, and its connection id.
+async fn greeted(server: &TestServer) -> anyhow::Result<(ChatClient, String)> {
+    let mut client = BufReader::new(server.connect().await?);
+    let greeting = read_line(&mut client).await?;
+    let id = greeting
+        .strip_prefix("hello ")
+        .and_then(|rest| rest.split(' ').next())
+        .with_context(|| format!("not a greeting: {greeting:?}"))?
+        .to_string();
+    Ok((client, id))
 }
 
 /// Wait until `count` connections sleep and no instance is alive.
@@ -97,13 +109,7 @@ async fn a_plugin_without_handoff_never_hibernates() -> anyhow::Result<()> {
 async fn shutdown_wakes_a_sleeper_for_its_close() -> anyhow::Result<()> {
     let config = sleepy("greeter", Duration::from_millis(50))?;
     let mut server = serve(plugin("greeter"), config).await?;
-    let mut client = BufReader::new(server.connect().await?);
-    let greeting = read_line(&mut client).await?;
-    let id = greeting
-        .strip_prefix("hello ")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_default()
-        .to_string();
+    let (mut client, id) = greeted(&server).await?;
     all_asleep(&server, 1).await?;
     server.begin_shutdown();
     ensure!(read_line(&mut client).await? == format!("moved {id}"));
@@ -138,13 +144,7 @@ async fn sending_while_falling_asleep_loses_nothing() -> anyhow::Result<()> {
     let server = serve(plugin("greeter"), config).await?;
     let mut wakes = 0;
     for round in 0..5u64 {
-        let mut client = BufReader::new(server.connect().await?);
-        let greeting = read_line(&mut client).await?;
-        let id = greeting
-            .strip_prefix("hello ")
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or_default()
-            .to_string();
+        let (mut client, id) = greeted(&server).await?;
         let lines = 100u64;
         let writer = async {
             let mut seed = round;
@@ -190,8 +190,7 @@ async fn a_waking_connection_waits_for_a_free_instance() -> anyhow::Result<()> {
         .call_timeout(Duration::from_millis(1500))
         .build()?;
     let server = serve(greeter, config).await?;
-    let mut sleeper = BufReader::new(server.connect().await?);
-    let greeting = read_line(&mut sleeper).await?;
+    let (mut sleeper, id) = greeted(&server).await?;
     all_asleep(&server, 1).await?;
     // Another connection takes the only instance and keeps it busy (it never sleeps: its
     // client keeps talking faster than hibernate_after).
@@ -205,7 +204,6 @@ async fn a_waking_connection_waits_for_a_free_instance() -> anyhow::Result<()> {
     }
     // The busy one leaves: the sleeper gets its instance and its line.
     drop(busy);
-    let id = greeting.split(' ').nth(1).unwrap_or_default().to_string();
     ensure!(read_line(&mut sleeper).await? == format!("moved {id}"));
     ensure!(read_line(&mut sleeper).await? == format!("{id}: wake up"));
 
@@ -237,9 +235,7 @@ async fn a_listener_holds_more_connections_than_instances() -> anyhow::Result<()
     let server = serve(plugin("greeter"), config).await?;
     let mut clients = Vec::new();
     for count in 1..=6 {
-        let mut client = BufReader::new(server.connect().await?);
-        let greeting = read_line(&mut client).await?;
-        let id = greeting.split(' ').nth(1).unwrap_or_default().to_string();
+        let (client, id) = greeted(&server).await?;
         all_asleep(&server, count).await?;
         clients.push((client, id));
     }

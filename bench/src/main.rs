@@ -761,6 +761,28 @@ fn loadgen(bin_dir: &Path, pinned: bool, args: &[&str]) -> anyhow::Result<BTreeM
     parse_line(&String::from_utf8_lossy(&output.stdout))
 }
 
+/// The load scenarios' echo: 100 connections × 512 B round trips for `seconds` against
+/// the server at `addr`.
+fn echo_load(
+    bin_dir: &Path,
+    pinned: bool,
+    addr: &str,
+    seconds: &str,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let args = [
+        "echo",
+        "--addr",
+        addr,
+        "--conns",
+        "100",
+        "--size",
+        "512",
+        "--seconds",
+        seconds,
+    ];
+    loadgen(bin_dir, pinned, &args)
+}
+
 fn parse_line(line: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     line.split_whitespace()
         .filter_map(|pair| pair.split_once('='))
@@ -841,21 +863,7 @@ fn noisy_neighbour(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<
                 if spinner.is_some() {
                     std::thread::sleep(Duration::from_millis(300));
                 }
-                let echo = loadgen(
-                    bin_dir,
-                    pinned,
-                    &[
-                        "echo",
-                        "--addr",
-                        &server.addr,
-                        "--conns",
-                        "100",
-                        "--size",
-                        "512",
-                        "--seconds",
-                        &seconds,
-                    ],
-                );
+                let echo = echo_load(bin_dir, pinned, &server.addr, &seconds);
                 if let Some(spinner) = spinner {
                     let _ = spinner.wait_with_output();
                 }

@@ -18,7 +18,7 @@ use shoal_host::{
     Stats,
 };
 
-use crate::{Args, Server, idle_growth, lifecycles, loadgen};
+use crate::{Args, Server, echo_load, idle_growth, lifecycles};
 
 /// Idle connections held per language for the memory figures.
 const IDLE_CONNS: usize = 1_000;
@@ -159,21 +159,7 @@ fn as_server(
     row.rss_kib.push(growth.rss_kib);
     row.pss_kib.push(growth.pss_kib);
     let seconds = args.seconds.to_string();
-    let echo = loadgen(
-        bin_dir,
-        pinned,
-        &[
-            "echo",
-            "--addr",
-            &server.addr,
-            "--conns",
-            "100",
-            "--size",
-            "512",
-            "--seconds",
-            &seconds,
-        ],
-    )?;
+    let echo = echo_load(bin_dir, pinned, &server.addr, &seconds)?;
     row.round_trips.push(
         *echo
             .get("round_trips_per_sec")
