@@ -182,21 +182,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             record(&mut results, kind, "connections/s", &rate, "conns_per_sec")?;
             for (size, prefix) in [("512", "512 B"), ("64", "64 B")] {
-                let echo = loadgen(
-                    &bin_dir,
-                    pinned,
-                    &[
-                        "echo",
-                        "--addr",
-                        addr,
-                        "--conns",
-                        "100",
-                        "--size",
-                        size,
-                        "--seconds",
-                        &seconds,
-                    ],
-                )?;
+                let echo = echo_load(&bin_dir, pinned, addr, size, &seconds)?;
                 record(
                     &mut results,
                     kind,
@@ -761,12 +747,13 @@ fn loadgen(bin_dir: &Path, pinned: bool, args: &[&str]) -> anyhow::Result<BTreeM
     parse_line(&String::from_utf8_lossy(&output.stdout))
 }
 
-/// The load scenarios' echo: 100 connections × 512 B round trips for `seconds` against
-/// the server at `addr`.
+/// The load scenarios' echo: 100 connections × `size`-byte round trips for `seconds`
+/// against the server at `addr`.
 fn echo_load(
     bin_dir: &Path,
     pinned: bool,
     addr: &str,
+    size: &str,
     seconds: &str,
 ) -> anyhow::Result<BTreeMap<String, f64>> {
     let args = [
@@ -776,7 +763,7 @@ fn echo_load(
         "--conns",
         "100",
         "--size",
-        "512",
+        size,
         "--seconds",
         seconds,
     ];
@@ -863,7 +850,7 @@ fn noisy_neighbour(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<
                 if spinner.is_some() {
                     std::thread::sleep(Duration::from_millis(300));
                 }
-                let echo = echo_load(bin_dir, pinned, &server.addr, &seconds);
+                let echo = echo_load(bin_dir, pinned, &server.addr, "512", &seconds);
                 if let Some(spinner) = spinner {
                     let _ = spinner.wait_with_output();
                 }

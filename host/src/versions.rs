@@ -299,15 +299,15 @@ impl Shared {
         ids.len()
     }
 
-    /// One of `version`'s connections (the `place`-th it was given) faulted: past the
-    /// version's fault ratio, while it is still current, the previous version is made current
-    /// again and the faulty content refused until its file changes.
     /// The listener's instance permits, made with its first connection's `max_instances`.
     fn permits(&self, config: &ServerConfig) -> &Arc<tokio::sync::Semaphore> {
         self.awake
             .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(config.max_instances())))
     }
 
+    /// One of `version`'s connections (the `place`-th it was given) faulted: past the
+    /// version's fault ratio, while it is still current, the previous version is made current
+    /// again and the faulty content refused until its file changes.
     fn faulted(&self, version: &Arc<Version>, place: usize) {
         let Some(watch) = version.watch else {
             return;

@@ -332,10 +332,10 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
     tokio::pin!(idle);
     // Hibernation: after `hibernate_after` without a byte or a message, between two calls
     // and with the output written. Like the idle timer, moved only when it fires.
-    let hibernate_after = config.hibernate_after();
-    let mut may_sleep = hibernate_after.is_some();
+    let mut may_sleep = config.hibernate_after().is_some();
+    let hibernate_after = config.hibernate_after().unwrap_or_default();
     let mut last_activity = last_input;
-    let hibernate = tokio::time::sleep_until(last_activity + hibernate_after.unwrap_or_default());
+    let hibernate = tokio::time::sleep_until(last_activity + hibernate_after);
     tokio::pin!(hibernate);
     let overflow = mailbox.overflow_signal();
     loop {
@@ -370,8 +370,7 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
                 continue;
             }
             () = &mut hibernate, if may_sleep && !guest.is_asleep() => {
-                let after = hibernate_after.unwrap_or_default();
-                let due = last_activity + after;
+                let due = last_activity + hibernate_after;
                 if Instant::now() < due {
                     hibernate.as_mut().reset(due);
                     continue;
@@ -392,9 +391,7 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
         };
         if may_sleep && guest.is_asleep() {
             // It sleeps until this input: its timer runs from the input on.
-            hibernate
-                .as_mut()
-                .reset(Instant::now() + hibernate_after.unwrap_or_default());
+            hibernate.as_mut().reset(Instant::now() + hibernate_after);
         }
         let event = match input {
             Ok(Input::Data(buffer)) if buffer.is_empty() => {
@@ -412,10 +409,8 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
             }
             Ok(Input::Message(message)) => {
                 last_activity = Instant::now();
-                match wake(guest, conn).await {
-                    Ok(Some(Next::Close)) => return Ending::GuestClosed,
-                    Ok(_) => {}
-                    Err(ending) => return ending,
+                if let Err(ending) = wake_for_a_call(guest, conn).await {
+                    return ending;
                 }
                 next = match handle_messages(guest, mailbox, message).await {
                     Ok(next) => next,
@@ -445,10 +440,8 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
             Ok(Input::MailboxClosed) => return Ending::MailboxFull,
             Err(error) => return Ending::io(Operation::Read, error),
         };
-        match wake(guest, conn).await {
-            Ok(Some(Next::Close)) => return Ending::GuestClosed,
-            Ok(_) => {}
-            Err(ending) => return ending,
+        if let Err(ending) = wake_for_a_call(guest, conn).await {
+            return ending;
         }
         next = match guest.handle(&event).await {
             Ok(next) => next,
@@ -474,6 +467,15 @@ async fn wake(guest: &mut impl ConnectionHandler, conn: Conn<'_>) -> Result<Opti
             export: Export::Resume,
             fault,
         }),
+    }
+}
+
+/// [`wake`] before an event is handed over: a `resume` that says `close` ends the connection
+/// before the event.
+async fn wake_for_a_call(guest: &mut impl ConnectionHandler, conn: Conn<'_>) -> Result<(), Ending> {
+    match wake(guest, conn).await? {
+        Some(Next::Close) => Err(Ending::GuestClosed),
+        _ => Ok(()),
     }
 }
 
