@@ -391,3 +391,80 @@ async fn a_quiet_room_wakes_nobody_on_joins() -> anyhow::Result<()> {
     ensure!(quiet.is_err(), "a leave was announced: {quiet:?}");
     server.shutdown().await
 }
+
+/// At shutdown a sleeper is woken for its `close` only until the deadline. Here the
+/// listener's only instance is held by a connection whose client reads nothing (its write
+/// waits), so the sleeper's wake waits for the instance until the deadline: it is closed
+/// without its `close`, and counted, as is the writer the deadline cuts short.
+#[tokio::test]
+async fn a_sleeper_the_shutdown_deadline_leaves_asleep_is_closed_and_counted() -> anyhow::Result<()>
+{
+    let config = ServerConfig::builder()
+        .name("greeter")
+        .max_connections(8)
+        .max_instances(1)
+        .hibernate_after(Duration::from_millis(50))
+        .output_buffer_limit(8_000_000)
+        .cpu_budget_per_call(Duration::from_secs(5))
+        .write_timeout(Duration::from_secs(60))
+        .call_timeout(Duration::from_secs(60))
+        .shutdown_timeout(Duration::from_millis(300))
+        .build()?;
+    let mut server = serve(plugin("greeter"), config).await?;
+    let (mut sleeper, _) = greeted(&server).await?;
+    all_asleep(&server, 1).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(64 << 10)?;
+    let mut writer = socket.connect(server.addr).await?;
+    writer.write_all(b"flood\n").await?;
+    let stats = std::sync::Arc::clone(&server.stats);
+    wait_for("the writer to hold the instance", || {
+        stats.live_instances() == 1 && stats.asleep() == 1
+    })
+    .await?;
+
+    let server_address = server.addr;
+    server.begin_shutdown();
+    let heard = support::read_to_end(sleeper.get_mut()).await?;
+    ensure!(heard.is_empty(), "the sleeper heard {heard:?}");
+    server.shutdown().await?;
+    ensure!(stats.ended(EndKind::ShutdownDeadline) == 2);
+    ensure!(stats.ended(EndKind::Shutdown) == 0);
+    ensure!(stats.asleep() == 0 && stats.asleep_bytes() == 0);
+    let address = server_address.to_string();
+    let said = support::log_lines_with(&[
+        " 2 connections closed at the shutdown deadline without their `close(shutdown)`",
+        &address,
+    ]);
+    ensure!(said.len() == 1, "{said:#?}");
+    drop(writer);
+    Ok(())
+}
+
+/// With no time at all to shut down (`shutdown_timeout = 0`), no sleeper is woken: each is
+/// closed at once, without its `close`, and counted.
+#[tokio::test]
+async fn with_no_shutdown_time_sleepers_close_unwoken() -> anyhow::Result<()> {
+    let config = ServerConfig::builder()
+        .name("greeter")
+        .max_connections(64)
+        .hibernate_after(Duration::from_millis(20))
+        .shutdown_timeout(Duration::ZERO)
+        .build()?;
+    let mut server = serve(plugin("greeter"), config).await?;
+    let mut sleepers = Vec::new();
+    for _ in 0..20 {
+        sleepers.push(greeted(&server).await?.0);
+    }
+    all_asleep(&server, 20).await?;
+    server.begin_shutdown();
+    for sleeper in &mut sleepers {
+        let heard = support::read_to_end(sleeper.get_mut()).await?;
+        ensure!(heard.is_empty(), "a sleeper heard {heard:?}");
+    }
+    let stats = std::sync::Arc::clone(&server.stats);
+    server.shutdown().await?;
+    ensure!(stats.ended(EndKind::ShutdownDeadline) == 20);
+    ensure!(stats.live_instances() == 0 && stats.asleep() == 0);
+    Ok(())
+}

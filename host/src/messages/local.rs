@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use tokio_util::sync::CancellationToken;
 
 use crate::messages::types::{
     MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
@@ -70,8 +69,9 @@ struct Inbox {
     queue: Mutex<Queue>,
     /// The receiving task, woken by any change it must see: a message, or the close.
     receiver: AtomicWaker,
-    /// Cancelled when the mailbox overflows, to interrupt a receiver blocked on its client.
-    overflow: CancellationToken,
+    /// Set when the mailbox overflows, to interrupt a receiver blocked on its client (woken
+    /// through `receiver`).
+    overflowed: AtomicBool,
     /// How many congested mailboxes this connection, as a sender, waits on before it reads its
     /// client again: its flow control.
     held_back: AtomicUsize,
@@ -309,7 +309,7 @@ impl Mailboxes {
         let inbox = Arc::new(Inbox {
             queue: Mutex::new(Queue::new(closed, self.inner.water)),
             receiver: AtomicWaker::new(),
-            overflow: CancellationToken::new(),
+            overflowed: AtomicBool::new(false),
             held_back: AtomicUsize::new(0),
             unheld: AtomicWaker::new(),
             room: tokio::sync::Notify::new(),
@@ -615,9 +615,9 @@ impl Mailboxes {
     fn overflow(&self, inbox: &Inbox) -> MessageError {
         if !self.inner.closed.load(Ordering::Acquire) {
             inbox.queue().closed = true;
+            inbox.overflowed.store(true, Ordering::Release);
             inbox.receiver.wake();
             inbox.room.notify_waiters();
-            inbox.overflow.cancel();
             self.inner.refused.fetch_add(1, Ordering::Relaxed);
         }
         MessageError::MailboxFull
@@ -740,10 +740,25 @@ impl Mailbox {
         })
     }
 
-    /// Cancelled once the mailbox overflowed: a receiver blocked writing to a client that does
-    /// not read waits on it too, so that it ends at once rather than at its write timeout.
-    pub(crate) fn overflow_signal(&self) -> CancellationToken {
-        self.inbox.overflow.clone()
+    /// Resolves once the mailbox has overflowed: a receiver blocked writing to a client that
+    /// does not read waits on it too, so that it ends at once rather than at its write
+    /// timeout.
+    pub(crate) async fn overflowed(&self) {
+        std::future::poll_fn(|cx| {
+            // Registered before looking, as in `poll_recv`: an overflow after the look wakes it.
+            self.inbox.receiver.register(cx.waker());
+            if self.is_overflowed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// Whether the mailbox has overflowed.
+    pub(crate) fn is_overflowed(&self) -> bool {
+        self.inbox.overflowed.load(Ordering::Acquire)
     }
 
     /// Leave the registry now: later sends to this connection fail with `NoSuchConnection`.
@@ -835,7 +850,7 @@ mod tests {
             assert_eq!(next, Some(Bytes::from(expected)));
         }
         assert_eq!(mailboxes.refused(), 0);
-        assert!(!inbox.overflow_signal().is_cancelled());
+        assert!(!inbox.is_overflowed());
     }
 
     #[tokio::test]
@@ -854,8 +869,8 @@ mod tests {
             .send_waiting(2, 1, Bytes::from("2"), &waits[1])
             .await;
         assert_eq!(two_to_one, Err(MessageError::MailboxFull));
-        assert!(one.overflow_signal().is_cancelled());
-        assert!(!two.overflow_signal().is_cancelled());
+        assert!(one.is_overflowed());
+        assert!(!two.is_overflowed());
     }
 
     #[tokio::test]
@@ -905,7 +920,7 @@ mod tests {
             inbox.recv().await.map(|m| m.payload),
             Some(Bytes::from("b"))
         );
-        assert!(inbox.overflow_signal().is_cancelled());
+        assert!(inbox.is_overflowed());
         assert!(inbox.recv().await.is_none(), "closed after what it held");
         let later = mailboxes.send(1, 2, Bytes::from_static(b"d"));
         assert_eq!(later, Err(MessageError::MailboxFull));
@@ -966,7 +981,7 @@ mod tests {
         // Messages sent during shutdown are refused, but nobody is marked overflowed.
         let refused = mailboxes.send(2, 3, Bytes::from_static(b"bye"));
         assert_eq!(refused, Err(MessageError::MailboxFull));
-        assert!(!after.overflow_signal().is_cancelled());
+        assert!(!after.is_overflowed());
         assert_eq!(mailboxes.refused(), 0);
     }
 

@@ -101,7 +101,8 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                             if !ended.load(Ordering::Acquire) {
                                 ctx.stats.count_ended(EndKind::ShutdownDeadline);
                             }
-                            tracing::warn!("connection dropped at the shutdown deadline");
+                            // The listener counts them in one line.
+                            tracing::debug!("connection dropped at the shutdown deadline");
                         }
                         () = connection::run(&ctx, socket, Ok(peer), &ended) => {}
                     }

@@ -4,8 +4,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ use crate::messages::types::{MailboxLimits, Message};
 use crate::observe::stats::Stats;
 use crate::server::ending::{Ending, Export, Operation};
 use crate::server::hooks::{ConnectionHandle, Hooks};
-use crate::server::io::{flush, linger_close, read_lent};
+use crate::server::io::{flush, linger_close, read_lent, write_now, write_rest};
+use crate::server::quiet::{Due, Quiet};
 use crate::server::read_buffers;
 use crate::server::transport::Transport;
 use crate::wasm::bindings::plugin::types::{ConnInfo, Envelope, Event, Next};
@@ -52,6 +53,9 @@ pub(crate) struct ConnectionContext<F> {
     /// connection's local address, formatted once. `None` for a wildcard listener, whose
     /// connections' local addresses differ (read per connection).
     pub(crate) local: Option<String>,
+    /// When the server stops waiting for its connections, once it shuts down: a hibernating
+    /// connection is woken for its `close(shutdown)` only until then.
+    pub(crate) shutdown_deadline: OnceLock<Instant>,
 }
 
 /// What a [`ConnectionContext`] keeps of its listener's address `bound`: the text every
@@ -78,7 +82,9 @@ pub(crate) async fn run<F: HandlerFactory, T: Transport>(
     // per connection with the fmt subscriber), for lines that are rarely written. The lines
     // logged at `info` and above carry the connection's fields themselves (`log_conn!`).
     let span = tracing::debug_span!("conn", id, %peer, plugin = ctx.factory.name());
-    serve(ctx, stream, id, peer, ended).instrument(span).await;
+    if let Some(mut unserved) = serve(ctx, stream, id, peer, ended).instrument(span).await {
+        linger_close(&mut unserved).await;
+    }
 }
 
 /// Serve one connection over any [`Transport`] to the end, with a handler from `factory`,
@@ -99,6 +105,7 @@ pub async fn serve_stream<F: HandlerFactory, T: Transport>(
         hooks: Hooks::default(),
         shutdown: CancellationToken::new(),
         local: fixed_local_address(stream.local_addr()),
+        shutdown_deadline: OnceLock::new(),
     };
     let peer = stream.peer_addr();
     run(&ctx, stream, peer, &AtomicBool::new(false)).await;
@@ -132,13 +139,15 @@ fn address(addr: io::Result<SocketAddr>) -> String {
     addr.map_or_else(|_| "unknown".to_string(), |a| a.to_string())
 }
 
+/// Serve the connection to its end; the stream back if no handler could be made for it, to
+/// be closed.
 async fn serve<F: HandlerFactory, T: Transport>(
     ctx: &ConnectionContext<F>,
     mut stream: T,
     id: u64,
     peer: String,
     ended: &AtomicBool,
-) {
+) -> Option<T> {
     let settings = ctx.config.load_full();
     let config = &*settings;
     let info = ConnInfo {
@@ -167,14 +176,16 @@ async fn serve<F: HandlerFactory, T: Transport>(
         cpu_group: &ctx.cpu_group,
     };
     // Instantiation, `init` and `close` are the largest futures of a connection (wasmtime's
-    // call machinery: ~1.4 KiB, 0.8, 0.8); awaited in place they would size every
+    // call machinery: ~1.5 KiB, 1.0, 1.0); awaited in place they would size every
     // connection's task for its whole life, idle or not. Boxed, they cost a short-lived
-    // allocation each instead.
+    // allocation each instead. So do the calls of the event loop and the ending.
     let mut guest = match Box::pin(ctx.factory.create(new.clone())).await {
         Ok(guest) => guest,
         Err(error) => {
             record(ctx, who, &Ending::NoInstance(error), Duration::ZERO, ended);
-            return linger_close(&mut stream).await;
+            // Closed by the caller: awaited here, the close would keep a handler's room in
+            // this future (the match's value lives on in it).
+            return Some(stream);
         }
     };
     who.version = guest.version();
@@ -184,7 +195,8 @@ async fn serve<F: HandlerFactory, T: Transport>(
         new: &new,
         info: &info,
     };
-    let mut ending = match Box::pin(guest.init(&info)).await {
+    let opened = Box::pin(guest.init(&info)).await;
+    let ending = match opened {
         Ok(Ok(next)) => {
             handle = (hooks.on_open.is_some() || hooks.on_close.is_some()).then(|| {
                 ConnectionHandle::new(id, Arc::from(info.peer.as_str()), ctx.mailboxes.clone())
@@ -200,11 +212,57 @@ async fn serve<F: HandlerFactory, T: Transport>(
             fault,
         },
     };
-    // A hibernating connection is woken to hear its `close` (an idle timeout, a shutdown).
-    if ending.close_reason().is_some()
-        && let Err(unwoken) = wake(&mut guest, conn).await
-    {
-        ending = unwoken;
+    let end = End {
+        ending,
+        who,
+        handle,
+        ended,
+    };
+    Box::pin(finish(ctx, conn, guest, stream, mailbox, end)).await;
+    None
+}
+
+/// How a connection's serving ended, for [`finish`].
+struct End<'a> {
+    ending: Ending,
+    who: Who<'a>,
+    /// The handle its hooks were given, if the listener has hooks.
+    handle: Option<ConnectionHandle>,
+    ended: &'a AtomicBool,
+}
+
+/// The end of a connection: woken if it hibernates and is to hear its `close`, counted,
+/// `close`d, its last output written and its socket closed.
+async fn finish<F: HandlerFactory, T: Transport>(
+    ctx: &ConnectionContext<F>,
+    conn: Conn<'_>,
+    mut guest: F::Handler,
+    mut stream: T,
+    mailbox: Mailbox,
+    end: End<'_>,
+) {
+    let End {
+        mut ending,
+        mut who,
+        handle,
+        ended,
+    } = end;
+    // A hibernating connection is woken to hear its `close` (an idle timeout, a shutdown):
+    // at shutdown, only until the deadline.
+    if ending.close_reason().is_some() && guest.is_asleep() {
+        let deadline = matches!(ending, Ending::Shutdown)
+            .then(|| ctx.shutdown_deadline.get().copied())
+            .flatten();
+        let woken = match deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(Ending::ShutdownDeadline),
+            Some(deadline) => tokio::time::timeout_at(deadline, wake(&mut guest, conn))
+                .await
+                .unwrap_or(Err(Ending::ShutdownDeadline)),
+            None => wake(&mut guest, conn).await,
+        };
+        if let Err(unwoken) = woken {
+            ending = unwoken;
+        }
     }
     // Gone from the registry before `close`: messages sent to it from now on (the others'
     // replies to its leave notice, say) get `no-such-connection` instead of being lost.
@@ -216,13 +274,15 @@ async fn serve<F: HandlerFactory, T: Transport>(
         Some(reason) => Some(Box::pin(guest.close(&reason)).await),
         None => None,
     };
+    let hooks = &ctx.hooks;
     if let (Some(on_close), Some(handle)) = (&hooks.on_close, &handle) {
         on_close(handle);
     }
     match closed {
         // The client may be gone already; there is nobody left to tell about a failed write.
         Some(Ok(())) => {
-            let _ = flush(&mut guest, &mut stream, config.write_timeout()).await;
+            let write_timeout = conn.new.config.write_timeout();
+            let _ = flush(&mut guest, &mut stream, write_timeout).await;
         }
         // After a fault the guest's output is dropped; the socket still closes politely.
         Some(Err(fault)) => {
@@ -325,26 +385,27 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
         fault,
     };
     // Idle means no byte from the client: messages from others do not keep a silent client.
-    // One timer for the whole connection, moved only when it fires: re-arming it at every
-    // read would register and deregister a timer per round trip.
-    let mut last_input = Instant::now();
-    let idle = tokio::time::sleep_until(last_input + config.idle_timeout());
-    tokio::pin!(idle);
     // Hibernation: after `hibernate_after` without a byte or a message, between two calls
-    // and with the output written. Like the idle timer, moved only when it fires.
-    let mut may_sleep = config.hibernate_after().is_some();
-    let hibernate_after = config.hibernate_after().unwrap_or_default();
-    let mut last_activity = last_input;
-    let hibernate = tokio::time::sleep_until(last_activity + hibernate_after);
-    tokio::pin!(hibernate);
-    let overflow = mailbox.overflow_signal();
+    // and with the output written. One timer for both, moved only when it fires: re-arming
+    // it at every read would register and deregister a timer per round trip.
+    let mut quiet = Quiet::new(
+        Instant::now(),
+        config.idle_timeout(),
+        config.hibernate_after(),
+    );
+    let timer = tokio::time::sleep_until(quiet.next_deadline(false));
+    tokio::pin!(timer);
     loop {
         // The overflow branch is polled only while the write is pending: a client that does
         // not read cannot keep an overflowed connection alive until its write timeout.
-        let flushed = tokio::select! {
-            biased;
-            flushed = flush(guest, stream, config.write_timeout()) => flushed,
-            () = overflow.cancelled() => Err(Ending::MailboxFull),
+        let flushed = match write_now(guest, stream) {
+            Ok(None) => Ok(()),
+            Ok(Some(sent)) => tokio::select! {
+                biased;
+                written = Box::pin(write_rest(guest, stream, sent, config.write_timeout())) => written,
+                () = mailbox.overflowed() => Err(Ending::MailboxFull),
+            },
+            Err(ending) => Err(ending),
         };
         if let Err(ending) = flushed {
             // A write cut short leaves the stream mid-output: `close` may not add to it.
@@ -356,63 +417,56 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
         }
         let input = tokio::select! {
             biased;
-            () = &mut idle => {
+            () = &mut timer => {
+                let now = Instant::now();
                 if mailbox.is_paused() {
                     // Not reading its client is the server's doing, not the client's silence.
-                    last_input = Instant::now();
+                    quiet.reading_resumed(now);
                 }
-                let deadline = last_input + config.idle_timeout();
-                if Instant::now() >= deadline {
-                    return Ending::Idle;
+                match quiet.due(now, guest.is_asleep()) {
+                    Due::Idle => return Ending::Idle,
+                    Due::Hibernate => match Box::pin(guest.hibernate()).await {
+                        SleepOutcome::Asleep => {}
+                        SleepOutcome::Cannot(_) => quiet.never_hibernate(),
+                        SleepOutcome::Faulted(fault) => {
+                            return Ending::Fault {
+                                export: Export::Snapshot,
+                                fault,
+                            };
+                        }
+                    },
+                    // The client or a message spoke since the timer was set.
+                    Due::Nothing => {}
                 }
-                // The client spoke since the timer was set: wait for the rest of its time.
-                idle.as_mut().reset(deadline);
-                continue;
-            }
-            () = &mut hibernate, if may_sleep && !guest.is_asleep() => {
-                let due = last_activity + hibernate_after;
-                if Instant::now() < due {
-                    hibernate.as_mut().reset(due);
-                    continue;
-                }
-                match Box::pin(guest.hibernate()).await {
-                    SleepOutcome::Asleep => {}
-                    SleepOutcome::Cannot(_) => may_sleep = false,
-                    SleepOutcome::Faulted(fault) => {
-                        return Ending::Fault {
-                            export: Export::Snapshot,
-                            fault,
-                        };
-                    }
-                }
+                timer.as_mut().reset(quiet.next_deadline(guest.is_asleep()));
                 continue;
             }
             input = next_input(stream, mailbox, config.read_buffer_size()) => input,
         };
-        if may_sleep && guest.is_asleep() {
-            // It sleeps until this input: its timer runs from the input on.
-            hibernate.as_mut().reset(Instant::now() + hibernate_after);
-        }
+        // A sleeper's timer waits for the idle timeout only; this input may wake it.
+        let was_asleep = guest.is_asleep();
         let event = match input {
             Ok(Input::Data(buffer)) if buffer.is_empty() => {
                 read_buffers::give_back(buffer);
                 return Ending::ClientClosed;
             }
             Ok(Input::Data(buffer)) => {
-                last_input = Instant::now();
-                last_activity = last_input;
+                quiet.input(Instant::now());
                 Event::Data(buffer)
             }
             Ok(Input::Drained) => {
-                last_input = Instant::now();
+                quiet.reading_resumed(Instant::now());
                 continue;
             }
             Ok(Input::Message(message)) => {
-                last_activity = Instant::now();
+                quiet.message(Instant::now());
                 if let Err(ending) = wake_for_a_call(guest, conn).await {
                     return ending;
                 }
-                next = match handle_messages(guest, mailbox, message).await {
+                if was_asleep {
+                    timer.as_mut().reset(quiet.next_deadline(false));
+                }
+                next = match Box::pin(handle_messages(guest, mailbox, message)).await {
                     Ok(next) => next,
                     Err(fault) => return handle_fault(fault),
                 };
@@ -443,7 +497,10 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
         if let Err(ending) = wake_for_a_call(guest, conn).await {
             return ending;
         }
-        next = match guest.handle(&event).await {
+        if was_asleep {
+            timer.as_mut().reset(quiet.next_deadline(false));
+        }
+        next = match Box::pin(guest.handle(&event)).await {
             Ok(next) => next,
             Err(fault) => return handle_fault(fault),
         };
@@ -609,6 +666,7 @@ mod tests {
             hooks: Hooks::default(),
             shutdown: CancellationToken::new(),
             local: None,
+            shutdown_deadline: OnceLock::new(),
         });
         let (mut client, server) = tokio::io::duplex(64 << 10);
         let serving = Arc::clone(&ctx);
@@ -658,5 +716,34 @@ mod tests {
         assert_eq!(fixed_local_address(bound("0.0.0.0:8080")), None);
         assert_eq!(fixed_local_address(bound("[::]:8080")), None);
         assert_eq!(fixed_local_address(Err(io::Error::other("gone"))), None);
+    }
+
+    /// The size of a future that `make` returns, without making one.
+    fn size_of_output<A, R>(_make: impl FnOnce(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A connection's task is allocated at its largest state for its whole life, idle or
+    /// asleep: the guest calls, instantiation, the ending and a blocked write are boxed when
+    /// they happen instead of reserving their room (~1 KiB each) in every connection.
+    /// BENCHMARKS.md's ~3.8 KiB per sleeping chat member counts on this.
+    #[test]
+    fn a_connections_task_stays_small() {
+        type Context = ConnectionContext<crate::versions::Versions>;
+        let size = size_of_output(
+            |(ctx, stream, ended): (
+                &'static Context,
+                tokio::net::TcpStream,
+                &'static AtomicBool,
+            )| {
+                run(
+                    ctx,
+                    stream,
+                    Ok(SocketAddr::from(([127, 0, 0, 1], 1))),
+                    ended,
+                )
+            },
+        );
+        assert!(size <= 1536, "a connection's future is {size} bytes");
     }
 }

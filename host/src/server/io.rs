@@ -48,10 +48,24 @@ pub(crate) async fn flush<T: Transport>(
     stream: &mut T,
     timeout: Duration,
 ) -> Result<(), Ending> {
-    if guest.output().is_empty() {
-        return Ok(());
+    match write_now(guest, stream)? {
+        None => Ok(()),
+        // The rest waits for the client, in a future of its own: the write timeout's timer
+        // would otherwise be part of every connection's task, idle or not.
+        Some(sent) => Box::pin(write_rest(guest, stream, sent, timeout)).await,
     }
-    // Most output fits the socket buffer at once: try that before arming the write timeout.
+}
+
+/// Write what of the guest's output fits the socket now, without waiting: `None` when that
+/// was all of it (most output is), else how many bytes were written, the rest to be written
+/// by [`write_rest`].
+pub(crate) fn write_now<T: Transport>(
+    guest: &mut impl ConnectionHandler,
+    stream: &mut T,
+) -> Result<Option<usize>, Ending> {
+    if guest.output().is_empty() {
+        return Ok(None);
+    }
     let sent = match stream.try_write(guest.output()) {
         Ok(sent) => sent,
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
@@ -62,8 +76,19 @@ pub(crate) async fn flush<T: Transport>(
     };
     if sent == guest.output().len() {
         guest.clear_output();
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some(sent))
+}
+
+/// Write the guest's output past its first `sent` bytes, waiting at most `timeout` for the
+/// client to take it.
+pub(crate) async fn write_rest<T: Transport>(
+    guest: &mut impl ConnectionHandler,
+    stream: &mut T,
+    sent: usize,
+    timeout: Duration,
+) -> Result<(), Ending> {
     let rest = &guest.output()[sent..];
     let written = tokio::time::timeout(timeout, async {
         stream.write_all(rest).await?;

@@ -15,7 +15,7 @@ use crate::error::ServeError;
 use crate::handler::HandlerFactory;
 use crate::messages::local::Mailboxes;
 use crate::messages::types::MailboxLimits;
-use crate::observe::stats::Stats;
+use crate::observe::stats::{EndKind, Stats};
 use crate::server::acceptor::{self, AcceptorPool};
 use crate::server::connection::{self, ConnectionContext};
 use crate::server::hooks::{ConnectionHandle, Hooks};
@@ -164,6 +164,7 @@ impl<F: HandlerFactory> Server<F> {
             hooks: self.hooks,
             shutdown: CancellationToken::new(),
             local: connection::fixed_local_address(Ok(local)),
+            shutdown_deadline: std::sync::OnceLock::new(),
         });
         let connections = TaskTracker::new();
         let hard_stop = CancellationToken::new();
@@ -196,6 +197,9 @@ impl<F: HandlerFactory> Server<F> {
         };
         shutdown.await;
         tracing::info!(%local, live = ctx.stats.live_connections(), "shutting down");
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        let _ = ctx.shutdown_deadline.set(deadline);
+        let cut_before = ctx.stats.ended(EndKind::ShutdownDeadline);
         stop.now();
         if let Err(error) = supervisor.await {
             tracing::error!("acceptor supervisor failed: {error}");
@@ -205,7 +209,7 @@ impl<F: HandlerFactory> Server<F> {
         drop(pool);
 
         connections.close();
-        if tokio::time::timeout(shutdown_timeout, connections.wait())
+        if tokio::time::timeout_at(deadline, connections.wait())
             .await
             .is_err()
         {
@@ -215,6 +219,13 @@ impl<F: HandlerFactory> Server<F> {
             );
             hard_stop.cancel();
             connections.wait().await;
+        }
+        let cut = ctx.stats.ended(EndKind::ShutdownDeadline) - cut_before;
+        if cut > 0 {
+            tracing::warn!(
+                %local,
+                "{cut} connections closed at the shutdown deadline without their `close(shutdown)`"
+            );
         }
         tracing::info!(%local, "stopped");
         Ok(())

@@ -7,6 +7,7 @@ pub(crate) mod ending;
 pub(crate) mod hooks;
 pub(crate) mod io;
 pub(crate) mod listener;
+pub(crate) mod quiet;
 pub(crate) mod read_buffers;
 pub(crate) mod tcp;
 pub(crate) mod transport;
