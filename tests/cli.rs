@@ -413,3 +413,57 @@ async fn check_and_serve_refuse_a_fifo_and_a_huge_file_at_once() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// `--max-instances` and `--hibernate-after` on the one-listener form: three clients on one
+/// instance, each greeted in turn as the one before falls asleep, each woken by its line and
+/// at SIGTERM for its `close(shutdown)`; the startup line says both limits.
+#[tokio::test]
+async fn serve_hibernates_with_more_connections_than_instances() -> anyhow::Result<()> {
+    let greeter = plugin_path("greeter");
+    let args = [
+        "--no-cache",
+        "--max-instances",
+        "1",
+        "--hibernate-after",
+        "50ms",
+        greeter.to_str().context("utf-8 path")?,
+    ];
+    let (mut child, addr) = start_serve(&args, Stdio::piped()).await?;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = BufReader::new(TcpStream::connect(addr).await?);
+        let greeting = read_line(&mut client).await?;
+        let id = greeting
+            .strip_prefix("hello ")
+            .and_then(|rest| rest.split(' ').next())
+            .with_context(|| format!("not a greeting: {greeting:?}"))?
+            .to_string();
+        clients.push((client, id));
+    }
+    for (client, id) in &mut clients {
+        client.get_mut().write_all(b"awake?\n").await?;
+        assert_eq!(read_line(client).await?, format!("moved {id}"));
+        assert_eq!(read_line(client).await?, format!("{id}: awake?"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    assert!(terminate(&mut child).await?.success());
+    for (client, id) in &mut clients {
+        assert_eq!(read_line(client).await?, format!("moved {id}"));
+        assert_eq!(read_line(client).await?, "bye (shutdown)");
+    }
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).await?;
+    assert!(log.contains("instances=1"), "{log}");
+    assert!(log.contains("hibernate_after=Some(50ms)"), "{log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn hibernation_flags_do_not_mix_with_a_config_file() -> anyhow::Result<()> {
+    let output = shoal(&["serve", "--config", "shoal.toml", "--hibernate-after", "1s"]).await?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    Ok(())
+}

@@ -468,3 +468,38 @@ async fn with_no_shutdown_time_sleepers_close_unwoken() -> anyhow::Result<()> {
     ensure!(stats.live_instances() == 0 && stats.asleep() == 0);
     Ok(())
 }
+
+/// A state larger than `hibernate_state_limit` keeps its connection awake (counted, and
+/// said once); once the state is small again, the connection sleeps after another quiet
+/// spell. Here the chat's state is a member's half-typed line.
+#[tokio::test]
+async fn a_state_over_the_limit_keeps_its_connection_awake() -> anyhow::Result<()> {
+    let config = ServerConfig::builder()
+        .name("chat")
+        .max_connections(8)
+        .hibernate_after(Duration::from_millis(30))
+        .hibernate_state_limit(100)
+        .build()?;
+    let server = serve(plugin("chat"), config).await?;
+    let (mut member, id) = join_chat(&server).await?;
+    all_asleep(&server, 1).await?;
+    let long = "x".repeat(300);
+    say(&mut member, &long).await?;
+    let stats = std::sync::Arc::clone(&server.stats);
+    wait_for("the member to be kept awake twice", || {
+        stats.kept_awake() >= 2
+    })
+    .await?;
+    ensure!(stats.asleep() == 0 && stats.live_instances() == 1);
+    let said = support::log_lines_with(&["a connection stays awake", "hibernate_state_limit"]);
+    ensure!(said.len() == 1, "{said:#?}");
+
+    // The line ends: nothing half-typed is left, and the member sleeps again.
+    say(&mut member, "\n").await?;
+    all_asleep(&server, 1).await?;
+    ensure!(stats.asleep_bytes() <= 100);
+    say(&mut member, "/who\n").await?;
+    ensure!(read_line(&mut member).await? == format!("* {id} {id} (you)"));
+    ensure!(stats.faults() == 0);
+    server.shutdown().await
+}

@@ -81,8 +81,10 @@ pub trait ConnectionHandler: Send + 'static {
 
     /// Put the connection to sleep between two calls, its output written (see
     /// [`ServerConfig::hibernate_after`](crate::ServerConfig::hibernate_after)): keep its
-    /// state (`handoff.snapshot`) and give its instance back. By default a handler cannot.
-    fn hibernate(&mut self) -> impl Future<Output = SleepOutcome> + Send {
+    /// state (`handoff.snapshot`, up to `conn.config`'s `hibernate_state_limit`) and give
+    /// its instance back. By default a handler cannot.
+    fn hibernate(&mut self, conn: &NewConnection<'_>) -> impl Future<Output = SleepOutcome> + Send {
+        let _ = conn;
         async { SleepOutcome::Cannot("its handler cannot hibernate".to_string()) }
     }
 
@@ -113,6 +115,9 @@ pub enum SleepOutcome {
     /// It cannot (its plugin does not export `handoff`, say): it never will, the text says
     /// why.
     Cannot(String),
+    /// Not this time: its state is larger than the listener's `hibernate_state_limit` (the
+    /// text says by how much). It stays awake, and may sleep after another quiet spell.
+    KeptAwake(String),
     /// The handler faulted giving its state up (`snapshot`): the connection must end.
     Faulted(GuestFault),
 }

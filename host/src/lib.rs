@@ -118,6 +118,7 @@ pub mod tcp {
 pub use config::file::ConfigFileError;
 pub use config::listener::{HandoffPolicy, ServerConfig, ServerConfigBuilder, bounds};
 pub use config::spec::{ListenerSpec, NodeSpec, PluginSource};
+pub use config::units::parse_duration;
 pub use error::{
     ConfigError, GuestFault, InstantiateError, NodeError, PluginError, RuntimeError, ServeError,
     SwapError,

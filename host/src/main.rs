@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -35,7 +36,7 @@ enum Command {
     Serve {
         /// A config file (shoal.toml) with one or more listeners, each with its own plugin,
         /// limits and capabilities; see shoal.example.toml.
-        #[arg(long, conflicts_with_all = ["plugin", "native_echo"])]
+        #[arg(long, conflicts_with_all = ["plugin", "native_echo", "max_instances", "hibernate_after"])]
         config: Option<PathBuf>,
         /// Address to listen on; port 0 picks a free port (the bound address is printed).
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -47,6 +48,15 @@ enum Command {
         /// instance pool is sized to match, up to 16,384.
         #[arg(long, default_value_t = ServerConfig::default().max_connections())]
         max_connections: usize,
+        /// Most connections awake at once, each with its instance; the others must
+        /// hibernate (see --hibernate-after) [default: max-connections].
+        #[arg(long)]
+        max_instances: Option<usize>,
+        /// Hibernate a connection idle this long (no byte, no message), such as "30s", if its
+        /// plugin exports `handoff`: its state is kept and its instance given back until the
+        /// next byte or message [default: never].
+        #[arg(long, value_name = "DURATION", value_parser = shoal_host::parse_duration)]
+        hibernate_after: Option<Duration>,
         /// The plugin component (.wasm); without one, the bundled echo plugin.
         #[arg(conflicts_with = "native_echo")]
         plugin: Option<PathBuf>,
@@ -115,6 +125,8 @@ fn main() -> ExitCode {
             listen,
             pool_size,
             max_connections,
+            max_instances,
+            hibernate_after,
             plugin,
             native_echo,
             cache,
@@ -124,6 +136,8 @@ fn main() -> ExitCode {
                 listen,
                 pool_size,
                 max_connections,
+                max_instances,
+                hibernate_after,
                 plugin,
                 native_echo,
             };
@@ -145,6 +159,8 @@ struct OneListener {
     listen: SocketAddr,
     pool_size: usize,
     max_connections: usize,
+    max_instances: Option<usize>,
+    hibernate_after: Option<Duration>,
     plugin: Option<PathBuf>,
     native_echo: bool,
 }
@@ -154,10 +170,16 @@ struct OneListener {
 struct Watch(bool);
 
 fn serve_one(one: OneListener, cache: CacheArgs, watch: Watch) -> anyhow::Result<()> {
-    let config = ServerConfig::builder()
+    let mut config = ServerConfig::builder()
         .pool_size(one.pool_size)
-        .max_connections(one.max_connections)
-        .build()?;
+        .max_connections(one.max_connections);
+    if let Some(instances) = one.max_instances {
+        config = config.max_instances(instances);
+    }
+    if let Some(after) = one.hibernate_after {
+        config = config.hibernate_after(after);
+    }
+    let config = config.build()?;
     let node = if one.native_echo {
         let mut node = Node::new(RuntimeConfig::default());
         node.add(one.listen, Server::new(shoal_host::native::Echo, config))?;

@@ -7,7 +7,7 @@
 //! connection holds its version until it ends; a version no connection holds and that is no
 //! longer current is dropped, and its compiled code with it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -71,6 +71,8 @@ struct Shared {
     /// first connection's settings): an awake connection holds one, a hibernating one none,
     /// and a waking one waits for one in turn.
     awake: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+    /// A connection stayed awake for its state's size: said once at `warn`.
+    warned_kept_awake: AtomicBool,
 }
 
 struct Version {
@@ -138,6 +140,7 @@ impl Versions {
                 rolled_back: Mutex::new(None),
                 listener: std::sync::OnceLock::new(),
                 awake: std::sync::OnceLock::new(),
+                warned_kept_awake: AtomicBool::new(false),
             }),
         }
     }
@@ -578,7 +581,7 @@ impl VersionedInstance {
 
     /// Hibernate: keep the instance's `snapshot`, drop the instance (its pool slot comes
     /// free) and leave the version, whose drain then need not wait for this connection.
-    async fn sleep(&mut self) -> SleepOutcome {
+    async fn sleep(&mut self, conn: &NewConnection<'_>) -> SleepOutcome {
         let Some(instance) = self.instance.as_mut() else {
             return SleepOutcome::Asleep;
         };
@@ -588,7 +591,27 @@ impl VersionedInstance {
                 self.version.number
             ));
         }
+        let limit = conn.config.hibernate_state_limit();
         match instance.snapshot().await {
+            Ok(Some(state)) if state.len() > limit => {
+                self.stats.count_kept_awake();
+                let why = format!(
+                    "its state of {} bytes is larger than hibernate_state_limit ({limit} bytes)",
+                    state.len()
+                );
+                // Once per listener at `warn`: a plugin whose states are all too large would
+                // otherwise log a line per connection per quiet spell.
+                if !self.shared.warned_kept_awake.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        conn = self.conn_id,
+                        plugin = self.shared.name,
+                        "a connection stays awake: {why} (further ones at debug)"
+                    );
+                } else {
+                    tracing::debug!(conn = self.conn_id, "stays awake: {why}");
+                }
+                SleepOutcome::KeptAwake(why)
+            }
             Ok(Some(state)) => {
                 self.cpu_before += instance.cpu_time();
                 self.stats.count_asleep(state.len());
@@ -796,8 +819,8 @@ impl ConnectionHandler for VersionedInstance {
         self.move_to_current(conn, info).await
     }
 
-    async fn hibernate(&mut self) -> SleepOutcome {
-        self.sleep().await
+    async fn hibernate(&mut self, conn: &NewConnection<'_>) -> SleepOutcome {
+        self.sleep(conn).await
     }
 
     fn is_asleep(&self) -> bool {

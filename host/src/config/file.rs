@@ -90,6 +90,7 @@ struct ListenerEntry {
     drain_timeout: Option<DurationText>,
     handoff: Option<HandoffPolicy>,
     hibernate_after: Option<DurationText>,
+    hibernate_state_limit: Option<ByteSize>,
     #[serde(default)]
     capabilities: CapabilitiesEntry,
 }
@@ -306,6 +307,9 @@ impl ListenerEntry {
         if let Some(value) = self.hibernate_after {
             builder = builder.hibernate_after(value.0);
         }
+        if let Some(value) = self.hibernate_state_limit {
+            builder = builder.hibernate_state_limit(value.0);
+        }
         if self.rollback_window.is_some() || self.rollback_fault_ratio.is_some() {
             let defaults = ServerConfig::default();
             builder = builder.rollback(
@@ -418,12 +422,14 @@ mod tests {
     fn hibernation_settings_are_read() -> Result<(), ConfigFileError> {
         let text = TWO.replace(
             "cpu_share = 3",
-            "cpu_share = 3\nmax_instances = 10\nhibernate_after = \"30s\"",
+            "cpu_share = 3\nmax_instances = 10\nhibernate_after = \"30s\"\n\
+             hibernate_state_limit = \"4KiB\"",
         );
         let specs = check(&text)?;
         let chat = &specs[1].config;
         assert_eq!(chat.max_instances(), 10);
         assert_eq!(chat.hibernate_after(), Some(Duration::from_secs(30)));
+        assert_eq!(chat.hibernate_state_limit(), 4096);
         assert_eq!(specs[0].config.hibernate_after(), None);
         Ok(())
     }

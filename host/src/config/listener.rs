@@ -33,6 +33,8 @@ pub mod bounds {
     /// `shutdown_timeout`: 0 drops open connections at once.
     pub const SHUTDOWN_TIMEOUT: RangeInclusive<Duration> =
         Duration::ZERO..=Duration::from_secs(3600);
+    /// `hibernate_state_limit`: up to the largest linear memory (0: only empty states).
+    pub const HIBERNATE_STATE_LIMIT: RangeInclusive<usize> = 0..=4 << 30;
     /// Bytes a guest may queue per call.
     pub const OUTPUT_BUFFER_LIMIT: RangeInclusive<usize> = 1 << 10..=256 << 20;
     /// Bytes read for one `handle` call (each read lends a buffer this large).
@@ -114,6 +116,7 @@ pub struct ServerConfig {
     drain_timeout: Option<Duration>,
     handoff: HandoffPolicy,
     hibernate_after: Option<Duration>,
+    hibernate_state_limit: usize,
 }
 
 /// When the connections of a replaced plugin version move to the new version with their
@@ -272,6 +275,16 @@ impl ServerConfig {
         self.hibernate_after
     }
 
+    /// Largest state a hibernating connection may keep, in bytes (default 64 KiB): a
+    /// connection whose `snapshot` is larger stays awake (and tries again after another
+    /// `hibernate_after`). What sleepers keep is counted in
+    /// [`Stats::asleep_bytes`](crate::Stats::asleep_bytes); this bounds it by
+    /// `max_connections` times the limit.
+    #[must_use]
+    pub fn hibernate_state_limit(&self) -> usize {
+        self.hibernate_state_limit
+    }
+
     /// Most messages one connection's mailbox holds.
     #[must_use]
     pub fn mailbox_messages(&self) -> usize {
@@ -360,6 +373,7 @@ impl Default for ServerConfig {
             drain_timeout: None,
             handoff: HandoffPolicy::AtDrain,
             hibernate_after: None,
+            hibernate_state_limit: 64 << 10,
         }
     }
 }
@@ -478,6 +492,14 @@ impl ServerConfigBuilder {
     #[must_use]
     pub fn hibernate_after(mut self, after: Duration) -> Self {
         self.config.hibernate_after = Some(after);
+        self
+    }
+
+    /// Largest state a hibernating connection may keep (default 64 KiB); see
+    /// [`ServerConfig::hibernate_state_limit`].
+    #[must_use]
+    pub fn hibernate_state_limit(mut self, bytes: usize) -> Self {
+        self.config.hibernate_state_limit = bytes;
         self
     }
 
@@ -609,6 +631,13 @@ impl ServerConfigBuilder {
             let bounds = &bounds::HIBERNATE_AFTER;
             check("hibernate_after", after, bounds, duration)?;
         }
+        let state = &bounds::HIBERNATE_STATE_LIMIT;
+        check(
+            "hibernate_state_limit",
+            c.hibernate_state_limit,
+            state,
+            size,
+        )?;
         let window = &bounds::ROLLBACK_WINDOW;
         check("rollback_window", c.rollback_window, window, count)?;
         let ratio = &bounds::ROLLBACK_FAULT_RATIO;

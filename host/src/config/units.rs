@@ -34,6 +34,16 @@ impl TryFrom<String> for DurationText {
     }
 }
 
+/// Read a duration as the config file writes one: a number and a unit (`ms`, `s`, `m`, `h`),
+/// such as `"250ms"` or `"30s"`; the error says what is wrong with it.
+///
+/// # Errors
+///
+/// A text that is not such a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    DurationText::try_from(text.to_string()).map(|duration| duration.0)
+}
+
 /// A size in bytes: a number, or a number and a unit (`KiB`, `MiB`, `GiB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ByteSize(pub(crate) usize);

@@ -14,6 +14,7 @@ pub struct Stats {
     live_connections: AtomicUsize,
     asleep: AtomicUsize,
     asleep_bytes: AtomicUsize,
+    kept_awake: AtomicU64,
     accepted: AtomicU64,
     faults: AtomicU64,
     guest_cpu_nanos: AtomicU64,
@@ -174,6 +175,17 @@ impl Stats {
     #[must_use]
     pub fn asleep_bytes(&self) -> usize {
         self.asleep_bytes.load(Ordering::Acquire)
+    }
+
+    /// Times a connection due to hibernate stayed awake because its state was larger than
+    /// its listener's `hibernate_state_limit`.
+    #[must_use]
+    pub fn kept_awake(&self) -> u64 {
+        self.kept_awake.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_kept_awake(&self) {
+        self.kept_awake.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_asleep(&self, state_bytes: usize) {

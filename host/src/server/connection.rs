@@ -425,9 +425,10 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
                 }
                 match quiet.due(now, guest.is_asleep()) {
                     Due::Idle => return Ending::Idle,
-                    Due::Hibernate => match Box::pin(guest.hibernate()).await {
+                    Due::Hibernate => match Box::pin(guest.hibernate(conn.new)).await {
                         SleepOutcome::Asleep => {}
                         SleepOutcome::Cannot(_) => quiet.never_hibernate(),
+                        SleepOutcome::KeptAwake(_) => quiet.kept_awake(Instant::now()),
                         SleepOutcome::Faulted(fault) => {
                             return Ending::Fault {
                                 export: Export::Snapshot,

@@ -62,6 +62,12 @@ impl Quiet {
         self.last_input = now;
     }
 
+    /// It was due to hibernate but stays awake (its state is too large): it may try again
+    /// after another `hibernate_after`.
+    pub(crate) fn kept_awake(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
     /// It will never hibernate: its plugin cannot hand its state off.
     pub(crate) fn never_hibernate(&mut self) {
         self.hibernate_after = None;
@@ -148,6 +154,16 @@ mod tests {
         quiet.reading_resumed(start + IDLE);
         assert_eq!(quiet.due(start + IDLE, true), Due::Nothing);
         assert_eq!(quiet.due(start + IDLE, false), Due::Hibernate);
+    }
+
+    #[test]
+    fn a_connection_kept_awake_tries_again_after_another_spell() {
+        let start = Instant::now();
+        let mut quiet = Quiet::new(start, IDLE, Some(NAP));
+        assert_eq!(quiet.due(start + NAP, false), Due::Hibernate);
+        quiet.kept_awake(start + NAP);
+        assert_eq!(quiet.due(start + NAP, false), Due::Nothing);
+        assert_eq!(quiet.next_deadline(false), start + NAP * 2);
     }
 
     #[test]
