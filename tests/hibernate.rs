@@ -503,3 +503,38 @@ async fn a_state_over_the_limit_keeps_its_connection_awake() -> anyhow::Result<(
     ensure!(stats.faults() == 0);
     server.shutdown().await
 }
+
+/// A sleeper whose listener keeps every instance it may have (`max_instances`) awake past
+/// the call timeout ends on that limit, counted as one; its line is not lost silently: the
+/// connection closes.
+#[tokio::test]
+async fn waking_past_the_call_timeout_is_a_limit_of_the_listener() -> anyhow::Result<()> {
+    let config = ServerConfig::builder()
+        .name("greeter")
+        .max_connections(8)
+        .max_instances(1)
+        .hibernate_after(Duration::from_millis(50))
+        .call_timeout(Duration::from_millis(300))
+        .build()?;
+    let server = serve(plugin("greeter"), config).await?;
+    let (mut sleeper, _) = greeted(&server).await?;
+    all_asleep(&server, 1).await?;
+    let (mut holder, holder_id) = greeted(&server).await?;
+    sleeper.get_mut().write_all(b"let me in\n").await?;
+    let stats = std::sync::Arc::clone(&server.stats);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stats.limit_hits(shoal_host::Limit::Instances) == 0 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the sleeper never gave up"
+        );
+        holder.get_mut().write_all(b"mine\n").await?;
+        ensure!(read_line(&mut holder).await? == format!("{holder_id}: mine"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(support::read_to_end(sleeper.get_mut()).await?.is_empty());
+    ensure!(stats.ended(EndKind::NoInstance) == 0);
+    let said = support::log_lines_with(&["its listener has max_instances (1) awake"]);
+    ensure!(!said.is_empty(), "the log names the limit");
+    server.shutdown().await
+}

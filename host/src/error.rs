@@ -230,6 +230,8 @@ pub struct InstantiateError {
     pub(crate) memory_needed: Option<usize>,
     /// Every instance of the engine's pool was in use.
     pub(crate) pool_full: bool,
+    /// Every instance of the listener's share (`max_instances`) was in use.
+    pub(crate) listener_full: bool,
 }
 
 impl InstantiateError {
@@ -247,7 +249,15 @@ impl InstantiateError {
             message: format!("its listener has max_instances ({max_instances}) awake"),
             memory_needed: None,
             pool_full: true,
+            listener_full: true,
         }
+    }
+
+    /// Whether its listener's share of the instances (`max_instances`) was all in use for
+    /// the call timeout: a limit of the listener, counted as one.
+    #[must_use]
+    pub fn is_listener_full(&self) -> bool {
+        self.listener_full
     }
 
     /// Whether every instance of the engine's pool (or of the listener's share,

@@ -39,17 +39,21 @@ pub enum Limit {
     Write,
     /// The connection's mailbox overflowed.
     Mailbox,
+    /// Every instance its listener may have awake (`max_instances`) stayed in use for the
+    /// call timeout while the connection waited for one (to start, or to wake).
+    Instances,
 }
 
 impl Limit {
     /// Every limit, in a fixed order.
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; 7] = [
         Limit::CpuBudget,
         Limit::CallTimeout,
         Limit::Memory,
         Limit::Idle,
         Limit::Write,
         Limit::Mailbox,
+        Limit::Instances,
     ];
 
     /// The limit's setting, as `shoal.toml` and [`crate::ServerConfigBuilder`] name it.
@@ -62,6 +66,7 @@ impl Limit {
             Limit::Idle => "idle_timeout",
             Limit::Write => "write_timeout",
             Limit::Mailbox => "mailbox_messages / mailbox_bytes",
+            Limit::Instances => "max_instances",
         }
     }
 }
@@ -95,7 +100,7 @@ pub enum EndKind {
 
 impl EndKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EndKind; 15] = [
+    pub const ALL: [EndKind; 16] = [
         EndKind::ClientClosed,
         EndKind::GuestClosed,
         EndKind::Refused,
@@ -111,6 +116,7 @@ impl EndKind {
         EndKind::Limit(Limit::Idle),
         EndKind::Limit(Limit::Write),
         EndKind::Limit(Limit::Mailbox),
+        EndKind::Limit(Limit::Instances),
     ];
 
     /// A short name for logs and metrics: `client-closed`, `limit:write_timeout`, ….
@@ -132,6 +138,7 @@ impl EndKind {
             EndKind::Limit(Limit::Idle) => "limit:idle_timeout",
             EndKind::Limit(Limit::Write) => "limit:write_timeout",
             EndKind::Limit(Limit::Mailbox) => "limit:mailbox",
+            EndKind::Limit(Limit::Instances) => "limit:max_instances",
         }
     }
 
@@ -146,7 +153,7 @@ impl EndKind {
             EndKind::IoError => 6,
             EndKind::NoInstance => 7,
             EndKind::Limit(limit) => 8 + limit as usize,
-            EndKind::Upgrade => 14,
+            EndKind::Upgrade => 15,
         }
     }
 }

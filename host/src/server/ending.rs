@@ -106,6 +106,9 @@ impl Ending {
             Ending::Io { .. } => EndKind::IoError,
             Ending::Fault { fault, .. } => fault.limit().map_or(EndKind::Trap, EndKind::Limit),
             Ending::Refused(_) | Ending::WakeRefused(_) => EndKind::Refused,
+            Ending::NoInstance(error) if error.is_listener_full() => {
+                EndKind::Limit(Limit::Instances)
+            }
             Ending::NoInstance(_) => EndKind::NoInstance,
         }
     }
@@ -222,6 +225,7 @@ mod tests {
             message: "pool full".into(),
             memory_needed: None,
             pool_full: true,
+            listener_full: false,
         }
     }
 
@@ -298,6 +302,11 @@ mod tests {
                 Ending::NoInstance(instantiate_error()),
                 None,
                 EndKind::NoInstance,
+            ),
+            (
+                Ending::NoInstance(InstantiateError::listener_full("chat", 200)),
+                None,
+                EndKind::Limit(Limit::Instances),
             ),
         ]
     }

@@ -133,6 +133,7 @@ impl Instance {
                     pool_full: e
                         .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
                         .is_some(),
+                    listener_full: false,
                 });
             }
         };
