@@ -432,12 +432,7 @@ async fn serve_hibernates_with_more_connections_than_instances() -> anyhow::Resu
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut client = BufReader::new(TcpStream::connect(addr).await?);
-        let greeting = read_line(&mut client).await?;
-        let id = greeting
-            .strip_prefix("hello ")
-            .and_then(|rest| rest.split(' ').next())
-            .with_context(|| format!("not a greeting: {greeting:?}"))?
-            .to_string();
+        let id = support::greeted_id(&read_line(&mut client).await?)?;
         clients.push((client, id));
     }
     for (client, id) in &mut clients {

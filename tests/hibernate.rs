@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use shoal_host::{EndKind, Plugin, Runtime, RuntimeConfig, ServerConfig, Versions};
 use support::{ChatClient, TestServer, captured_logs, join_chat, plugin, read_line, wait_for};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -35,12 +35,7 @@ async fn say(client: &mut ChatClient, line: &str) -> anyhow::Result<()> {
 /// Connect to a greeter: the client, with its greeting read, and its connection id.
 async fn greeted(server: &TestServer) -> anyhow::Result<(ChatClient, String)> {
     let mut client = BufReader::new(server.connect().await?);
-    let greeting = read_line(&mut client).await?;
-    let id = greeting
-        .strip_prefix("hello ")
-        .and_then(|rest| rest.split(' ').next())
-        .with_context(|| format!("not a greeting: {greeting:?}"))?
-        .to_string();
+    let id = support::greeted_id(&read_line(&mut client).await?)?;
     Ok((client, id))
 }
 

@@ -1,6 +1,11 @@
-//! Shared by the benchmark binaries: summary statistics of samples.
+//! Shared by the benchmark binaries: summary statistics of samples, and the CPU time a
+//! process used.
 
 use std::time::Duration;
+
+mod cpu_time;
+
+pub use cpu_time::process_cpu;
 
 /// The value at `fraction` (0.0–1.0) of sorted `samples`, nearest rank; `None` when empty.
 #[must_use]

@@ -47,7 +47,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "compile,lifecycle,load,memory,broadcast,noisy,swap,polyglot,hibernate"
+        default_value = "compile,lifecycle,load,paced,memory,broadcast,noisy,swap,polyglot,hibernate"
     )]
     scenarios: Vec<Scenario>,
     /// Another build's `shoal` binary (an earlier commit, say) to run the load scenarios
@@ -59,6 +59,12 @@ struct Args {
     /// today may import what an older host does not have). Default: `--plugins`.
     #[arg(long, value_name = "DIR")]
     baseline_plugins: Option<PathBuf>,
+    /// Round trips per second the `paced` scenario offers every server.
+    #[arg(long, default_value_t = 30_000.0)]
+    paced_rate: f64,
+    /// New connections per second the `paced` scenario offers every server.
+    #[arg(long, default_value_t = 5_000.0)]
+    paced_connect_rate: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -73,6 +79,9 @@ enum Scenario {
     Lifecycle,
     /// Connection rate, and round trips with latency at 512 and 64 bytes.
     Load,
+    /// Server CPU time per round trip and per new connection at the same offered load for
+    /// every server.
+    Paced,
     /// Server RSS per idle connection.
     Memory,
     /// Messages delivered per second through the chat plugin's broadcast, 100 clients.
@@ -89,6 +98,7 @@ enum Scenario {
 }
 
 mod hibernate;
+mod paced;
 mod polyglot;
 
 /// A server under test, started as its own process.
@@ -282,6 +292,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut paced_rows = Vec::new();
+    if args.scenarios.contains(&Scenario::Paced) {
+        paced_rows = paced::run(&args, &bin_dir, pinned)?;
+    }
+
     let mut polyglot_rows = Vec::new();
     if args.scenarios.contains(&Scenario::Polyglot) {
         polyglot_rows = polyglot::run(&args, &bin_dir, pinned)?;
@@ -308,6 +323,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !noisy_rows.is_empty() {
         report.push_str(&noisy_report(&mut noisy_rows));
+    }
+    if !paced_rows.is_empty() {
+        report.push_str(&paced::report(&mut paced_rows, &args));
     }
     if !compile_rows.is_empty() {
         report.push_str(&compile_report(&compile_rows));

@@ -359,6 +359,15 @@ pub async fn join_chat(server: &TestServer) -> anyhow::Result<(ChatClient, u64)>
     join_stream(server.connect().await?).await
 }
 
+/// The connection id in a greeter's greeting (`hello <id> from <listener>`).
+pub fn greeted_id(greeting: &str) -> anyhow::Result<String> {
+    Ok(greeting
+        .strip_prefix("hello ")
+        .and_then(|rest| rest.split(' ').next())
+        .with_context(|| format!("not a greeting: {greeting:?}"))?
+        .to_string())
+}
+
 /// Join the chat over `stream`, connected to a chat listener: the client and its id.
 pub async fn join_stream(stream: TcpStream) -> anyhow::Result<(ChatClient, u64)> {
     let mut client = BufReader::new(stream);

@@ -4,6 +4,8 @@
 //! ```text
 //! loadgen rate --addr A [--seconds S] [--concurrency C]      connect, 64 B echo, close
 //! loadgen echo --addr A [--conns N] [--size B] [--seconds S] round trips and latency
+//! loadgen paced --addr A --rate R [--conns N] [--size B] [--connect] [--server-pid P]
+//!                                                            a fixed offered load: CPU per op
 //! loadgen idle --addr A [--conns N]                          hold N connections until stdin closes
 //! loadgen broadcast --addr A [--conns N] [--seconds S]       chat lines delivered per second
 //! loadgen spin --addr A [--conns N] [--seconds S]            keep N guests looping (spin plugin)
@@ -27,6 +29,7 @@ use tokio::net::TcpStream;
 
 mod handoff;
 mod hibernate;
+mod paced;
 mod swap;
 
 #[derive(Parser)]
@@ -57,6 +60,27 @@ enum Scenario {
         size: usize,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+    },
+    /// A fixed offered load — `rate` round trips per second over `conns` connections, or
+    /// with `connect` `rate` new connections per second — and what each operation cost the
+    /// server (`server_pid`) and this process in CPU time.
+    Paced {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 100)]
+        conns: usize,
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// New connections (connect, 64-byte echo, close) instead of round trips.
+        #[arg(long)]
+        connect: bool,
+        /// The server process, whose CPU time per operation is reported.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Echo load (512 B round trips on `conns` connections) while the served plugin file is
     /// replaced by a rename every `every` seconds (0: never), alternating `v1` and `v2` (which
@@ -162,6 +186,26 @@ fn main() -> anyhow::Result<()> {
                 seconds,
             } => echo(addr, conns, size, Duration::from_secs_f64(seconds)).await,
             Scenario::Idle { addr, conns } => idle(addr, conns).await,
+            Scenario::Paced {
+                addr,
+                rate,
+                conns,
+                size,
+                seconds,
+                connect,
+                server_pid,
+            } => {
+                let load = paced::PacedLoad {
+                    addr,
+                    conns,
+                    size,
+                    rate,
+                    seconds,
+                    connect,
+                    server_pid,
+                };
+                paced::run(load).await
+            }
             Scenario::Hibernate {
                 addr,
                 conns,

@@ -1,0 +1,176 @@
+//! The `paced` scenario: every server under the same offered load — `--paced-rate` round
+//! trips per second (100 connections × 512 B) and `--paced-connect-rate` new connections
+//! per second (connect, 64 B echo, close) — and what each operation costs the *server* in
+//! CPU time (`/proc/PID/task/*/schedstat`), beside how busy the server and the load
+//! generator were. A closed loop at saturation measures whichever side saturates first (the
+//! single-threaded load generator caps the native echo); at a fixed load below every
+//! server's capacity, CPU per operation is the sandbox's price.
+
+use std::path::Path;
+
+use anyhow::Context;
+use shoal_bench::{median, paired_ratios};
+
+use crate::{Args, Kind, Server, loadgen};
+
+/// The servers compared, in the order of odd rounds.
+const KINDS: [Kind; 3] = [Kind::Wasm, Kind::Native, Kind::Raw];
+
+/// What one server measured under one load, one value per round.
+#[derive(Default)]
+pub struct Figures {
+    server_cpu_us: Vec<f64>,
+    server_busy: Vec<f64>,
+    client_busy: Vec<f64>,
+    done_per_sec: Vec<f64>,
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
+}
+
+/// Which of a row's two loads.
+type Load = fn(&Row) -> &Figures;
+
+/// One server's figures under both loads.
+pub struct Row {
+    kind: Kind,
+    round_trips: Figures,
+    connections: Figures,
+}
+
+pub fn run(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<Vec<Row>> {
+    let mut kinds = KINDS.to_vec();
+    if args.baseline.is_some() {
+        kinds.push(Kind::Baseline);
+    }
+    let mut rows: Vec<Row> = kinds
+        .iter()
+        .map(|&kind| Row {
+            kind,
+            round_trips: Figures::default(),
+            connections: Figures::default(),
+        })
+        .collect();
+    for round in 1..=args.rounds {
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for index in order {
+            let row = &mut rows[index];
+            eprintln!(
+                "paced round {round}/{}: {} round trips/s and {} connections/s against {}",
+                args.rounds,
+                args.paced_rate,
+                args.paced_connect_rate,
+                row.kind.label()
+            );
+            let server = Server::start(row.kind, bin_dir, args, pinned)?;
+            let pid = server.child.id().to_string();
+            let seconds = args.seconds.to_string();
+            let rate = args.paced_rate.to_string();
+            let trips = [
+                "paced",
+                "--addr",
+                &server.addr,
+                "--rate",
+                &rate,
+                "--conns",
+                "100",
+                "--size",
+                "512",
+                "--seconds",
+                &seconds,
+                "--server-pid",
+                &pid,
+            ];
+            row.round_trips.add(&loadgen(bin_dir, pinned, &trips)?)?;
+            let rate = args.paced_connect_rate.to_string();
+            let connects = [
+                "paced",
+                "--addr",
+                &server.addr,
+                "--rate",
+                &rate,
+                "--connect",
+                "--seconds",
+                &seconds,
+                "--server-pid",
+                &pid,
+            ];
+            row.connections.add(&loadgen(bin_dir, pinned, &connects)?)?;
+        }
+    }
+    Ok(rows)
+}
+
+impl Figures {
+    /// Take one run's line from `loadgen paced`.
+    fn add(&mut self, line: &std::collections::BTreeMap<String, f64>) -> anyhow::Result<()> {
+        let value = |key: &str| {
+            line.get(key)
+                .copied()
+                .with_context(|| format!("loadgen paced printed no {key}"))
+        };
+        self.server_cpu_us.push(value("server_cpu_us_per_op")?);
+        self.server_busy.push(value("server_busy")?);
+        self.client_busy.push(value("client_busy")?);
+        self.done_per_sec.push(value("ops_per_sec")?);
+        self.p50_us.push(value("p50_us")?);
+        self.p99_us.push(value("p99_us")?);
+        Ok(())
+    }
+}
+
+/// The scenario's table: per load, one line per server, with the ratio of its server CPU
+/// per operation to the native echo's, round by round.
+pub fn report(rows: &mut [Row], args: &Args) -> String {
+    let rounds = rows
+        .first()
+        .map_or(0, |row| row.round_trips.server_cpu_us.len());
+    let mut out = format!(
+        "\nServer CPU per operation at a fixed offered load ({} round trips/s over 100 \
+         connections × 512 B; {} new connections/s, each a 64 B echo), medians of {rounds} \
+         rounds; the ratio to the native echo is the median of per-round ratios (range in \
+         brackets). Busy: share of one core the server and the load generator used.\n\n\
+         | load | server | server CPU µs per op | vs native | server busy | client busy | done/s | p50 µs | p99 µs |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        args.paced_rate, args.paced_connect_rate
+    );
+    let native = |rows: &[Row], pick: Load| {
+        rows.iter()
+            .find(|row| row.kind == Kind::Native)
+            .map(|row| pick(row).server_cpu_us.clone())
+            .unwrap_or_default()
+    };
+    let loads: [(&str, Load); 2] = [
+        ("round trips", |row| &row.round_trips),
+        ("connections", |row| &row.connections),
+    ];
+    for (load, pick) in loads {
+        let baseline = native(rows, pick);
+        for row in rows.iter() {
+            let figures = pick(row);
+            let mut ratios = paired_ratios(&figures.server_cpu_us, &baseline);
+            let ratio = match median(&mut ratios) {
+                Some(mid) => format!(
+                    "{mid:.2}× ({:.2}–{:.2})",
+                    ratios.first().copied().unwrap_or(mid),
+                    ratios.last().copied().unwrap_or(mid)
+                ),
+                None => "–".to_string(),
+            };
+            let mid = |values: &[f64]| median(&mut values.to_vec()).unwrap_or(f64::NAN);
+            out.push_str(&format!(
+                "| {load} | {} | {:.2} | {ratio} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |\n",
+                row.kind.label(),
+                mid(&figures.server_cpu_us),
+                mid(&figures.server_busy),
+                mid(&figures.client_busy),
+                mid(&figures.done_per_sec),
+                mid(&figures.p50_us),
+                mid(&figures.p99_us),
+            ));
+        }
+    }
+    out
+}
