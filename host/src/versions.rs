@@ -308,6 +308,30 @@ impl Shared {
             .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(config.max_instances())))
     }
 
+    /// One of the listener's instance permits for a connection about to get an instance of
+    /// `version` (a new one, or a sleeper waking): at once if one is free, else in turn
+    /// with the other waiting connections, up to the call timeout — past it, the listener's
+    /// `max_instances` limit.
+    async fn instance_permit(
+        &self,
+        config: &ServerConfig,
+        version: &Version,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, InstantiateError> {
+        let permits = self.permits(config);
+        if let Ok(permit) = Arc::clone(permits).try_acquire_owned() {
+            return Ok(permit);
+        }
+        let waited =
+            tokio::time::timeout(config.call_timeout(), Arc::clone(permits).acquire_owned());
+        match waited.await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(InstantiateError::listener_full(
+                version.plugin.name(),
+                config.max_instances(),
+            )),
+        }
+    }
+
     /// One of `version`'s connections (the `place`-th it was given) faulted: past the
     /// version's fault ratio, while it is still current, the previous version is made current
     /// again and the faulty content refused until its file changes.
@@ -640,14 +664,9 @@ impl VersionedInstance {
         let started = tokio::time::Instant::now();
         let deadline = started + conn.config.call_timeout();
         let target = self.shared.current.load_full();
-        let permits = Arc::clone(self.shared.permits(conn.config));
-        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, permits.acquire_owned()).await
-        else {
-            let max = conn.config.max_instances();
-            return WakeOutcome::NoInstance(InstantiateError::listener_full(
-                target.plugin.name(),
-                max,
-            ));
+        let permit = match self.shared.instance_permit(conn.config, &target).await {
+            Ok(permit) => permit,
+            Err(error) => return WakeOutcome::NoInstance(error),
         };
         let place = target.opened.fetch_add(1, Ordering::Relaxed);
         let mut instance = loop {
@@ -728,20 +747,7 @@ impl HandlerFactory for Versions {
         }
         // With every instance the listener may have awake in use, a new connection waits
         // for one (in turn with the waking ones) up to the call timeout.
-        let permits = Arc::clone(self.shared.permits(conn.config));
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let wait = conn.config.call_timeout();
-                match tokio::time::timeout(wait, permits.acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => {
-                        let max = conn.config.max_instances();
-                        return Err(InstantiateError::listener_full(version.plugin.name(), max));
-                    }
-                }
-            }
-        };
+        let permit = self.shared.instance_permit(conn.config, &version).await?;
         let instance = match version.plugin.create(conn).await {
             Ok(instance) => instance,
             Err(error) => {
@@ -807,8 +813,8 @@ impl ConnectionHandler for VersionedInstance {
         self.cpu_before
             + self
                 .instance
-                .as_ref()
-                .map_or(Duration::ZERO, |instance| instance.cpu_time())
+                .as_deref()
+                .map_or(Duration::ZERO, Instance::cpu_time)
     }
 
     fn version(&self) -> Option<u64> {

@@ -27,7 +27,7 @@ use crate::messages::types::{MailboxLimits, Message};
 use crate::observe::stats::Stats;
 use crate::server::ending::{Ending, Export, Operation};
 use crate::server::hooks::{ConnectionHandle, Hooks};
-use crate::server::io::{flush, linger_close, read_lent, write_now, write_rest};
+use crate::server::io::{flush, flush_unless, linger_close, read_lent};
 use crate::server::quiet::{Due, Quiet};
 use crate::server::read_buffers;
 use crate::server::transport::Transport;
@@ -413,11 +413,7 @@ async fn event_loop<F: HandlerFactory, T: Transport>(
         let input = tokio::select! {
             biased;
             () = &mut awake.timer => {
-                let now = Instant::now();
-                if mailbox.is_paused() {
-                    awake.quiet.reading_resumed(now);
-                }
-                if awake.quiet.due(now, true) == Due::Idle {
+                if awake.quiet.fired(Instant::now(), mailbox.is_paused(), true) == Due::Idle {
                     return Ending::Idle;
                 }
                 let deadline = awake.quiet.next_deadline(true);
@@ -467,15 +463,11 @@ async fn serve_awake<F: HandlerFactory, T: Transport>(
     loop {
         // The overflow branch is polled only while the write is pending: a client that does
         // not read cannot keep an overflowed connection alive until its write timeout.
-        let flushed = match write_now(guest, stream) {
-            Ok(None) => Ok(()),
-            Ok(Some(sent)) => tokio::select! {
-                biased;
-                written = Box::pin(write_rest(guest, stream, sent, config.write_timeout())) => written,
-                () = mailbox.overflowed() => Err(Ending::MailboxFull),
-            },
-            Err(ending) => Err(ending),
+        let overflowed = async {
+            mailbox.overflowed().await;
+            Ending::MailboxFull
         };
+        let flushed = flush_unless(guest, stream, config.write_timeout(), overflowed).await;
         if let Err(ending) = flushed {
             // A write cut short leaves the stream mid-output: `close` may not add to it.
             guest.mark_unwritable();
@@ -491,13 +483,7 @@ async fn serve_awake<F: HandlerFactory, T: Transport>(
             None => tokio::select! {
                 biased;
                 () = &mut *timer => {
-                    let now = Instant::now();
-                    if mailbox.is_paused() {
-                        // Not reading its client is the server's doing, not the client's
-                        // silence.
-                        quiet.reading_resumed(now);
-                    }
-                    match quiet.due(now, false) {
+                    match quiet.fired(Instant::now(), mailbox.is_paused(), false) {
                         Due::Idle => return Some(Ending::Idle),
                         Due::Hibernate => match Box::pin(guest.hibernate(conn.new)).await {
                             SleepOutcome::Asleep => {}

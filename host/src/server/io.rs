@@ -48,18 +48,34 @@ pub(crate) async fn flush<T: Transport>(
     stream: &mut T,
     timeout: Duration,
 ) -> Result<(), Ending> {
+    flush_unless(guest, stream, timeout, std::future::pending()).await
+}
+
+/// [`flush`], unless `abort` resolves while the write waits for the client: then the
+/// connection ends with the ending `abort` gives (its mailbox overflowed, say). `abort` is
+/// polled only while the write waits.
+pub(crate) async fn flush_unless<T: Transport>(
+    guest: &mut impl ConnectionHandler,
+    stream: &mut T,
+    timeout: Duration,
+    abort: impl Future<Output = Ending>,
+) -> Result<(), Ending> {
     match write_now(guest, stream)? {
         None => Ok(()),
         // The rest waits for the client, in a future of its own: the write timeout's timer
         // would otherwise be part of every connection's task, idle or not.
-        Some(sent) => Box::pin(write_rest(guest, stream, sent, timeout)).await,
+        Some(sent) => tokio::select! {
+            biased;
+            written = Box::pin(write_rest(guest, stream, sent, timeout)) => written,
+            ending = abort => Err(ending),
+        },
     }
 }
 
 /// Write what of the guest's output fits the socket now, without waiting: `None` when that
 /// was all of it (most output is), else how many bytes were written, the rest to be written
 /// by [`write_rest`].
-pub(crate) fn write_now<T: Transport>(
+fn write_now<T: Transport>(
     guest: &mut impl ConnectionHandler,
     stream: &mut T,
 ) -> Result<Option<usize>, Ending> {
@@ -83,7 +99,7 @@ pub(crate) fn write_now<T: Transport>(
 
 /// Write the guest's output past its first `sent` bytes, waiting at most `timeout` for the
 /// client to take it.
-pub(crate) async fn write_rest<T: Transport>(
+async fn write_rest<T: Transport>(
     guest: &mut impl ConnectionHandler,
     stream: &mut T,
     sent: usize,

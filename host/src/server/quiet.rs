@@ -62,6 +62,16 @@ impl Quiet {
         self.last_input = now;
     }
 
+    /// The timer fired at `now`: what is due for a connection that is `asleep` or not, and
+    /// whose reads are paused by flow control (`reading_paused`) or not — not reading its
+    /// client is the server's doing, not the client's silence, so its idle time starts over.
+    pub(crate) fn fired(&mut self, now: Instant, reading_paused: bool, asleep: bool) -> Due {
+        if reading_paused {
+            self.reading_resumed(now);
+        }
+        self.due(now, asleep)
+    }
+
     /// It was due to hibernate but stays awake (its state is too large): it may try again
     /// after another `hibernate_after`.
     pub(crate) fn kept_awake(&mut self, now: Instant) {
@@ -154,6 +164,15 @@ mod tests {
         quiet.reading_resumed(start + IDLE);
         assert_eq!(quiet.due(start + IDLE, true), Due::Nothing);
         assert_eq!(quiet.due(start + IDLE, false), Due::Hibernate);
+    }
+
+    #[test]
+    fn a_connection_whose_reads_are_paused_is_not_idle() {
+        let start = Instant::now();
+        let mut quiet = Quiet::new(start, IDLE, None);
+        assert_eq!(quiet.fired(start + IDLE, true, false), Due::Nothing);
+        assert_eq!(quiet.next_deadline(false), start + IDLE * 2);
+        assert_eq!(quiet.fired(start + IDLE * 2, false, false), Due::Idle);
     }
 
     #[test]
