@@ -18,7 +18,7 @@ LISTEN ?= 127.0.0.1:8080
 # A plugin to serve instead of the bundled echo, e.g. PLUGIN=chat (target/plugins/chat.wasm).
 PLUGIN ?=
 
-.PHONY: all deps plugins build run test lint clean bench
+.PHONY: all deps plugins build run test lint clean bench profile
 
 all: build
 
@@ -60,3 +60,11 @@ clean:
 bench: plugins
 	$(CARGO) build --release -p shoal-host -p shoal-bench
 	target/release/shoal-bench $(BENCH_ARGS)
+
+# Profiles (BENCHMARKS.md, issue 16): the Wasm and native echo under the paced loads, recorded
+# by `perf record -e cpu-clock` with DWARF stacks, drawn as flame graphs in bench/profiles/
+# and summed by area and function. Needs perf (scripts/install-deps.sh installs it). ~1 minute.
+profile: plugins
+	@scripts/install-deps.sh --perf
+	$(CARGO) build --release -p shoal-host -p shoal-bench
+	target/release/shoal-bench --scenarios profile $(BENCH_ARGS)

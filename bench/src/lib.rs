@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 mod cpu_time;
+pub mod flame;
+pub mod latency_plot;
 
 pub use cpu_time::process_cpu;
 

@@ -65,6 +65,12 @@ struct Args {
     /// New connections per second the `paced` scenario offers every server.
     #[arg(long, default_value_t = 5_000.0)]
     paced_connect_rate: f64,
+    /// Where the `paced` scenario draws its latency distributions (an SVG).
+    #[arg(long, default_value = "benchmarks-latency.svg")]
+    latency_plot: PathBuf,
+    /// Where the `profile` scenario writes its flame graphs.
+    #[arg(long, default_value = "bench/profiles")]
+    profile_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -95,11 +101,15 @@ enum Scenario {
     /// A chat room of `--idle-conns` members at rest, hibernating and awake: memory per
     /// connection, wake-up latency, broadcast to the room.
     Hibernate,
+    /// `make profile`: the Wasm and native echo under the paced loads, recorded by `perf`,
+    /// drawn as flame graphs and summed by area and function (not in the default list).
+    Profile,
 }
 
 mod hibernate;
 mod paced;
 mod polyglot;
+mod profile;
 
 /// A server under test, started as its own process.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -297,6 +307,11 @@ fn main() -> anyhow::Result<()> {
         paced_rows = paced::run(&args, &bin_dir, pinned)?;
     }
 
+    let mut profile_report = String::new();
+    if args.scenarios.contains(&Scenario::Profile) {
+        profile_report = profile::run(&args, &bin_dir, pinned)?;
+    }
+
     let mut polyglot_rows = Vec::new();
     if args.scenarios.contains(&Scenario::Polyglot) {
         polyglot_rows = polyglot::run(&args, &bin_dir, pinned)?;
@@ -326,7 +341,15 @@ fn main() -> anyhow::Result<()> {
     }
     if !paced_rows.is_empty() {
         report.push_str(&paced::report(&mut paced_rows, &args));
+        let plot = &args.latency_plot;
+        std::fs::write(plot, paced::latency_plot(&paced_rows, &args))
+            .with_context(|| format!("{}", plot.display()))?;
+        report.push_str(&format!(
+            "\nLatency distributions (medians of the rounds at each percentile): {}\n",
+            plot.display()
+        ));
     }
+    report.push_str(&profile_report);
     if !compile_rows.is_empty() {
         report.push_str(&compile_report(&compile_rows));
     }

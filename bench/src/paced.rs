@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use shoal_bench::latency_plot::{self, Panel, STEPS};
 use shoal_bench::{median, paired_ratios};
 
 use crate::{Args, Kind, Server, loadgen};
@@ -25,6 +26,8 @@ pub struct Figures {
     done_per_sec: Vec<f64>,
     p50_us: Vec<f64>,
     p99_us: Vec<f64>,
+    /// Each round's latency distribution: µs at `latency_plot::quantile(0..=STEPS)`.
+    hdr_us: Vec<Vec<f64>>,
 }
 
 /// Which of a row's two loads.
@@ -117,7 +120,26 @@ impl Figures {
         self.done_per_sec.push(value("ops_per_sec")?);
         self.p50_us.push(value("p50_us")?);
         self.p99_us.push(value("p99_us")?);
+        let distribution = (0..=STEPS)
+            .map(|k| value(&format!("hdr_{k}")))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        self.hdr_us.push(distribution);
         Ok(())
+    }
+
+    /// The distribution across rounds: at each quantile, the median of the rounds' values.
+    fn median_distribution(&self) -> Vec<f64> {
+        (0..=STEPS)
+            .map(|k| {
+                let mut at_k: Vec<f64> = self
+                    .hdr_us
+                    .iter()
+                    .filter_map(|d| d.get(k))
+                    .copied()
+                    .collect();
+                median(&mut at_k).unwrap_or(f64::NAN)
+            })
+            .collect()
     }
 }
 
@@ -173,4 +195,36 @@ pub fn report(rows: &mut [Row], args: &Args) -> String {
         }
     }
     out
+}
+
+/// The latency distributions of every server under both loads, as an SVG plot.
+pub fn latency_plot(rows: &[Row], args: &Args) -> String {
+    let panel = |title: String, pick: Load| Panel {
+        title,
+        series: rows
+            .iter()
+            .map(|row| {
+                (
+                    row.kind.label().to_string(),
+                    pick(row).median_distribution(),
+                )
+            })
+            .collect(),
+    };
+    latency_plot::render(&[
+        panel(
+            format!(
+                "round trips: {:.0}/s over 100 connections × 512 B",
+                args.paced_rate
+            ),
+            |row| &row.round_trips,
+        ),
+        panel(
+            format!(
+                "new connections: {:.0}/s, each a 64 B echo",
+                args.paced_connect_rate
+            ),
+            |row| &row.connections,
+        ),
+    ])
 }

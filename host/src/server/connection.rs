@@ -83,7 +83,14 @@ pub(crate) async fn run<F: HandlerFactory, T: Transport>(
     // per connection with the fmt subscriber), for lines that are rarely written. The lines
     // logged at `info` and above carry the connection's fields themselves (`log_conn!`).
     let span = tracing::debug_span!("conn", id, %peer, plugin = ctx.factory.name());
-    if let Some(mut unserved) = serve(ctx, stream, id, peer, ended).instrument(span).await {
+    // A disabled span is entered and left at every poll all the same: without `debug`, the
+    // connection runs without the wrapper.
+    let unserved = if span.is_disabled() {
+        serve(ctx, stream, id, peer, ended).await
+    } else {
+        serve(ctx, stream, id, peer, ended).instrument(span).await
+    };
+    if let Some(mut unserved) = unserved {
         linger_close(&mut unserved).await;
     }
 }

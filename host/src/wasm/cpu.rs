@@ -41,8 +41,12 @@
 //!   then never queue behind a looping guest. An active listener is entitled to its part even
 //!   if it does not use it all: beside a listener that serves one short call every few
 //!   milliseconds, a looping one keeps to its share of the cores;
-//! * while a listener has guests waiting for a slot, its new calls wait their turn too (their
-//!   first tick is no longer free), so many short calls cannot bypass the queue;
+//! * while a listener has guests waiting for a slot and another listener is active, its new
+//!   calls wait their turn too (their first tick is no longer free), so many short calls
+//!   cannot bypass the queue. A listener alone does not queue its new calls: the order of its
+//!   own calls is its own affair, and queueing them all (each call a yield, a wait and a
+//!   wake-up) made a busy server's calls cost twice the CPU, so that it stayed behind once
+//!   it fell behind (BENCHMARKS.md, issue 16);
 //! * a listener alone may hold every slot; calls of a listener that is not waiting, and that
 //!   finish within a tick, never wait; idle listeners cost nothing.
 //!
@@ -170,12 +174,21 @@ impl ConnCpu {
     }
 
     /// A call starts: its listener is active; returns whether it must wait for a slot before
-    /// it runs (its listener's guests are queued).
+    /// it runs (its listener's guests are queued, and another listener is active).
     pub(crate) fn start_call(&self) -> bool {
         // The tick the guest starts running at is noted when the call is first polled.
         self.scheduler
             .touch(&self.group, self.scheduler.clock.now());
-        self.scheduler.enabled && self.group.is_queued()
+        self.must_wait_its_turn()
+    }
+
+    /// Whether a guest holding no slot waits for one before it runs: its listener's guests
+    /// queue for slots while another listener is active. (The lock is taken only while the
+    /// listener has guests queued.)
+    fn must_wait_its_turn(&self) -> bool {
+        self.scheduler.enabled
+            && self.group.is_queued()
+            && self.scheduler.others_active(&self.group)
     }
 
     /// The call is polled: the guest runs (again) from now.
@@ -206,10 +219,10 @@ impl ConnCpu {
         }
     }
 
-    /// Whether the guest must stop at an interruption that charged nothing: its listener is
-    /// queued for slots and it holds none.
+    /// Whether the guest must stop at an interruption that charged nothing: it holds no slot
+    /// and must wait its turn for one.
     pub(crate) fn must_queue(&self) -> bool {
-        self.scheduler.enabled && !self.holds_slot() && self.group.is_queued()
+        !self.holds_slot() && self.must_wait_its_turn()
     }
 
     /// Whether the guest holds a core slot.
@@ -339,6 +352,16 @@ impl CpuScheduler {
         if self.enabled && group.last_active.load(Ordering::Relaxed) != now {
             group.last_active.store(now, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a listener other than `group`'s is active now.
+    fn others_active(&self, group: &Arc<CpuGroup>) -> bool {
+        let now = self.clock.now();
+        let state = self.state();
+        state
+            .members
+            .iter()
+            .any(|member| member.group.as_ptr() != Arc::as_ptr(group) && member.is_active(now))
     }
 
     /// A guest of `group` was charged a tick: its listener's virtual time moves on. A guest
@@ -631,7 +654,11 @@ mod tests {
         assert!(poll_once(&mut first).is_ready());
         assert!(poll_once(&mut second).is_ready());
         assert!(poll_once(&mut third).is_pending(), "no slot left");
-        assert!(group.is_queued(), "its new calls now wait their turn");
+        assert!(group.is_queued());
+        assert!(
+            !conns[0].start_call() && !conns[0].must_queue(),
+            "alone, its new calls do not queue behind its own guests"
+        );
         conns[0].release_slot();
         assert!(
             poll_once(&mut third).is_ready(),
@@ -668,6 +695,35 @@ mod tests {
         assert!(poll_once(&mut second).is_ready());
         assert_eq!(holding(&scheduler, &spin), 2);
         assert_eq!(slots_accounted(&scheduler), 2);
+    }
+
+    #[test]
+    fn a_queued_listener_queues_its_new_calls_only_while_another_is_active() {
+        let scheduler = scheduler(1);
+        let busy = Arc::new(CpuGroup::new(1));
+        let other = Arc::new(CpuGroup::new(1));
+        let conns: Vec<_> = (0..3).map(|_| conn(&scheduler, &busy)).collect();
+        let other_conn = conn(&scheduler, &other);
+        // Both registered at tick 0: let that activity pass.
+        for _ in 0..=ACTIVE_WINDOW {
+            scheduler.clock.advance();
+        }
+        let mut running = acquire(&conns[0]);
+        assert!(poll_once(&mut running).is_ready());
+        let mut waiting = acquire(&conns[1]);
+        assert!(poll_once(&mut waiting).is_pending());
+        assert!(
+            !conns[2].start_call(),
+            "alone: a new call runs its first tick free"
+        );
+        assert!(!other_conn.start_call(), "the other listener is not queued");
+        assert!(
+            conns[2].start_call() && conns[2].must_queue(),
+            "with another listener active, a new call waits its turn"
+        );
+        conns[0].release_slot();
+        assert!(poll_once(&mut waiting).is_ready());
+        assert!(!conns[2].start_call(), "nobody waits any more");
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::thread;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy,
+};
 
 use crate::error::{ConfigError, RuntimeError};
 use crate::wasm::cache::CompileCache;
@@ -625,8 +627,16 @@ fn engine_config(config: &RuntimeConfig, memory_init: MemoryInit) -> Config {
         .memory_reservation(config.max_memory_bytes as u64)
         .memory_guard_size(64 << 10)
         .memory_reservation_for_growth(0);
+    // `make profile` names guest functions in `perf` reports: wasmtime then writes
+    // /tmp/perf-PID.map as it compiles. Off by default (the map grows with every plugin).
+    if std::env::var_os(PERF_MAP_VAR).is_some_and(|value| value == "1") {
+        wasm.profiler(ProfilingStrategy::PerfMap);
+    }
     wasm
 }
+
+/// The environment variable that makes the engines write a `perf` map of compiled guest code.
+pub const PERF_MAP_VAR: &str = "SHOAL_PERF_MAP";
 
 #[cfg(test)]
 mod tests {

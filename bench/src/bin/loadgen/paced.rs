@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use hdrhistogram::Histogram;
+use shoal_bench::latency_plot::{STEPS, quantile};
 use shoal_bench::{micros, percentile, process_cpu};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -86,6 +88,19 @@ pub async fn run(load: PacedLoad) -> anyhow::Result<()> {
         per_op(client_cpu),
         busy(client_cpu),
     );
+    // The distribution for the plot: an HDR histogram in µs (3 significant digits), read at
+    // the plot's quantiles as `hdr_K=µs`.
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    for latency in &latencies {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        histogram.saturating_record(us.max(1));
+    }
+    for k in 0..=STEPS {
+        line.push_str(&format!(
+            " hdr_{k}={}",
+            histogram.value_at_quantile(quantile(k))
+        ));
+    }
     if let Some(server) = server_cpu {
         line.push_str(&format!(
             " server_cpu_us_per_op={:.2} server_busy={:.3}",
