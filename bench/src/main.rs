@@ -195,14 +195,24 @@ fn main() -> anyhow::Result<()> {
             let server = Server::start(kind, &bin_dir, &args, pinned)?;
             let seconds = args.seconds.to_string();
             let addr = server.addr.as_str();
+            let pid = server.child.id().to_string();
             let rate = loadgen(
                 &bin_dir,
                 pinned,
-                &["rate", "--addr", addr, "--seconds", &seconds],
+                &[
+                    "rate",
+                    "--addr",
+                    addr,
+                    "--seconds",
+                    &seconds,
+                    "--server-pid",
+                    &pid,
+                ],
             )?;
             record(&mut results, kind, "connections/s", &rate, "conns_per_sec")?;
+            record_busy(&mut results, kind, "connections/s", &rate)?;
             for (size, prefix) in [("512", "512 B"), ("64", "64 B")] {
-                let echo = echo_load(&bin_dir, pinned, addr, size, &seconds)?;
+                let echo = echo_load(&bin_dir, pinned, addr, size, &seconds, &pid)?;
                 record(
                     &mut results,
                     kind,
@@ -210,6 +220,7 @@ fn main() -> anyhow::Result<()> {
                     &echo,
                     "round_trips_per_sec",
                 )?;
+                record_busy(&mut results, kind, prefix, &echo)?;
                 record(
                     &mut results,
                     kind,
@@ -375,6 +386,32 @@ fn metric(prefix: &str, what: &str) -> &'static str {
         ("64 B", "p50 µs") => "64 B × 100 conns: p50 latency µs",
         _ => "64 B × 100 conns: p99 latency µs",
     }
+}
+
+/// Which side a closed loop saturated: how busy the server and the load generator were
+/// (share of one core) while `what` was measured.
+fn record_busy(
+    results: &mut Results,
+    kind: Kind,
+    what: &str,
+    line: &BTreeMap<String, f64>,
+) -> anyhow::Result<()> {
+    let (server, client) = match what {
+        "connections/s" => (
+            "connections/s: server busy (cores)",
+            "connections/s: client busy (cores)",
+        ),
+        "512 B" => (
+            "512 B × 100 conns: server busy (cores)",
+            "512 B × 100 conns: client busy (cores)",
+        ),
+        _ => (
+            "64 B × 100 conns: server busy (cores)",
+            "64 B × 100 conns: client busy (cores)",
+        ),
+    };
+    record(results, kind, server, line, "server_busy")?;
+    record(results, kind, client, line, "client_busy")
 }
 
 fn record(
@@ -796,6 +833,7 @@ fn echo_load(
     addr: &str,
     size: &str,
     seconds: &str,
+    server_pid: &str,
 ) -> anyhow::Result<BTreeMap<String, f64>> {
     let args = [
         "echo",
@@ -807,6 +845,8 @@ fn echo_load(
         size,
         "--seconds",
         seconds,
+        "--server-pid",
+        server_pid,
     ];
     loadgen(bin_dir, pinned, &args)
 }
@@ -891,7 +931,8 @@ fn noisy_neighbour(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<
                 if spinner.is_some() {
                     std::thread::sleep(Duration::from_millis(300));
                 }
-                let echo = echo_load(bin_dir, pinned, &server.addr, "512", &seconds);
+                let pid = server.child.id().to_string();
+                let echo = echo_load(bin_dir, pinned, &server.addr, "512", &seconds, &pid);
                 if let Some(spinner) = spinner {
                     let _ = spinner.wait_with_output();
                 }

@@ -159,7 +159,8 @@ fn as_server(
     row.rss_kib.push(growth.rss_kib);
     row.pss_kib.push(growth.pss_kib);
     let seconds = args.seconds.to_string();
-    let echo = echo_load(bin_dir, pinned, &server.addr, "512", &seconds)?;
+    let pid = server.child.id().to_string();
+    let echo = echo_load(bin_dir, pinned, &server.addr, "512", &seconds, &pid)?;
     row.round_trips.push(
         *echo
             .get("round_trips_per_sec")

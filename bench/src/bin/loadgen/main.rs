@@ -48,6 +48,9 @@ enum Scenario {
         seconds: f64,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// The server process: how busy it and this process were is reported.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Round trips per second and latency: `conns` connections, each sending `size`-byte
     /// messages and waiting for the echo, after a one-second warm-up.
@@ -60,6 +63,9 @@ enum Scenario {
         size: usize,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// The server process: how busy it and this process were is reported.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// A fixed offered load — `rate` round trips per second over `conns` connections, or
     /// with `connect` `rate` new connections per second — and what each operation cost the
@@ -178,13 +184,32 @@ fn main() -> anyhow::Result<()> {
                 addr,
                 seconds,
                 concurrency,
-            } => rate(addr, Duration::from_secs_f64(seconds), concurrency).await,
+                server_pid,
+            } => {
+                rate(
+                    addr,
+                    Duration::from_secs_f64(seconds),
+                    concurrency,
+                    server_pid,
+                )
+                .await
+            }
             Scenario::Echo {
                 addr,
                 conns,
                 size,
                 seconds,
-            } => echo(addr, conns, size, Duration::from_secs_f64(seconds)).await,
+                server_pid,
+            } => {
+                echo(
+                    addr,
+                    conns,
+                    size,
+                    Duration::from_secs_f64(seconds),
+                    server_pid,
+                )
+                .await
+            }
             Scenario::Idle { addr, conns } => idle(addr, conns).await,
             Scenario::Paced {
                 addr,
@@ -283,8 +308,15 @@ async fn round_trip(
     Ok(())
 }
 
-async fn rate(addr: SocketAddr, duration: Duration, concurrency: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + duration;
+async fn rate(
+    addr: SocketAddr,
+    duration: Duration,
+    concurrency: usize,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let busy = tokio::spawn(busy(start, deadline, server_pid));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         workers.push(tokio::spawn(async move {
@@ -304,7 +336,11 @@ async fn rate(addr: SocketAddr, duration: Duration, concurrency: usize) -> anyho
     for worker in workers {
         total += worker.await??;
     }
-    println!("conns_per_sec={:.0}", total as f64 / duration.as_secs_f64());
+    println!(
+        "conns_per_sec={:.0}{}",
+        total as f64 / duration.as_secs_f64(),
+        busy.await??
+    );
     Ok(())
 }
 
@@ -313,9 +349,11 @@ async fn echo(
     conns: usize,
     size: usize,
     duration: Duration,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<()> {
     let start = Instant::now() + Duration::from_secs(1);
     let deadline = start + duration;
+    let busy = tokio::spawn(busy(start, deadline, server_pid));
     let mut workers = Vec::new();
     for i in 0..conns {
         let mut stream = TcpStream::connect(addr).await?;
@@ -345,12 +383,32 @@ async fn echo(
     let p50 = percentile(&latencies, 0.5).context("no round trips")?;
     let p99 = percentile(&latencies, 0.99).context("no round trips")?;
     println!(
-        "round_trips_per_sec={:.0} p50_us={:.1} p99_us={:.1}",
+        "round_trips_per_sec={:.0} p50_us={:.1} p99_us={:.1}{}",
         latencies.len() as f64 / duration.as_secs_f64(),
         micros(p50),
-        micros(p99)
+        micros(p99),
+        busy.await??
     );
     Ok(())
+}
+
+/// ` client_busy=… server_busy=…`: the share of one core this process and the server (when
+/// given) used from `start` to `end` — which side a closed loop saturated.
+async fn busy(start: Instant, end: Instant, server_pid: Option<u32>) -> anyhow::Result<String> {
+    let window = paced::Window {
+        start: tokio::time::Instant::from_std(start),
+        end: tokio::time::Instant::from_std(end),
+    };
+    let (server, client) = paced::sample_cpu(window, server_pid).await?;
+    let seconds = (end - start).as_secs_f64();
+    let mut out = format!(" client_busy={:.3}", client.as_secs_f64() / seconds);
+    if let Some(server) = server {
+        out.push_str(&format!(
+            " server_busy={:.3}",
+            server.as_secs_f64() / seconds
+        ));
+    }
+    Ok(out)
 }
 
 async fn idle(addr: SocketAddr, conns: usize) -> anyhow::Result<()> {

@@ -114,9 +114,9 @@ pub async fn run(load: PacedLoad) -> anyhow::Result<()> {
 
 /// The measured part of the run.
 #[derive(Clone, Copy)]
-struct Window {
-    start: Instant,
-    end: Instant,
+pub struct Window {
+    pub start: Instant,
+    pub end: Instant,
 }
 
 impl Window {
@@ -126,7 +126,8 @@ impl Window {
 }
 
 /// The CPU the server (if given) and this process used during the window.
-async fn sample_cpu(
+/// The CPU time the server (when given) and this process used over `window`.
+pub async fn sample_cpu(
     window: Window,
     server: Option<u32>,
 ) -> anyhow::Result<(Option<Duration>, Duration)> {
