@@ -1434,7 +1434,7 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
         let ratio = if metric == LIFECYCLE.0 || metric == LIFECYCLE.1 {
             "–".to_string()
         } else {
-            ratio_cell(results, metric, Kind::Native)
+            ratio_cell(results, metric, Kind::Native) + &saturated_sides(results, metric)
         };
         let against_baseline = ratio_cell(results, metric, Kind::Baseline);
         let wasm = value(results, Kind::Wasm, metric);
@@ -1461,6 +1461,35 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
         out.push_str(&row);
     }
     out
+}
+
+/// For a closed-loop throughput metric: which side each of the Wasm and native runs
+/// saturated (` — Wasm: server-bound, native: client-bound`), from the busy rows measured
+/// with it (median share of one core ≥ 0.9); empty for other metrics. A throughput ratio is
+/// the sandbox's price only where both servers were the saturated side.
+fn saturated_sides(results: &Results, metric: &str) -> String {
+    let prefix = match metric.split_once(": round trips/s") {
+        Some((prefix, "")) => prefix,
+        _ if metric == "connections/s" => metric,
+        _ => return String::new(),
+    };
+    let busy = |kind: Kind, side: &str| -> Option<f64> {
+        let name = format!("{prefix}: {side} busy (cores)");
+        results
+            .iter()
+            .find(|((k, m), _)| *k == kind && *m == name)
+            .and_then(|(_, values)| median(&mut values.clone()))
+    };
+    let side = |kind: Kind| match (busy(kind, "server"), busy(kind, "client")) {
+        (Some(server), _) if server >= 0.9 => Some("server-bound"),
+        (_, Some(client)) if client >= 0.9 => Some("client-bound"),
+        (Some(_), Some(_)) => Some("neither saturated"),
+        _ => None,
+    };
+    match (side(Kind::Wasm), side(Kind::Native)) {
+        (Some(wasm), Some(native)) => format!(" — Wasm: {wasm}, native: {native}"),
+        _ => String::new(),
+    }
 }
 
 /// Wasm / `other` for `metric`: the median of the per-round ratios (each round measures both
@@ -1503,6 +1532,30 @@ mod tests {
         assert_eq!(debug_duration("1.5s")?, Duration::from_millis(1500));
         assert!(debug_duration("3 weeks").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn a_throughput_ratio_says_which_side_saturated() {
+        let mut results = Results::new();
+        let mut put = |kind, metric, value: f64| {
+            results.insert((kind, metric), vec![value]);
+        };
+        put(Kind::Wasm, "512 B × 100 conns: server busy (cores)", 0.99);
+        put(Kind::Wasm, "512 B × 100 conns: client busy (cores)", 0.5);
+        put(Kind::Native, "512 B × 100 conns: server busy (cores)", 0.8);
+        put(Kind::Native, "512 B × 100 conns: client busy (cores)", 0.97);
+        assert_eq!(
+            saturated_sides(&results, "512 B × 100 conns: round trips/s"),
+            " — Wasm: server-bound, native: client-bound"
+        );
+        assert_eq!(
+            saturated_sides(&results, "64 B × 100 conns: round trips/s"),
+            ""
+        );
+        assert_eq!(
+            saturated_sides(&results, "512 B × 100 conns: p50 latency µs"),
+            ""
+        );
     }
 
     #[test]

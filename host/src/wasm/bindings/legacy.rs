@@ -10,7 +10,8 @@
 
 use wasmtime::AsContextMut;
 use wasmtime::component::{
-    ComponentExportIndex, ComponentType, Func, Instance, InstancePre, Linker, Lower,
+    ComponentExportIndex, ComponentNamedList, ComponentType, Func, Instance, InstancePre, Lift,
+    Linker, Lower, TypedFunc,
 };
 
 use crate::wasm::bindings::plugin::types::{
@@ -145,16 +146,26 @@ impl HandlerIndices {
             handle: func(&mut store, &self.handle, "handle")?,
             close: func(&mut store, &self.close, "close")?,
         };
+        // The checks the calls rely on (`Handler::typed`).
+        handler.init.typed::<InitParams<'_>, InitResults>(&store)?;
         handler
-            .init
-            .typed::<(&ConnInfo,), (Result<Next, String>,)>(&store)?;
-        handler.handle.typed::<(&Event,), (Next,)>(&store)?;
-        handler.close.typed::<(&CloseReason,), ()>(&store)?;
+            .handle
+            .typed::<HandleParams<'_>, HandleResults>(&store)?;
+        handler
+            .close
+            .typed::<CloseParams<'_>, CloseResults>(&store)?;
         Ok(handler)
     }
 }
 
-/// A 0.1.0 instance's handler functions.
+type InitParams<'a> = (&'a ConnInfo,);
+type InitResults = (Result<Next, String>,);
+type HandleParams<'a> = (&'a Event,);
+type HandleResults = (Next,);
+type CloseParams<'a> = (&'a CloseReason,);
+type CloseResults = ();
+
+/// A 0.1.0 instance's handler functions, type-checked once by [`HandlerIndices::load`].
 pub(crate) struct Handler {
     init: Func,
     handle: Func,
@@ -167,9 +178,7 @@ impl Handler {
         mut store: impl AsContextMut<Data = ConnState>,
         info: &ConnInfo,
     ) -> wasmtime::Result<Result<Next, String>> {
-        let func = self
-            .init
-            .typed::<(&ConnInfo,), (Result<Next, String>,)>(&store)?;
+        let func = Self::typed::<InitParams<'_>, InitResults>(self.init);
         Ok(func.call_async(&mut store, (info,)).await?.0)
     }
 
@@ -178,7 +187,7 @@ impl Handler {
         mut store: impl AsContextMut<Data = ConnState>,
         event: &Event,
     ) -> wasmtime::Result<Next> {
-        let func = self.handle.typed::<(&Event,), (Next,)>(&store)?;
+        let func = Self::typed::<HandleParams<'_>, HandleResults>(self.handle);
         Ok(func.call_async(&mut store, (event,)).await?.0)
     }
 
@@ -188,7 +197,24 @@ impl Handler {
         reason: &CurrentCloseReason,
     ) -> wasmtime::Result<()> {
         let reason = CloseReason::from(reason);
-        let func = self.close.typed::<(&CloseReason,), ()>(&store)?;
+        let func = Self::typed::<CloseParams<'_>, CloseResults>(self.close);
         func.call_async(&mut store, (&reason,)).await
+    }
+
+    /// `func` as a typed function without checking its type again: `Func::typed` walks the
+    /// parameter and result types and compares record and variant names as strings, on every
+    /// call when done per call (issue 16). Only for the three functions above, with the
+    /// parameter and result types `HandlerIndices::load` checked them against.
+    #[allow(unsafe_code)]
+    fn typed<P, R>(func: Func) -> TypedFunc<P, R>
+    where
+        P: ComponentNamedList + Lower,
+        R: ComponentNamedList + Lift,
+    {
+        // SAFETY: `HandlerIndices::load` made this `Handler` only after `Func::typed`
+        // accepted each function with the same `Params`/`Results` aliases the three callers
+        // pass here — what wasmtime's generated bindings do once per instance before their
+        // own `new_unchecked`.
+        unsafe { TypedFunc::new_unchecked(func) }
     }
 }
