@@ -1,8 +1,8 @@
 //! A `perf record` profile read back: its stacks folded (inferno's `collapse-perf`), drawn as a
 //! flame graph SVG, and summed by where the time was spent — the kernel, wasmtime, the guest's
-//! compiled code, shoal, tokio, the C library — and by function.
+//! compiled code, shoal, tokio, the allocator and C library — and by function.
 //!
-//! Frames are shortened before folding: generic arguments (`poll<...>`) are dropped, so that a
+//! Folded frames are shortened before they are drawn and summed: generic arguments (`poll<...>`) are dropped, so that a
 //! frame reads `<tracing::instrument::Instrumented as core::future::future::Future>::poll`
 //! instead of two kilobytes of nested types, and the SVG stays small enough to commit.
 
@@ -29,7 +29,8 @@ pub enum Area {
     Shoal,
     /// The async runtime and its I/O driver.
     Tokio,
-    /// The C library: malloc, memset, memcpy, system call wrappers.
+    /// The allocator (mimalloc, glibc's malloc) and the C library: memset, memcpy, system
+    /// call wrappers.
     Libc,
     /// Everything else (std, tracing, inlined frames without a crate name).
     Other,
@@ -45,7 +46,7 @@ impl Area {
             Area::Guest => "guest code (compiled Wasm)",
             Area::Shoal => "shoal",
             Area::Tokio => "tokio and mio",
-            Area::Libc => "C library (malloc, memset, memcpy)",
+            Area::Libc => "allocator and C library (malloc, memset, memcpy)",
             Area::Other => "other",
         }
     }
@@ -71,21 +72,26 @@ impl Area {
 }
 
 fn is_libc(frame: &str) -> bool {
-    const LIBC: [&str; 12] = [
+    // Innermost frames of the C library and of mimalloc (the `shoal` binary's allocator).
+    const PREFIXES: [&str; 16] = [
         "malloc",
+        "cfree",
         "free",
-        "memset",
-        "memmove",
-        "memcpy",
+        "calloc",
+        "realloc",
         "_int_",
         "unlink_chunk",
+        "__mem",
         "__libc",
+        "__GI_",
         "__send",
         "epoll_wait",
         "clock_",
         "pthread",
+        "mi_",
+        "_mi_",
     ];
-    LIBC.iter().any(|name| frame.contains(name))
+    PREFIXES.iter().any(|prefix| frame.starts_with(prefix))
 }
 
 /// A profile's samples by area and by innermost function.
@@ -205,13 +211,15 @@ fn shorten_frame(frame: &str) -> String {
         if skipping > 0 {
             match c {
                 '<' => skipping += 1,
-                '>' => skipping -= 1,
+                '>' if previous != '-' => skipping -= 1,
                 _ => {}
             }
+            previous = c;
             continue;
         }
         if c == '<' && (previous.is_alphanumeric() || matches!(previous, '_' | '}' | '>')) {
             skipping = 1;
+            previous = c;
             continue;
         }
         out.push(c);
@@ -241,6 +249,7 @@ mod tests {
             "{closure#0}"
         );
         assert_eq!(shorten_frame("tcp_sendmsg_[k]"), "tcp_sendmsg_[k]");
+        assert_eq!(shorten_frame("call<fn(A) -> B>::f"), "call::f");
     }
 
     #[test]
@@ -249,10 +258,12 @@ mod tests {
             "shoal;main;tcp_sendmsg_[k] 3".to_string(),
             "shoal;main;wasm[0]::function[17]_[j] 2".to_string(),
             "shoal;main;wasmtime::runtime::fiber::make_fiber 1".to_string(),
+            "shoal;main;mi_find_page 1".to_string(),
             "shoal;main;tcp_sendmsg_[k] 4".to_string(),
         ];
         let summary = summarize(&lines);
-        assert_eq!(summary.samples, 10);
+        assert_eq!(summary.samples, 11);
+        assert_eq!(summary.by_area.get(&Area::Libc), Some(&1));
         assert_eq!(summary.by_area.get(&Area::Kernel), Some(&7));
         assert_eq!(summary.by_area.get(&Area::Guest), Some(&2));
         assert_eq!(summary.by_area.get(&Area::Wasmtime), Some(&1));

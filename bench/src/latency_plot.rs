@@ -48,9 +48,17 @@ pub fn render(panels: &[Panel]) -> String {
         let left = MARGIN_LEFT + index as f64 * (PANEL_WIDTH + GAP);
         draw_panel(&mut svg, panel, left);
     }
-    if let Some(first) = panels.first() {
+    // One legend for all panels: the servers in the order the panels first name them (the
+    // panels give their lines in the same order, so colours match).
+    let mut labels: Vec<&str> = Vec::new();
+    for (label, _) in panels.iter().flat_map(|panel| &panel.series) {
+        if !labels.contains(&label.as_str()) {
+            labels.push(label);
+        }
+    }
+    {
         let y = MARGIN_TOP + PANEL_HEIGHT + MARGIN_BOTTOM + 20.0;
-        for (index, (label, _)) in first.series.iter().enumerate() {
+        for (index, label) in labels.iter().enumerate() {
             let x = MARGIN_LEFT + index as f64 * 200.0;
             let color = COLORS[index % COLORS.len()];
             let _ = writeln!(
@@ -70,6 +78,15 @@ pub fn render(panels: &[Panel]) -> String {
 
 fn draw_panel(svg: &mut String, panel: &Panel, left: f64) {
     let top = MARGIN_TOP;
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.0}\" y=\"{:.0}\" font-weight=\"bold\">{}</text>\n\
+         <rect x=\"{left:.0}\" y=\"{top:.0}\" width=\"{PANEL_WIDTH:.0}\" \
+         height=\"{PANEL_HEIGHT:.0}\" fill=\"none\" stroke=\"#888\"/>",
+        left,
+        top - 12.0,
+        escape(&panel.title)
+    );
     let values = panel
         .series
         .iter()
@@ -77,6 +94,12 @@ fn draw_panel(svg: &mut String, panel: &Panel, left: f64) {
         .filter(|v| v.is_finite() && *v > 0.0);
     let (low, high) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if low > high {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\">no data</text>",
+            left + PANEL_WIDTH / 2.0,
+            top + PANEL_HEIGHT / 2.0
+        );
         return;
     }
     // Whole decades of µs on the y axis.
@@ -87,15 +110,6 @@ fn draw_panel(svg: &mut String, panel: &Panel, left: f64) {
     let x_max = STEPS as f64 / 4.0; // log10 of 1 / (1 - q) at the last point
     let x = |k: usize| left + (k as f64 / 4.0) / x_max * PANEL_WIDTH;
     let y = |us: f64| top + PANEL_HEIGHT - (us.log10() - y_low) / (y_high - y_low) * PANEL_HEIGHT;
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.0}\" y=\"{:.0}\" font-weight=\"bold\">{}</text>\n\
-         <rect x=\"{left:.0}\" y=\"{top:.0}\" width=\"{PANEL_WIDTH:.0}\" \
-         height=\"{PANEL_HEIGHT:.0}\" fill=\"none\" stroke=\"#888\"/>",
-        left,
-        top - 12.0,
-        escape(&panel.title)
-    );
     // Grid: a line per decade of latency, one per percentile mark.
     let mut decade = y_low;
     while decade <= y_high {
@@ -198,5 +212,19 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 4);
         assert!(svg.contains("raw &lt;tokio&gt; echo"));
         assert!(svg.contains(">10 µs<") && svg.contains(">1 ms<"));
+    }
+
+    #[test]
+    fn a_panel_without_data_still_shows_its_frame() {
+        let empty = Panel {
+            title: "connections".to_string(),
+            series: vec![("shoal Wasm echo".to_string(), vec![f64::NAN; STEPS + 1])],
+        };
+        let svg = render(&[empty]);
+        assert!(svg.contains(">connections<") && svg.contains(">no data<"));
+        assert!(
+            svg.contains(">shoal Wasm echo<"),
+            "the legend names the server"
+        );
     }
 }

@@ -1434,7 +1434,7 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
         let ratio = if metric == LIFECYCLE.0 || metric == LIFECYCLE.1 {
             "–".to_string()
         } else {
-            ratio_cell(results, metric, Kind::Native) + &saturated_sides(results, metric)
+            ratio_cell(results, metric, Kind::Native) + &saturated_sides(results, metric, pinned)
         };
         let against_baseline = ratio_cell(results, metric, Kind::Baseline);
         let wasm = value(results, Kind::Wasm, metric);
@@ -1465,9 +1465,13 @@ fn report(args: &Args, pinned: bool, results: &mut Results) -> String {
 
 /// For a closed-loop throughput metric: which side each of the Wasm and native runs
 /// saturated (` — Wasm: server-bound, native: client-bound`), from the busy rows measured
-/// with it (median share of one core ≥ 0.9); empty for other metrics. A throughput ratio is
-/// the sandbox's price only where both servers were the saturated side.
-fn saturated_sides(results: &Results, metric: &str) -> String {
+/// with it (median share of one core ≥ 0.9, so only when each side is pinned to one core);
+/// empty for other metrics. A throughput ratio is the sandbox's price only where both
+/// servers were the saturated side.
+fn saturated_sides(results: &Results, metric: &str, pinned: bool) -> String {
+    if !pinned {
+        return String::new();
+    }
     let prefix = match metric.split_once(": round trips/s") {
         Some((prefix, "")) => prefix,
         _ if metric == "connections/s" => metric,
@@ -1545,15 +1549,20 @@ mod tests {
         put(Kind::Native, "512 B × 100 conns: server busy (cores)", 0.8);
         put(Kind::Native, "512 B × 100 conns: client busy (cores)", 0.97);
         assert_eq!(
-            saturated_sides(&results, "512 B × 100 conns: round trips/s"),
+            saturated_sides(&results, "512 B × 100 conns: round trips/s", true),
             " — Wasm: server-bound, native: client-bound"
         );
         assert_eq!(
-            saturated_sides(&results, "64 B × 100 conns: round trips/s"),
+            saturated_sides(&results, "512 B × 100 conns: round trips/s", false),
+            "",
+            "unpinned, a server may use more than one core"
+        );
+        assert_eq!(
+            saturated_sides(&results, "64 B × 100 conns: round trips/s", true),
             ""
         );
         assert_eq!(
-            saturated_sides(&results, "512 B × 100 conns: p50 latency µs"),
+            saturated_sides(&results, "512 B × 100 conns: p50 latency µs", true),
             ""
         );
     }

@@ -142,7 +142,7 @@ fn record(pid: &str, data: &Path, seconds: f64) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .context("cannot run perf record (is perf installed? scripts/install-bench-deps.sh)")?;
+        .context("cannot run perf record (is perf installed? scripts/install-deps.sh --perf)")?;
     if !status.success() {
         bail!(
             "perf record failed ({status}): is /proc/sys/kernel/perf_event_paranoid above 1 \

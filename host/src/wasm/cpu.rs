@@ -134,7 +134,8 @@ impl CpuGroup {
         self.weight
     }
 
-    /// Whether some of its guests wait for a slot: then its new calls wait too.
+    /// Whether some of its guests wait for a slot: then, while another listener is active,
+    /// its new calls wait too.
     pub(crate) fn is_queued(&self) -> bool {
         self.waiting.load(Ordering::Relaxed) > 0
     }

@@ -103,7 +103,8 @@ impl Instance {
             let state = store.data_mut();
             if !state.cpu.ran_a_tick() {
                 // No tick since the guest started running: nothing to charge. It stops only
-                // if its listener's guests queue for cores and it holds none.
+                // if it holds no core and must wait its turn for one (its listener's guests
+                // queue for cores while another listener is active).
                 if state.cpu.must_queue() {
                     return Ok(UpdateDeadline::YieldCustom(1, state.cpu.yield_point()));
                 }
@@ -186,7 +187,8 @@ impl Instance {
     }
 
     /// Start a call: its whole CPU budget, its listener marked active; a deadline at the next
-    /// tick, or at once when its listener's guests queue for cores (then it queues too).
+    /// tick, or at once when its listener's guests queue for cores while another listener is
+    /// active (then it queues too).
     fn start_call(&mut self) {
         self.store.data_mut().budget.start();
         let queued = self.cpu.start_call();

@@ -627,8 +627,9 @@ fn engine_config(config: &RuntimeConfig, memory_init: MemoryInit) -> Config {
         .memory_reservation(config.max_memory_bytes as u64)
         .memory_guard_size(64 << 10)
         .memory_reservation_for_growth(0);
-    // `make profile` names guest functions in `perf` reports: wasmtime then writes
-    // /tmp/perf-PID.map as it compiles. Off by default (the map grows with every plugin).
+    // With SHOAL_PERF_MAP=1, `perf` reports name guest functions: wasmtime then writes
+    // /tmp/perf-PID.map as it compiles. Off by default: the map grows with every plugin, and
+    // writing it costs every instantiation (so `make profile` leaves it off too).
     if std::env::var_os(PERF_MAP_VAR).is_some_and(|value| value == "1") {
         wasm.profiler(ProfilingStrategy::PerfMap);
     }

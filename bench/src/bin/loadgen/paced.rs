@@ -125,7 +125,6 @@ impl Window {
     }
 }
 
-/// The CPU the server (if given) and this process used during the window.
 /// The CPU time the server (when given) and this process used over `window`.
 pub async fn sample_cpu(
     window: Window,

@@ -178,7 +178,9 @@ impl Handler {
         mut store: impl AsContextMut<Data = ConnState>,
         info: &ConnInfo,
     ) -> wasmtime::Result<Result<Next, String>> {
-        let func = Self::typed::<InitParams<'_>, InitResults>(self.init);
+        // SAFETY: `load` checked `init` against these aliases.
+        #[allow(unsafe_code)]
+        let func = unsafe { Self::typed::<InitParams<'_>, InitResults>(self.init) };
         Ok(func.call_async(&mut store, (info,)).await?.0)
     }
 
@@ -187,7 +189,9 @@ impl Handler {
         mut store: impl AsContextMut<Data = ConnState>,
         event: &Event,
     ) -> wasmtime::Result<Next> {
-        let func = Self::typed::<HandleParams<'_>, HandleResults>(self.handle);
+        // SAFETY: `load` checked `handle` against these aliases.
+        #[allow(unsafe_code)]
+        let func = unsafe { Self::typed::<HandleParams<'_>, HandleResults>(self.handle) };
         Ok(func.call_async(&mut store, (event,)).await?.0)
     }
 
@@ -197,24 +201,29 @@ impl Handler {
         reason: &CurrentCloseReason,
     ) -> wasmtime::Result<()> {
         let reason = CloseReason::from(reason);
-        let func = Self::typed::<CloseParams<'_>, CloseResults>(self.close);
+        // SAFETY: `load` checked `close` against these aliases.
+        #[allow(unsafe_code)]
+        let func = unsafe { Self::typed::<CloseParams<'_>, CloseResults>(self.close) };
         func.call_async(&mut store, (&reason,)).await
     }
 
     /// `func` as a typed function without checking its type again: `Func::typed` walks the
-    /// parameter and result types and compares record and variant names as strings, on every
-    /// call when done per call (issue 16). Only for the three functions above, with the
-    /// parameter and result types `HandlerIndices::load` checked them against.
+    /// parameter and result types and compares record and variant names as strings, which
+    /// cost every call when done per call (issue 16). What wasmtime's generated bindings do
+    /// after their own check once per instance.
+    ///
+    /// # Safety
+    ///
+    /// `func` must have passed `Func::typed::<P, R>`: `HandlerIndices::load` checks `init`,
+    /// `handle` and `close` against the `*Params`/`*Results` aliases the three callers use,
+    /// and a `Handler` is made nowhere else.
     #[allow(unsafe_code)]
-    fn typed<P, R>(func: Func) -> TypedFunc<P, R>
+    unsafe fn typed<P, R>(func: Func) -> TypedFunc<P, R>
     where
         P: ComponentNamedList + Lower,
         R: ComponentNamedList + Lift,
     {
-        // SAFETY: `HandlerIndices::load` made this `Handler` only after `Func::typed`
-        // accepted each function with the same `Params`/`Results` aliases the three callers
-        // pass here — what wasmtime's generated bindings do once per instance before their
-        // own `new_unchecked`.
+        // SAFETY: the caller's promise above.
         unsafe { TypedFunc::new_unchecked(func) }
     }
 }
