@@ -1485,6 +1485,7 @@ fn saturated_sides(results: &Results, metric: &str, pinned: bool) -> String {
             .and_then(|(_, values)| median(&mut values.clone()))
     };
     let side = |kind: Kind| match (busy(kind, "server"), busy(kind, "client")) {
+        (Some(server), Some(client)) if server >= 0.9 && client >= 0.9 => Some("both saturated"),
         (Some(server), _) if server >= 0.9 => Some("server-bound"),
         (_, Some(client)) if client >= 0.9 => Some("client-bound"),
         (Some(_), Some(_)) => Some("neither saturated"),
