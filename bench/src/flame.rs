@@ -37,6 +37,17 @@ pub enum Area {
 }
 
 impl Area {
+    /// Every area, in table order.
+    pub const ALL: [Area; 7] = [
+        Area::Kernel,
+        Area::Wasmtime,
+        Area::Guest,
+        Area::Shoal,
+        Area::Tokio,
+        Area::Libc,
+        Area::Other,
+    ];
+
     /// The area's name in tables.
     #[must_use]
     pub fn label(self) -> &'static str {

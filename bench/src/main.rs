@@ -5,6 +5,7 @@
 //! writes it to `target/bench/report.md`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -811,14 +812,39 @@ fn pin(pinned: bool, core: &str, program: &Path) -> Command {
 }
 
 /// Run the load generator to completion and parse its `key=value` line.
-fn loadgen(bin_dir: &Path, pinned: bool, args: &[&str]) -> anyhow::Result<BTreeMap<String, f64>> {
-    let output = pin(pinned, "0", &bin_dir.join("loadgen"))
+fn loadgen<S: AsRef<OsStr>>(
+    bin_dir: &Path,
+    pinned: bool,
+    args: &[S],
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    finish_loadgen(spawn_loadgen(bin_dir, pinned, args)?).with_context(|| {
+        let args: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        format!("loadgen {}", args.join(" "))
+    })
+}
+
+/// Start the load generator (on core 0 when pinned), its output captured.
+fn spawn_loadgen<S: AsRef<OsStr>>(
+    bin_dir: &Path,
+    pinned: bool,
+    args: &[S],
+) -> anyhow::Result<Child> {
+    pin(pinned, "0", &bin_dir.join("loadgen"))
         .args(args)
         .stdin(Stdio::null())
-        .output()?;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start loadgen")
+}
+
+/// Wait for a load generator `spawn_loadgen` started and parse its `key=value` line.
+fn finish_loadgen(loadgen: Child) -> anyhow::Result<BTreeMap<String, f64>> {
+    let output = loadgen.wait_with_output()?;
     if !output.status.success() {
         bail!(
-            "loadgen {args:?} failed: {}",
+            "loadgen failed ({}): {}",
+            output.status,
             String::from_utf8_lossy(&output.stderr)
         );
     }

@@ -69,41 +69,44 @@ pub fn run(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<Vec<Row>
             );
             let server = Server::start(row.kind, bin_dir, args, pinned)?;
             let pid = server.child.id().to_string();
-            let seconds = args.seconds.to_string();
-            let rate = args.paced_rate.to_string();
-            let trips = [
-                "paced",
-                "--addr",
-                &server.addr,
-                "--rate",
-                &rate,
-                "--conns",
-                "100",
-                "--size",
-                "512",
-                "--seconds",
-                &seconds,
-                "--server-pid",
-                &pid,
-            ];
-            row.round_trips.add(&loadgen(bin_dir, pinned, &trips)?)?;
-            let rate = args.paced_connect_rate.to_string();
-            let connects = [
-                "paced",
-                "--addr",
-                &server.addr,
-                "--rate",
-                &rate,
-                "--connect",
-                "--seconds",
-                &seconds,
-                "--server-pid",
-                &pid,
-            ];
-            row.connections.add(&loadgen(bin_dir, pinned, &connects)?)?;
+            for (connect, figures) in [(false, &mut row.round_trips), (true, &mut row.connections)]
+            {
+                let load = loadgen_args(args, connect, &server.addr, &pid, args.seconds);
+                figures.add(&loadgen(bin_dir, pinned, &load)?)?;
+            }
         }
     }
     Ok(rows)
+}
+
+/// `loadgen paced`'s arguments for one of the scenario's loads against the server at `addr`
+/// (process `pid`), measured for `seconds`: `--paced-rate` round trips per second over 100
+/// connections × 512 B, or with `connect` `--paced-connect-rate` new connections per second.
+pub fn loadgen_args(
+    args: &Args,
+    connect: bool,
+    addr: &str,
+    pid: &str,
+    seconds: f64,
+) -> Vec<String> {
+    let mut out: Vec<String> = ["paced", "--addr", addr].map(String::from).to_vec();
+    if connect {
+        out.extend([
+            "--rate".into(),
+            args.paced_connect_rate.to_string(),
+            "--connect".into(),
+        ]);
+    } else {
+        out.extend(["--rate".into(), args.paced_rate.to_string()]);
+        out.extend(["--conns", "100", "--size", "512"].map(String::from));
+    }
+    out.extend([
+        "--seconds".into(),
+        seconds.to_string(),
+        "--server-pid".into(),
+        pid.into(),
+    ]);
+    out
 }
 
 impl Figures {

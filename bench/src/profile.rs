@@ -8,16 +8,16 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shoal_bench::flame::{self, Area, Summary};
 
-use crate::{Args, Kind, Server, parse_line, pin};
+use crate::{Args, Kind, Server, finish_loadgen, paced, spawn_loadgen};
 
 /// The two loads of the paced scenario.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Load {
     RoundTrips,
     Connections,
@@ -36,32 +36,6 @@ impl Load {
             Load::RoundTrips => "per round trip",
             Load::Connections => "per connection",
         }
-    }
-
-    fn loadgen_args(self, args: &Args, addr: &str, pid: &str, seconds: f64) -> Vec<String> {
-        let mut out: Vec<String> = vec!["paced".into(), "--addr".into(), addr.into()];
-        match self {
-            Load::RoundTrips => out.extend([
-                "--rate".into(),
-                args.paced_rate.to_string(),
-                "--conns".into(),
-                "100".into(),
-                "--size".into(),
-                "512".into(),
-            ]),
-            Load::Connections => out.extend([
-                "--rate".into(),
-                args.paced_connect_rate.to_string(),
-                "--connect".into(),
-            ]),
-        }
-        out.extend([
-            "--seconds".into(),
-            seconds.to_string(),
-            "--server-pid".into(),
-            pid.into(),
-        ]);
-        out
     }
 }
 
@@ -87,17 +61,13 @@ pub fn run(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<String> 
             // The load generator's window: a 1 s warm-up, then `seconds`; perf records the
             // middle of it.
             let window = args.seconds.max(2.0);
-            let mut loadgen = pin(pinned, "0", &bin_dir.join("loadgen"))
-                .args(load.loadgen_args(args, &server.addr, &pid, window))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start loadgen")?;
+            let connect = load == Load::Connections;
+            let loadgen_args = paced::loadgen_args(args, connect, &server.addr, &pid, window);
+            let loadgen = spawn_loadgen(bin_dir, pinned, &loadgen_args)?;
             std::thread::sleep(Duration::from_millis(1500));
             let data = dir.join(format!("{name}.data"));
             let recorded = record(&pid, &data, window - 1.0);
-            let line = finish(&mut loadgen)?;
+            let line = finish_loadgen(loadgen)?;
             drop(server);
             recorded?;
             let cpu_us_per_op = line
@@ -152,18 +122,6 @@ fn record(pid: &str, data: &Path, seconds: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn finish(loadgen: &mut Child) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
-    let mut stdout = String::new();
-    if let Some(mut out) = loadgen.stdout.take() {
-        std::io::Read::read_to_string(&mut out, &mut stdout)?;
-    }
-    let status = loadgen.wait()?;
-    if !status.success() {
-        bail!("loadgen paced failed ({status})");
-    }
-    parse_line(&stdout)
-}
-
 /// The section: per load, time by area side by side, then each server's top functions.
 fn report(profiles: &[Profile], dir: &Path) -> String {
     let mut out = format!(
@@ -172,23 +130,11 @@ fn report(profiles: &[Profile], dir: &Path) -> String {
         dir.display()
     );
     for load in [Load::RoundTrips, Load::Connections] {
-        let of_load: Vec<&Profile> = profiles
-            .iter()
-            .filter(|p| p.load.slug() == load.slug())
-            .collect();
+        let of_load: Vec<&Profile> = profiles.iter().filter(|p| p.load == load).collect();
         let _ = write!(out, "\n**{}** — µs of server CPU by area", load.label());
         let _ = writeln!(out, "\n\n| area |{}", columns(&of_load, |p| p.kind.label()));
         let _ = writeln!(out, "|---|{}", columns(&of_load, |_| "---"));
-        let areas = [
-            Area::Kernel,
-            Area::Wasmtime,
-            Area::Guest,
-            Area::Shoal,
-            Area::Tokio,
-            Area::Libc,
-            Area::Other,
-        ];
-        for area in areas {
+        for area in Area::ALL {
             let cells: Vec<String> = of_load
                 .iter()
                 .map(|p| {
