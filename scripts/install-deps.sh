@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install the system tools the tests use (nc), through apt, when they are missing;
-# with --perf, also perf (for `make profile`).
+# Install the system tools the tests use (nc, and openssl's s_client for the TLS tests),
+# through apt, when they are missing; with --perf, also perf (for `make profile`).
 set -euo pipefail
 packages=()
 command -v nc >/dev/null 2>&1 || packages+=(netcat-openbsd)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 if [ "${1:-}" = "--perf" ]; then
     command -v perf >/dev/null 2>&1 || packages+=(linux-perf)
 fi

@@ -644,6 +644,7 @@ async fn handle_calls<F: HandlerFactory>(
             stats,
             mailboxes: &mailboxes,
             cpu_group: &cpu_group,
+            tls: None,
         };
         handlers.push(open_handler(factory, conn, &info).await?);
     }
@@ -679,6 +680,7 @@ async fn lifecycles<F: HandlerFactory>(
             stats,
             mailboxes: &mailboxes,
             cpu_group: &cpu_group,
+            tls: None,
         };
         let start = Instant::now();
         let mut handler = open_handler(factory, conn, &info).await?;

@@ -90,6 +90,7 @@ pub mod handoff_bindings {
 
 pub use bindings::plugin::types::{
     CloseReason, ConnInfo, Envelope, Event, Level, MessageError, NameError, Next, Peer, SendError,
+    TlsInfo,
 };
 
 /// A connection handler: one value of this type is the state of one connection.
@@ -146,6 +147,17 @@ pub trait Handoff: Handler {
 /// was queued), [`SendError::Closed`] when the client can no longer receive.
 pub fn send(data: &[u8]) -> Result<(), SendError> {
     bindings::plugin::connection::send(data)
+}
+
+/// This connection's TLS session (protocol version, cipher suite, SNI server name, ALPN
+/// protocol, the client certificate's subject under mutual TLS), or `None` when its listener
+/// serves plain TCP. The handshake is over before `init`, so the answer never changes.
+///
+/// A plugin that calls this needs a host that provides `connection.tls` (shoal with TLS
+/// support); one that does not call it loads on any host of its world.
+#[must_use]
+pub fn tls() -> Option<TlsInfo> {
+    bindings::plugin::connection::tls()
 }
 
 /// Messages to the other connections of this listener; they arrive there as

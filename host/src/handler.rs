@@ -12,7 +12,7 @@ use crate::config::listener::ServerConfig;
 use crate::error::{GuestFault, InstantiateError};
 use crate::messages::local::Mailboxes;
 use crate::observe::stats::Stats;
-use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next};
+use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next, TlsInfo};
 use crate::wasm::cpu::CpuGroup;
 
 /// Serves one connection, following the plugin lifecycle that `wit/plugin.wit` specifies:
@@ -163,6 +163,8 @@ pub struct NewConnection<'a> {
     pub mailboxes: &'a Mailboxes,
     /// The listener's claim on the CPU, which the handler's guest calls are charged to.
     pub cpu_group: &'a Arc<CpuGroup>,
+    /// The connection's TLS session, if its listener serves TLS.
+    pub tls: Option<&'a TlsInfo>,
 }
 
 /// Makes a fresh [`ConnectionHandler`] for every accepted connection.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use shoal_host::{
     ListenerSpec, MemoryInit, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime,
-    RuntimeConfig, Server, ServerConfig,
+    RuntimeConfig, Server, ServerConfig, Tls, TlsFiles,
 };
 
 // The server's allocator: mimalloc, whose per-thread free lists serve the store, instance and
@@ -38,13 +38,17 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value, parsed once at start: boxing `serve`'s arguments would buy nothing"
+)]
 enum Command {
     /// Serve a plugin: every accepted connection gets a fresh instance of it. With
     /// `--config`, serve every listener of a config file instead.
     Serve {
         /// A config file (shoal.toml) with one or more listeners, each with its own plugin,
         /// limits and capabilities; see shoal.example.toml.
-        #[arg(long, conflicts_with_all = ["plugin", "native_echo", "max_instances", "hibernate_after"])]
+        #[arg(long, conflicts_with_all = ["plugin", "native_echo", "max_instances", "hibernate_after", "tls_cert"])]
         config: Option<PathBuf>,
         /// Address to listen on; port 0 picks a free port (the bound address is printed).
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -73,6 +77,8 @@ enum Command {
         #[arg(long)]
         native_echo: bool,
         #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
         cache: CacheArgs,
         /// Do not watch plugin files: by default, a plugin file that is rewritten (or
         /// replaced by a rename) becomes its listener's new version once it passes a probe,
@@ -85,6 +91,31 @@ enum Command {
         /// The plugin component (.wasm).
         plugin: PathBuf,
     },
+}
+
+/// TLS for the one listener of `shoal serve` (a config file has `[listener.tls]`).
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// Serve TLS with this certificate chain (PEM, the server's certificate first); needs
+    /// --tls-key. Read again on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate issued by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files to load, if TLS was asked for.
+    fn files(&self) -> Option<TlsFiles> {
+        let (cert, key) = (self.tls_cert.as_ref()?, self.tls_key.as_ref()?);
+        let mut files = TlsFiles::new(cert, key);
+        files.client_ca.clone_from(&self.tls_client_ca);
+        Some(files)
+    }
 }
 
 /// Where compiled plugins are kept between starts.
@@ -137,6 +168,7 @@ fn main() -> ExitCode {
             hibernate_after,
             plugin,
             native_echo,
+            tls,
             cache,
             no_watch,
         } => {
@@ -148,6 +180,7 @@ fn main() -> ExitCode {
                 hibernate_after,
                 plugin,
                 native_echo,
+                tls,
             };
             serve_one(one, cache, Watch(!no_watch))
         }
@@ -171,6 +204,7 @@ struct OneListener {
     hibernate_after: Option<Duration>,
     plugin: Option<PathBuf>,
     native_echo: bool,
+    tls: TlsArgs,
 }
 
 /// Whether plugin files are watched for new versions.
@@ -178,56 +212,87 @@ struct OneListener {
 struct Watch(bool);
 
 fn serve_one(one: OneListener, cache: CacheArgs, watch: Watch) -> anyhow::Result<()> {
-    let mut config = ServerConfig::builder()
-        .pool_size(one.pool_size)
-        .max_connections(one.max_connections);
-    if let Some(instances) = one.max_instances {
-        config = config.max_instances(instances);
-    }
-    if let Some(after) = one.hibernate_after {
-        config = config.hibernate_after(after);
-    }
-    let config = config.build()?;
-    let node = if one.native_echo {
+    let config = one.config()?;
+    if one.native_echo {
         let mut node = Node::new(RuntimeConfig::default());
         node.add(one.listen, Server::new(shoal_host::native::Echo, config))?;
-        node
-    } else {
-        let plugin = match one.plugin {
-            Some(path) => PluginSource::File(path),
+        return run(node, Announce::AddressOnly, watch, Reload::Nothing);
+    }
+    let cache_dir = cache.dir(None);
+    let spec = one.spec(config, cache_dir.clone());
+    // One listener, named by nobody: its errors need no `listener `default`:` prefix.
+    let node = Node::from_spec(spec).map_err(|error| match error {
+        NodeError::Plugin { error, .. } => anyhow::Error::new(error),
+        other => anyhow::Error::new(other),
+    })?;
+    // On SIGHUP the command line is read again: the certificates, and the plugin file.
+    let reload = Reload::Spec(Box::new(move || {
+        Ok(one.spec(one.config()?, cache_dir.clone()))
+    }));
+    run(node, Announce::AddressOnly, watch, reload)
+}
+
+impl OneListener {
+    /// The listener's settings, its TLS files read now.
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::builder()
+            .pool_size(self.pool_size)
+            .max_connections(self.max_connections);
+        if let Some(instances) = self.max_instances {
+            config = config.max_instances(instances);
+        }
+        if let Some(after) = self.hibernate_after {
+            config = config.hibernate_after(after);
+        }
+        if let Some(files) = self.tls.files() {
+            config = config.tls(Tls::load(files)?);
+        }
+        Ok(config.build()?)
+    }
+
+    /// A node of this one listener, with `config`.
+    fn spec(&self, config: ServerConfig, cache_dir: Option<PathBuf>) -> NodeSpec {
+        let plugin = match &self.plugin {
+            Some(path) => PluginSource::File(path.clone()),
             None => PluginSource::Bytes {
                 name: "echo".into(),
                 bytes: Bytes::from_static(BUNDLED_ECHO),
             },
         };
-        let spec = NodeSpec {
+        NodeSpec {
             listeners: vec![ListenerSpec {
-                address: one.listen,
+                address: self.listen,
                 plugin,
                 config,
             }],
-            cache_dir: cache.dir(None),
+            cache_dir,
             ..NodeSpec::default()
-        };
-        // One listener, named by nobody: its errors need no `listener `default`:` prefix.
-        Node::from_spec(spec).map_err(|error| match error {
-            NodeError::Plugin { error, .. } => anyhow::Error::new(error),
-            other => anyhow::Error::new(other),
-        })?
-    };
-    run(node, Announce::AddressOnly, watch, None)
+        }
+    }
+}
+
+/// What SIGHUP reads again.
+enum Reload {
+    /// Nothing (the native echo).
+    Nothing,
+    /// The spec this makes: a config file read again, or the command line's listener with
+    /// its TLS files read again.
+    Spec(Box<dyn Fn() -> anyhow::Result<NodeSpec> + Send>),
 }
 
 /// `shoal serve --config FILE`: every listener of the file in one node.
 fn serve_config(path: &Path, cache: CacheArgs, watch: Watch) -> anyhow::Result<()> {
     let mut spec = NodeSpec::load(path)?;
-    spec.cache_dir = cache.dir(spec.cache_dir.take());
-    run(
-        Node::from_spec(spec)?,
-        Announce::WithName,
-        watch,
-        Some(path.to_path_buf()),
-    )
+    let cache_dir = cache.dir(spec.cache_dir.take());
+    spec.cache_dir.clone_from(&cache_dir);
+    let file = path.to_path_buf();
+    let reload = Reload::Spec(Box::new(move || {
+        let mut spec = NodeSpec::load(&file)?;
+        spec.cache_dir.clone_from(&cache_dir);
+        tracing::info!(file = %file.display(), "SIGHUP: reloading the config");
+        Ok(spec)
+    }));
+    run(Node::from_spec(spec)?, Announce::WithName, watch, reload)
 }
 
 /// How the ready lines name each listener.
@@ -239,15 +304,9 @@ enum Announce {
     WithName,
 }
 
-/// Bind every listener, say where each listens, serve until SIGINT or SIGTERM.
-/// Bind every listener, say where each listens, serve until SIGINT or SIGTERM; with a config
-/// file, re-read it on SIGHUP.
-fn run(
-    mut node: Node,
-    announce: Announce,
-    watch: Watch,
-    config: Option<PathBuf>,
-) -> anyhow::Result<()> {
+/// Bind every listener, say where each listens, serve until SIGINT or SIGTERM; on SIGHUP,
+/// apply what `reload` reads again.
+fn run(mut node: Node, announce: Announce, watch: Watch, reload: Reload) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     tokio.block_on(async {
         match (node.bind().await, announce) {
@@ -272,19 +331,18 @@ fn run(
         };
         let hangups = reload_signal().context("cannot install the SIGHUP handler")?;
         let reloading = tokio::spawn(async move {
-            let Some(path) = config else {
+            let Reload::Spec(respec) = reload else {
                 return;
             };
             let mut hangups = hangups;
             while hangups.recv().await.is_some() {
-                let spec = match NodeSpec::load(&path) {
+                let spec = match respec() {
                     Ok(spec) => spec,
                     Err(error) => {
-                        tracing::error!("SIGHUP: {error}; nothing changed");
+                        tracing::error!("SIGHUP: {error:#}; nothing changed");
                         continue;
                     }
                 };
-                tracing::info!(file = %path.display(), "SIGHUP: reloading the config");
                 handle.reload(spec).await;
                 // The plugin files may have changed with the config.
                 if watching.is_some() {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::config::listener::{HandoffPolicy, ServerConfig, ServerConfigBuilder};
 use crate::config::spec::{ListenerSpec, NodeSpec, PluginSource};
 use crate::config::units::{ByteSize, DurationText};
+use crate::tls::settings::{Tls, TlsFiles};
 use crate::wasm::capabilities::Capabilities;
 
 /// Why a config file cannot be used. Each message names the file and the field.
@@ -93,6 +94,31 @@ struct ListenerEntry {
     hibernate_state_limit: Option<ByteSize>,
     #[serde(default)]
     capabilities: CapabilitiesEntry,
+    tls: Option<TlsEntry>,
+}
+
+/// `[listener.tls]`: serve TLS with these files (relative paths start at the file's folder).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsEntry {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    handshake_timeout: Option<DurationText>,
+    #[serde(default)]
+    alpn: Vec<String>,
+}
+
+impl TlsEntry {
+    fn files(self, base: &Path) -> TlsFiles {
+        let mut files = TlsFiles::new(base.join(self.cert), base.join(self.key));
+        files.client_ca = self.client_ca.map(|ca| base.join(ca));
+        if let Some(timeout) = self.handshake_timeout {
+            files.handshake_timeout = timeout.0;
+        }
+        files.alpn = self.alpn;
+        files
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -132,6 +158,13 @@ impl NodeSpec {
     /// env = { GREETING = "hello" }
     /// config = { motd = "be nice" }
     /// read_only_dir = { host = "public", guest = "/public" }
+    ///
+    /// [listener.tls]                        # optional: serve TLS instead of plain TCP
+    /// cert = "cert.pem"                     # the chain, server certificate first (PEM)
+    /// key = "key.pem"                       # its private key (PEM)
+    /// client_ca = "ca.pem"                  # optional: mutual TLS, clients need a cert from it
+    /// handshake_timeout = "10s"             # optional
+    /// alpn = ["http/1.1"]                   # optional
     /// ```
     ///
     /// Every field, with its default, is in `shoal.example.toml` at the root of the repository.
@@ -192,7 +225,7 @@ impl NodeSpec {
             });
         }
         let mut specs: Vec<ListenerSpec> = Vec::new();
-        for entry in file.listeners {
+        for mut entry in file.listeners {
             // How errors name the listener: by its name, or by its place when it has none.
             let name = if entry.name.is_empty() {
                 format!("#{}", specs.len() + 1)
@@ -232,8 +265,17 @@ impl NodeSpec {
                 let reason = format!("{} is not a file", plugin.display());
                 return Err(invalid(&name, "plugin", reason));
             }
-            let config = entry
-                .into_builder(base)
+            let tls = entry
+                .tls
+                .take()
+                .map(|tls| Tls::load(tls.files(base)))
+                .transpose()
+                .map_err(|error| invalid(&name, error.field(), error.to_string()))?;
+            let mut builder = entry.into_builder(base);
+            if let Some(tls) = tls {
+                builder = builder.tls(tls);
+            }
+            let config = builder
                 .build()
                 .map_err(|error| invalid(&name, error.field(), error.reason().to_string()))?;
             specs.push(ListenerSpec {
@@ -431,6 +473,51 @@ mod tests {
         assert_eq!(chat.hibernate_after(), Some(Duration::from_secs(30)));
         assert_eq!(chat.hibernate_state_limit(), 4096);
         assert_eq!(specs[0].config.hibernate_after(), None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_tls_table_is_read_with_paths_from_the_files_folder() {
+        // No certificate there: the error names the listener, the setting and the file
+        // found from the config file's folder.
+        let text = format!(
+            "{TWO}\n[listener.tls]\ncert = \"certs/server.pem\"\nkey = \"certs/key.pem\"\n"
+        );
+        let message = error(&text);
+        assert!(
+            message.contains("invalid `tls.cert`: cannot read ")
+                && message.contains(&format!("{}", base().join("certs/server.pem").display())),
+            "{message}"
+        );
+        let unknown = format!("{TWO}\n[listener.tls]\ncert = \"c\"\nkey = \"k\"\nciphers = []\n");
+        assert!(error(&unknown).contains("unknown field `ciphers`"));
+    }
+
+    #[test]
+    fn a_listener_with_certificates_serves_tls() -> Result<(), ConfigFileError> {
+        let dir = base().join("good-certs");
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pair = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let cert = params.self_signed(&pair).expect("cert");
+        std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.join("key.pem"), pair.serialize_pem()).expect("write");
+        let text = format!(
+            "{TWO}\n[listener.tls]\ncert = \"good-certs/cert.pem\"\nkey = \"good-certs/key.pem\"\n\
+             handshake_timeout = \"2s\"\nalpn = [\"http/1.1\"]\n"
+        );
+        let specs = check(&text)?;
+        assert!(specs[0].config.tls().is_none());
+        let tls = specs[1].config.tls().map(Tls::files);
+        assert_eq!(
+            tls.map(|f| f.handshake_timeout),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            tls.map(|f| f.alpn.clone()),
+            Some(vec!["http/1.1".to_string()])
+        );
+        assert_eq!(tls.map(|f| f.cert.clone()), Some(dir.join("cert.pem")));
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::config::units::{count, duration, size};
 use crate::error::ConfigError;
+use crate::tls::settings::Tls;
 use crate::wasm::capabilities::Capabilities;
 
 /// The range each setting may take, checked by [`ServerConfigBuilder::build`]: wide enough
@@ -117,6 +118,7 @@ pub struct ServerConfig {
     handoff: HandoffPolicy,
     hibernate_after: Option<Duration>,
     hibernate_state_limit: usize,
+    tls: Option<Arc<Tls>>,
 }
 
 /// When the connections of a replaced plugin version move to the new version with their
@@ -319,6 +321,16 @@ impl ServerConfig {
     pub(crate) fn shared_capabilities(&self) -> Arc<Capabilities> {
         Arc::clone(&self.capabilities)
     }
+
+    /// The listener's TLS settings: `None` serves plain TCP.
+    #[must_use]
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_deref()
+    }
+
+    pub(crate) fn shared_tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
+    }
 }
 
 impl Default for ServerConfig {
@@ -347,7 +359,8 @@ impl Default for ServerConfig {
     /// * `shutdown_timeout`: 15 s;
     /// * guest log: 20 lines per second per connection after a burst of 100;
     /// * rollback: a new version whose first 20 connections fault more than half the time
-    ///   (`rollback_window`, `rollback_fault_ratio` 0.5) is replaced by the previous one.
+    ///   (`rollback_window`, `rollback_fault_ratio` 0.5) is replaced by the previous one;
+    /// * `tls`: none, plain TCP.
     fn default() -> Self {
         Self {
             name: "default".to_string(),
@@ -374,6 +387,7 @@ impl Default for ServerConfig {
             handoff: HandoffPolicy::AtDrain,
             hibernate_after: None,
             hibernate_state_limit: 64 << 10,
+            tls: None,
         }
     }
 }
@@ -541,6 +555,15 @@ impl ServerConfigBuilder {
     #[must_use]
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.config.memory_limit = bytes;
+        self
+    }
+
+    /// Serve TLS with these certificates (see [`Tls::load`]); default: plain TCP. Every
+    /// connection's handshake must finish within its `handshake_timeout` before its guest
+    /// is made.
+    #[must_use]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.config.tls = Some(Arc::new(tls));
         self
     }
 

@@ -16,6 +16,7 @@ pub struct Stats {
     asleep_bytes: AtomicUsize,
     kept_awake: AtomicU64,
     accepted: AtomicU64,
+    tls_handshakes: AtomicU64,
     faults: AtomicU64,
     guest_cpu_nanos: AtomicU64,
     ended: [AtomicU64; EndKind::ALL.len()],
@@ -96,11 +97,16 @@ pub enum EndKind {
     NoInstance,
     /// Its plugin version was retired at the listener's drain deadline (`close(upgrade)`).
     Upgrade,
+    /// Its TLS handshake failed (a plain-text client, no common protocol, a client
+    /// certificate missing or refused): no handler was made.
+    TlsHandshakeFailed,
+    /// It did not finish its TLS handshake within the listener's `handshake_timeout`.
+    TlsHandshakeTimeout,
 }
 
 impl EndKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EndKind; 16] = [
+    pub const ALL: [EndKind; 18] = [
         EndKind::ClientClosed,
         EndKind::GuestClosed,
         EndKind::Refused,
@@ -117,6 +123,8 @@ impl EndKind {
         EndKind::Limit(Limit::Write),
         EndKind::Limit(Limit::Mailbox),
         EndKind::Limit(Limit::Instances),
+        EndKind::TlsHandshakeFailed,
+        EndKind::TlsHandshakeTimeout,
     ];
 
     /// A short name for logs and metrics: `client-closed`, `limit:write_timeout`, ….
@@ -139,6 +147,8 @@ impl EndKind {
             EndKind::Limit(Limit::Write) => "limit:write_timeout",
             EndKind::Limit(Limit::Mailbox) => "limit:mailbox",
             EndKind::Limit(Limit::Instances) => "limit:max_instances",
+            EndKind::TlsHandshakeFailed => "tls-handshake-failed",
+            EndKind::TlsHandshakeTimeout => "tls-handshake-timeout",
         }
     }
 
@@ -154,6 +164,8 @@ impl EndKind {
             EndKind::NoInstance => 7,
             EndKind::Limit(limit) => 8 + limit as usize,
             EndKind::Upgrade => 15,
+            EndKind::TlsHandshakeFailed => 16,
+            EndKind::TlsHandshakeTimeout => 17,
         }
     }
 }
@@ -209,6 +221,13 @@ impl Stats {
     #[must_use]
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes that succeeded since the start (those that failed or timed out are
+    /// counted as endings: [`EndKind::TlsHandshakeFailed`], [`EndKind::TlsHandshakeTimeout`]).
+    #[must_use]
+    pub fn tls_handshakes(&self) -> u64 {
+        self.tls_handshakes.load(Ordering::Relaxed)
     }
 
     /// Guest calls that faulted since the start, in any export: traps, and calls stopped by
@@ -276,6 +295,10 @@ impl Stats {
 
     pub(crate) fn count_accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_tls_handshake(&self) {
+        self.tls_handshakes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_fault(&self) {

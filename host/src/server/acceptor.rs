@@ -2,11 +2,12 @@
 //! accepted sockets to connection tasks, supervised so that a failed acceptor is restarted.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,8 @@ use tokio_util::task::TaskTracker;
 use crate::handler::HandlerFactory;
 use crate::observe::stats::{EndKind, Live, LiveKind};
 use crate::server::connection::{self, ConnectionContext};
+use crate::tls::handshake;
+use crate::tls::settings::Tls;
 
 /// Shortest and longest pause after an accept error caused by exhausted resources.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -90,6 +93,9 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                 }
                 let ctx = Arc::clone(&pool.ctx);
                 let hard_stop = pool.hard_stop.clone();
+                // Taken at the accept, as the rest of the settings: a reload that brings new
+                // certificates applies to the connections accepted after it.
+                let tls = ctx.config.load().shared_tls();
                 pool.connections.spawn(async move {
                     let _permit = permit;
                     let _live = Live::new(Arc::clone(&ctx.stats), LiveKind::Connection);
@@ -104,7 +110,7 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                             // The listener counts them in one line.
                             tracing::debug!("connection dropped at the shutdown deadline");
                         }
-                        () = connection::run(&ctx, socket, Ok(peer), &ended) => {}
+                        () = serve_accepted(&ctx, socket, peer, tls, &ended) => {}
                     }
                 });
             }
@@ -123,6 +129,34 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                 }
                 AcceptFailure::Listener => return Err(error),
             },
+        }
+    }
+}
+
+/// Serve an accepted socket: over plain TCP, or over TLS once its handshake is done. A
+/// handshake that fails or times out is counted as the connection's ending; no handler is
+/// made for it.
+async fn serve_accepted<F: HandlerFactory>(
+    ctx: &ConnectionContext<F>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    ended: &AtomicBool,
+) {
+    let Some(tls) = tls else {
+        return connection::run(ctx, socket, Ok(peer), ended).await;
+    };
+    match handshake::accept(&tls, socket, &ctx.shutdown).await {
+        Ok(stream) => {
+            ctx.stats.count_tls_handshake();
+            connection::run(ctx, stream, Ok(peer), ended).await;
+        }
+        Err(failure) => {
+            ctx.stats.count_ended(failure.end_kind());
+            ended.store(true, Ordering::Release);
+            // At debug only: anyone can connect and fail a handshake, as often as they like;
+            // the counts show them.
+            tracing::debug!(%peer, listener = ctx.config.load().name(), "{failure}");
         }
     }
 }

@@ -176,8 +176,10 @@ async fn serve<F: HandlerFactory, T: Transport>(
     // Registered before `init`, so that `init` can already message the others (a chat's
     // join notice) and list itself among the peers.
     let mut mailbox = ctx.mailboxes.register(id);
+    let tls = stream.tls_info();
     let new = NewConnection {
         conn_id: id,
+        tls: tls.as_ref(),
         config,
         stats: &ctx.stats,
         mailboxes: &ctx.mailboxes,

@@ -1,13 +1,15 @@
 //! What the connection task needs of a stream: bytes both ways (`AsyncRead + AsyncWrite`;
 //! `poll_shutdown` is the half-close that starts a lingering close) and the addresses of
-//! both ends. Plain TCP is the one transport today; an encrypted stream becomes a second
-//! implementation without changing the event loop.
+//! both ends. Plain TCP is one transport; TLS (`crate::tls::stream`) is the other, with the
+//! same event loop.
 
 use std::io;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::wasm::bindings::plugin::types::TlsInfo;
 
 /// A connected stream a connection can be served over.
 ///
@@ -41,6 +43,12 @@ pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let _ = buf;
         Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// The stream's TLS session, which the guest reads through `connection.tls`; `None`
+    /// (the default) for a stream that is not encrypted.
+    fn tls_info(&self) -> Option<TlsInfo> {
+        None
     }
 }
 

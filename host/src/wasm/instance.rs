@@ -364,7 +364,7 @@ impl HandlerFactory for Plugin {
     }
 
     async fn create(&self, conn: NewConnection<'_>) -> Result<Instance, InstantiateError> {
-        let settings = ConnSettings::new(
+        let mut settings = ConnSettings::new(
             conn.config,
             conn.conn_id,
             conn.mailboxes.clone(),
@@ -373,6 +373,7 @@ impl HandlerFactory for Plugin {
             Arc::clone(self.runtime().scheduler()),
             Arc::clone(conn.cpu_group),
         );
+        settings.tls = conn.tls.cloned();
         Instance::with_settings(self, &settings).await
     }
 }

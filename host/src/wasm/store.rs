@@ -13,7 +13,7 @@ use crate::config::listener::ServerConfig;
 use crate::messages::local::Mailboxes;
 use crate::messages::waits::MailboxWaits;
 use crate::observe::stats::{ConnectionCpu, Live, LiveKind, Stats};
-use crate::wasm::bindings::plugin::types::Level;
+use crate::wasm::bindings::plugin::types::{Level, TlsInfo};
 use crate::wasm::capabilities::Capabilities;
 use crate::wasm::cpu::{ConnCpu, CpuGroup, CpuScheduler};
 use crate::wasm::guest_log::{GuestLog, GuestStdio, RateLimiter};
@@ -44,6 +44,8 @@ pub(crate) struct ConnState {
     /// Time its calls waited for room in other connections' mailboxes (not counted by the
     /// call timeout).
     pub(super) mailbox_waits: Arc<MailboxWaits>,
+    /// The connection's TLS session, for `connection.tls`.
+    pub(super) tls: Option<TlsInfo>,
     _live: Live,
 }
 
@@ -67,6 +69,8 @@ pub(crate) struct ConnSettings {
     pub(crate) stats: Arc<Stats>,
     pub(crate) scheduler: Arc<CpuScheduler>,
     pub(crate) cpu_group: Arc<CpuGroup>,
+    /// The connection's TLS session, if it has one (set after [`ConnSettings::new`]).
+    pub(crate) tls: Option<TlsInfo>,
 }
 
 impl ConnSettings {
@@ -95,6 +99,7 @@ impl ConnSettings {
             stats,
             scheduler,
             cpu_group,
+            tls: None,
         }
     }
 }
@@ -137,6 +142,7 @@ impl ConnState {
             )),
             cpu_total: ConnectionCpu::new(Arc::clone(&settings.stats), settings.conn_id),
             mailbox_waits: Arc::default(),
+            tls: settings.tls.clone(),
             _live: Live::new(Arc::clone(&settings.stats), LiveKind::Instance),
         }
     }
@@ -272,6 +278,7 @@ pub(crate) mod tests {
                 true,
             )),
             cpu_group: Arc::new(CpuGroup::new(1)),
+            tls: None,
         }
     }
 

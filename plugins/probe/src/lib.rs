@@ -6,7 +6,8 @@
 //! - `write PATH` — create or overwrite a file;
 //! - `connect ADDR` — open a TCP connection;
 //! - `env NAME` — read an environment variable; `env-count` — how many there are;
-//! - `config KEY` — read a granted configuration value.
+//! - `config KEY` — read a granted configuration value;
+//! - `tls` — what the host says of the connection's TLS session (`ok none` over plain TCP).
 
 use shoal_guest::{ConnInfo, Event, Handler, Next};
 
@@ -57,6 +58,19 @@ fn probe(line: &str) -> String {
             return match shoal_guest::config::get(arg) {
                 Some(value) => format!("ok {arg}={value}"),
                 None => "denied: not granted".to_string(),
+            };
+        }
+        "tls" => {
+            return match shoal_guest::tls() {
+                None => "ok none".to_string(),
+                Some(tls) => format!(
+                    "ok version={} cipher={} sni={} alpn={} client={}",
+                    tls.version,
+                    tls.cipher_suite,
+                    tls.server_name.as_deref().unwrap_or("-"),
+                    tls.alpn.as_deref().unwrap_or("-"),
+                    tls.client_subject.as_deref().unwrap_or("-"),
+                ),
             };
         }
         _ => return "error: unknown probe".to_string(),

@@ -1,9 +1,10 @@
 //! `shoal:plugin/connection`: the guest's own connection. `send` queues bytes that the
-//! connection task writes after the call, bounded by the listener's output limit.
+//! connection task writes after the call, bounded by the listener's output limit; `tls`
+//! tells about the connection's TLS session.
 
 use crate::config::units::size;
 use crate::wasm::bindings::plugin::connection;
-use crate::wasm::bindings::plugin::types::SendError;
+use crate::wasm::bindings::plugin::types::{SendError, TlsInfo};
 use crate::wasm::store::ConnState;
 
 impl connection::Host for ConnState {
@@ -34,6 +35,10 @@ impl connection::Host for ConnState {
             self.output.extend_from_slice(&data);
         }
         Ok(())
+    }
+
+    fn tls(&mut self) -> Option<TlsInfo> {
+        self.tls.clone()
     }
 }
 
