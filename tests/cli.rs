@@ -462,3 +462,74 @@ async fn hibernation_flags_do_not_mix_with_a_config_file() -> anyhow::Result<()>
     assert!(stderr.contains("cannot be used with"), "{stderr}");
     Ok(())
 }
+
+/// Every line of `log` as a JSON object.
+fn json_lines(log: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    log.lines()
+        .map(|line| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("not a JSON line: {line:?}"))?;
+            anyhow::ensure!(value.is_object(), "not an object: {line:?}");
+            Ok(value)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line_with_the_connection_fields()
+-> anyhow::Result<()> {
+    let trap_on = plugin_path("trap-on");
+    let trap_on = trap_on.to_str().context("path")?;
+    let (mut child, addr) = start_serve(&["--log-format", "json", trap_on], Stdio::piped()).await?;
+    let mut client = TcpStream::connect(addr).await?;
+    client.write_all(b"trap\n").await?;
+    // The trap ends the connection.
+    tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut client)).await??;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    assert!(terminate(&mut child).await?.success());
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).await?;
+    let lines = json_lines(&log)?;
+    assert!(
+        lines.iter().any(|line| line["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("listening") || m.contains("serving"))),
+        "{log}"
+    );
+    let trapped = lines
+        .iter()
+        .find(|line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("`handle` failed"))
+        })
+        .with_context(|| format!("no line about the trap in {log}"))?;
+    assert!(trapped["conn"].is_u64(), "{trapped}");
+    assert_eq!(trapped["plugin"], "trap-on", "{trapped}");
+    assert_eq!(trapped["listener"], "default", "{trapped}");
+    assert!(
+        trapped["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{trapped}"
+    );
+    assert!(trapped["level"].is_string() && trapped["timestamp"].is_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_config_file_can_ask_for_a_json_log() -> anyhow::Result<()> {
+    let echo = plugin_path("echo");
+    let config = format!(
+        "log_format = \"json\"\n[[listener]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\nplugin = \"{}\"\n",
+        echo.display()
+    );
+    let server = support::ShoalProcess::serve_config("json-log", &config, 1).await?;
+    let log = server.terminate().await?;
+    let lines = json_lines(&log)?;
+    assert!(
+        lines.iter().any(|line| line["listener"] == "echo"),
+        "no line names the listener: {log}"
+    );
+    Ok(())
+}

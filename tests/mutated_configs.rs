@@ -30,7 +30,7 @@ fn example() -> anyhow::Result<String> {
 }
 
 /// Every field a `ConfigFileError::Invalid` may name.
-const FIELDS: [&str; 20] = [
+const FIELDS: &[&str] = &[
     "name",
     "address",
     "plugin",
@@ -51,6 +51,16 @@ const FIELDS: [&str; 20] = [
     "rollback_fault_ratio",
     "drain_timeout",
     "read_only_dir",
+    "max_instances",
+    "handoff",
+    "hibernate_after",
+    "hibernate_state_limit",
+    "tls",
+    "tls.cert",
+    "tls.key",
+    "tls.client_ca",
+    "tls.alpn",
+    "tls.handshake_timeout",
 ];
 
 /// A listener the parser accepted has every setting within its documented bounds.

@@ -406,6 +406,19 @@ async fn the_cli_serves_tls_and_reads_new_certificates_on_sighup() -> anyhow::Re
     ensure!(renewed, "the renewed certificate was not served within 5 s");
     // The connection made before the reload goes on with its session.
     echo_line(&mut before, b"two\n").await?;
+
+    // A renewal that cannot load (a key of another certificate) changes nothing.
+    pki.issue_server("stray.pem", "stray.key", "stray")?;
+    std::fs::copy(pki.path("stray.key"), pki.path("key.pem"))?;
+    let sent = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await?;
+    ensure!(sent.success(), "kill -HUP failed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut after = connect(&connector, addr).await?;
+    assert_eq!(server_common_name(&after)?, "CN=shoal renewed server");
+    echo_line(&mut after, b"three\n").await?;
     Ok(())
 }
 

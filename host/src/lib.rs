@@ -85,6 +85,7 @@
 //! * `observe/` — what an operator sees:
 //!   * `stats`: [`Stats`], live counters and every connection by how it ended.
 
+mod admin;
 mod config;
 mod conn_id;
 mod error;
@@ -116,7 +117,8 @@ pub mod tcp {
     pub use crate::server::tcp::{Listener, Socket, listen};
 }
 
-pub use config::file::ConfigFileError;
+pub use admin::serve_admin;
+pub use config::file::{ConfigFileError, LogFormat, admin_address};
 pub use config::listener::{HandoffPolicy, ServerConfig, ServerConfigBuilder, bounds};
 pub use config::spec::{ListenerSpec, NodeSpec, PluginSource};
 pub use config::units::parse_duration;
@@ -132,8 +134,8 @@ pub use messages::types::{
     FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
 };
 pub use node::{Node, NodeListener};
-pub use node_handle::NodeHandle;
-pub use observe::stats::{EndKind, Limit, Stats};
+pub use node_handle::{ListenerStatus, NodeHandle};
+pub use observe::stats::{EndKind, Incident, Limit, Stats};
 pub use server::connection::serve_stream;
 pub use server::hooks::ConnectionHandle;
 pub use server::listener::{Server, serve};

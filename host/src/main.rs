@@ -11,7 +11,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use shoal_host::{
-    ListenerSpec, MemoryInit, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime,
+    ListenerSpec, LogFormat, MemoryInit, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime,
     RuntimeConfig, Server, ServerConfig, Tls, TlsFiles,
 };
 
@@ -22,6 +22,8 @@ use shoal_host::{
 // connection as they were (BENCHMARKS.md, issue 16).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod status;
 
 /// The echo plugin, served when `shoal serve` is given no plugin.
 const BUNDLED_ECHO: &[u8] = include_bytes!(env!("SHOAL_ECHO_WASM"));
@@ -35,6 +37,53 @@ const BUNDLED_ECHO: &[u8] = include_bytes!(env!("SHOAL_ECHO_WASM"));
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the log (on stderr) is written: `text` for people, `json` for machines (one
+    /// object per line) [default: the config file's `log_format`, else text].
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+impl Cli {
+    /// The log format: the command line's, else the config file's, else text.
+    fn log_format(&self) -> LogFormat {
+        if let Some(format) = self.log_format.as_deref().and_then(LogFormat::named) {
+            return format;
+        }
+        let Command::Serve {
+            config: Some(path), ..
+        } = &self.command
+        else {
+            return LogFormat::Text;
+        };
+        // A file that cannot be read is reported when it is loaded, in the default format.
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| LogFormat::of_config(&text))
+            .unwrap_or_default()
+    }
+}
+
+/// The log on stderr, at `RUST_LOG`'s levels (default `info`).
+fn start_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // Fields beside `message` at the top of each object; no span list: connections log
+        // their fields on their own lines (`conn`, `peer`, `plugin`, `version`).
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        // Colours for a terminal only: a log redirected to a file or a pipe stays plain text.
+        _ => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -78,6 +127,10 @@ enum Command {
         native_echo: bool,
         #[command(flatten)]
         tls: TlsArgs,
+        /// Serve metrics (GET /metrics, Prometheus text format) on this loopback address
+        /// [default: the config file's `[admin] address`, else none].
+        #[arg(long, value_name = "ADDR", value_parser = shoal_host::admin_address)]
+        admin: Option<SocketAddr>,
         #[command(flatten)]
         cache: CacheArgs,
         /// Do not watch plugin files: by default, a plugin file that is rewritten (or
@@ -85,6 +138,13 @@ enum Command {
         /// while open connections finish on the old one.
         #[arg(long)]
         no_watch: bool,
+    },
+    /// Print what a running server's admin listener reports: each listener's address,
+    /// plugin version, connections and faults, and the latest faults and limit hits.
+    Status {
+        /// The server's admin listener (`--admin` or `[admin] address` where it serves).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
     },
     /// Check that a component implements the shoal:plugin world, and say what is missing.
     Check {
@@ -143,22 +203,16 @@ impl CacheArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a terminal only: a log redirected to a file or a pipe stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    start_logging(cli.log_format());
+    let result = match cli.command {
         Command::Serve {
             config: Some(path),
             cache,
             no_watch,
+            admin,
             ..
-        } => serve_config(&path, cache, Watch(!no_watch)),
+        } => serve_config(&path, cache, Watch(!no_watch), admin),
         Command::Serve {
             config: None,
             listen,
@@ -169,6 +223,7 @@ fn main() -> ExitCode {
             plugin,
             native_echo,
             tls,
+            admin,
             cache,
             no_watch,
         } => {
@@ -182,9 +237,10 @@ fn main() -> ExitCode {
                 native_echo,
                 tls,
             };
-            serve_one(one, cache, Watch(!no_watch))
+            serve_one(one, cache, Watch(!no_watch), admin)
         }
         Command::Check { plugin } => check(&plugin),
+        Command::Status { admin } => status::print(admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -211,12 +267,17 @@ struct OneListener {
 #[derive(Clone, Copy)]
 struct Watch(bool);
 
-fn serve_one(one: OneListener, cache: CacheArgs, watch: Watch) -> anyhow::Result<()> {
+fn serve_one(
+    one: OneListener,
+    cache: CacheArgs,
+    watch: Watch,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let config = one.config()?;
     if one.native_echo {
         let mut node = Node::new(RuntimeConfig::default());
         node.add(one.listen, Server::new(shoal_host::native::Echo, config))?;
-        return run(node, Announce::AddressOnly, watch, Reload::Nothing);
+        return run(node, Announce::AddressOnly, watch, Reload::Nothing, admin);
     }
     let cache_dir = cache.dir(None);
     let spec = one.spec(config, cache_dir.clone());
@@ -229,7 +290,7 @@ fn serve_one(one: OneListener, cache: CacheArgs, watch: Watch) -> anyhow::Result
     let reload = Reload::Spec(Box::new(move || {
         Ok(one.spec(one.config()?, cache_dir.clone()))
     }));
-    run(node, Announce::AddressOnly, watch, reload)
+    run(node, Announce::AddressOnly, watch, reload, admin)
 }
 
 impl OneListener {
@@ -281,8 +342,14 @@ enum Reload {
 }
 
 /// `shoal serve --config FILE`: every listener of the file in one node.
-fn serve_config(path: &Path, cache: CacheArgs, watch: Watch) -> anyhow::Result<()> {
+fn serve_config(
+    path: &Path,
+    cache: CacheArgs,
+    watch: Watch,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let mut spec = NodeSpec::load(path)?;
+    let admin = admin.or(spec.admin);
     let cache_dir = cache.dir(spec.cache_dir.take());
     spec.cache_dir.clone_from(&cache_dir);
     let file = path.to_path_buf();
@@ -292,7 +359,13 @@ fn serve_config(path: &Path, cache: CacheArgs, watch: Watch) -> anyhow::Result<(
         tracing::info!(file = %file.display(), "SIGHUP: reloading the config");
         Ok(spec)
     }));
-    run(Node::from_spec(spec)?, Announce::WithName, watch, reload)
+    run(
+        Node::from_spec(spec)?,
+        Announce::WithName,
+        watch,
+        reload,
+        admin,
+    )
 }
 
 /// How the ready lines name each listener.
@@ -304,9 +377,15 @@ enum Announce {
     WithName,
 }
 
-/// Bind every listener, say where each listens, serve until SIGINT or SIGTERM; on SIGHUP,
-/// apply what `reload` reads again.
-fn run(mut node: Node, announce: Announce, watch: Watch, reload: Reload) -> anyhow::Result<()> {
+/// Bind every listener (and the admin listener, if asked), say where each listens, serve
+/// until SIGINT or SIGTERM; on SIGHUP, apply what `reload` reads again.
+fn run(
+    mut node: Node,
+    announce: Announce,
+    watch: Watch,
+    reload: Reload,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     tokio.block_on(async {
         match (node.bind().await, announce) {
@@ -322,8 +401,29 @@ fn run(mut node: Node, announce: Announce, watch: Watch, reload: Reload) -> anyh
             }
             (Err(error), _) => return Err(error.into()),
         }
+        let admin =
+            match admin {
+                Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
+                    || format!("cannot listen on {address} for the admin listener"),
+                )?),
+                None => None,
+            };
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
         let handle = node.handle();
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin_address = match admin {
+            Some(listener) => {
+                let address = listener.local_addr()?;
+                let serving = shoal_host::serve_admin(listener, handle.clone(), admin_stop.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = serving.await {
+                        tracing::error!("the admin listener failed: {error}");
+                    }
+                });
+                Some(address)
+            }
+            None => None,
+        };
         // Kept until the node stops: dropping it stops the watch.
         let mut watching = match watch {
             Watch(true) => Some(handle.watch()?),
@@ -364,9 +464,15 @@ fn run(mut node: Node, announce: Announce, watch: Watch, reload: Reload) -> anyh
                 Announce::WithName => println!("listening on {local} ({})", listener.name()),
             }
         }
+        if let Some(address) = admin_address {
+            println!("admin listening on {address}");
+        }
+        // Once ready, stdout may be closed by whoever read these lines: nothing more is
+        // written to it.
         std::io::stdout().flush()?;
         let served = node.serve(shutdown).await;
         reloading.abort();
+        admin_stop.cancel();
         served?;
         Ok(())
     })

@@ -269,6 +269,7 @@ impl Node {
             address,
             config: server.config().clone(),
             settings: server.settings(),
+            stats: server.stats(),
             versions: None,
             plugin_file: None,
             stop: stop.clone(),

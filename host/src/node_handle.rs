@@ -16,6 +16,7 @@ use crate::config::listener::ServerConfig;
 use crate::config::spec::{NodeSpec, PluginSource};
 use crate::error::{NodeError, PluginError, ServeError};
 use crate::handler::HandlerFactory;
+use crate::observe::stats::Stats;
 use crate::server::listener::Server;
 use crate::versions::{VersionInfo, Versions};
 use crate::wasm::plugin::Plugin;
@@ -41,6 +42,7 @@ pub(crate) struct HandleListener {
     pub(crate) config: ServerConfig,
     /// The settings its new connections start with.
     pub(crate) settings: Arc<ArcSwap<ServerConfig>>,
+    pub(crate) stats: Arc<Stats>,
     pub(crate) versions: Option<Versions>,
     pub(crate) plugin_file: Option<PathBuf>,
     /// Cancelled to stop this listener alone (it was removed from the config).
@@ -55,6 +57,23 @@ pub(crate) struct Start {
     pub(crate) server: Box<dyn ServeErased>,
     pub(crate) bound: TcpListener,
     pub(crate) stop: CancellationToken,
+}
+
+/// One listener of a serving node, as [`NodeHandle::listener_status`] sees it now.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ListenerStatus {
+    /// Its name.
+    pub name: String,
+    /// Where it listens (the bound address, once bound).
+    pub address: std::net::SocketAddr,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+    /// Its plugin versions, the current one and those still serving (none for a listener
+    /// of native code).
+    pub versions: Vec<VersionInfo>,
+    /// The settings its new connections get.
+    pub config: Arc<ServerConfig>,
 }
 
 impl NodeHandle {
@@ -163,6 +182,26 @@ impl NodeHandle {
             .clone()
             .ok_or_else(|| NodeError::NotSwappable(listener.to_string()))?;
         Ok((found.config.clone(), versions))
+    }
+
+    /// What every listener is doing now, in the node's order: for the admin listener's
+    /// metrics and status, or an embedder's own.
+    #[must_use]
+    pub fn listener_status(&self) -> Vec<ListenerStatus> {
+        self.listeners()
+            .iter()
+            .map(|listener| ListenerStatus {
+                name: listener.config.name().to_string(),
+                address: listener.local.get().copied().unwrap_or(listener.address),
+                stats: Arc::clone(&listener.stats),
+                versions: listener
+                    .versions
+                    .as_ref()
+                    .map(Versions::list)
+                    .unwrap_or_default(),
+                config: listener.settings.load_full(),
+            })
+            .collect()
     }
 
     fn listeners(&self) -> MutexGuard<'_, Vec<HandleListener>> {
@@ -360,6 +399,7 @@ impl NodeHandle {
             address: spec.address,
             config: spec.config,
             settings,
+            stats: server.stats(),
             versions: Some(versions),
             plugin_file,
             stop: stop.clone(),

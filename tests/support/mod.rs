@@ -254,6 +254,8 @@ pub struct ShoalProcess {
     /// The config file it serves (rewrite it, then send `HUP`).
     pub config: std::path::PathBuf,
     log: Arc<Mutex<String>>,
+    /// Its standard output after the listeners' lines (kept open: the server writes more).
+    stdout: BufReader<tokio::process::ChildStdout>,
 }
 
 impl ShoalProcess {
@@ -304,7 +306,21 @@ impl ShoalProcess {
             addrs,
             config: path,
             log,
+            stdout,
         })
+    }
+
+    /// The admin listener's address, from the line that follows the listeners'.
+    pub async fn admin_addr(&mut self) -> anyhow::Result<std::net::SocketAddr> {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(10), self.stdout.read_line(&mut line))
+            .await
+            .context("no admin line")??;
+        Ok(line
+            .trim()
+            .strip_prefix("admin listening on ")
+            .with_context(|| format!("unexpected line: {line:?}"))?
+            .parse()?)
     }
 
     /// Its log so far.

@@ -62,8 +62,61 @@ struct File {
     core_instances_per_component: Option<u32>,
     /// Instances of large guests (memory mapped copy-on-write) alive at once.
     copy_on_write_instances: Option<u32>,
+    /// How the `shoal` command writes its log (read before the rest: [`LogFormat::of_config`]).
+    #[allow(
+        dead_code,
+        reason = "read by LogFormat::of_config; here so the field is known"
+    )]
+    log_format: Option<LogFormat>,
+    admin: Option<AdminEntry>,
     #[serde(rename = "listener", default)]
     listeners: Vec<ListenerEntry>,
+}
+
+/// `[admin]`: the admin listener (metrics).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminEntry {
+    address: String,
+}
+
+/// How the `shoal` command writes its log: `text` for people (the default), `json` for
+/// machines — one JSON object per line, with the same fields (`conn`, `peer`, `plugin`,
+/// `version`, `listener`, …) at its top level beside `timestamp`, `level`, `message` and
+/// `target`. `log_format` at the top of a config file; `--log-format` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The `log_format` a config file's text sets, if it sets a valid one. The log must be
+    /// set up before the file is checked (checking it logs), so this reads that one field;
+    /// [`NodeSpec::parse`] reports anything wrong with it, or with the rest.
+    #[must_use]
+    pub fn of_config(text: &str) -> Option<LogFormat> {
+        #[derive(Deserialize)]
+        struct Only {
+            log_format: Option<LogFormat>,
+        }
+        toml::from_str::<Only>(text).ok()?.log_format
+    }
+
+    /// The format named `name` (`text` or `json`).
+    #[must_use]
+    pub fn named(name: &str) -> Option<LogFormat> {
+        match name {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -218,6 +271,16 @@ impl NodeSpec {
                 message: format!("copy_on_write_instances = {count}: it is 1 to 16384"),
             });
         }
+        let admin =
+            match file.admin {
+                None => None,
+                Some(entry) => Some(admin_address(&entry.address).map_err(|message| {
+                    ConfigFileError::Parse {
+                        path: path.to_path_buf(),
+                        message: format!("[admin] address: {message}"),
+                    }
+                })?),
+            };
         if file.listeners.is_empty() {
             return Err(ConfigFileError::Parse {
                 path: path.to_path_buf(),
@@ -291,8 +354,29 @@ impl NodeSpec {
             max_plugin_size: file.max_plugin_size.map(|size| size.0),
             core_instances_per_component: file.core_instances_per_component,
             copy_on_write_instances: file.copy_on_write_instances,
+            admin,
         })
     }
+}
+
+/// The admin listener's address: an IP address and port on loopback. Its endpoints answer
+/// anyone who can connect, so until they can ask for a token it listens where only this
+/// machine can reach it.
+///
+/// # Errors
+///
+/// What is wrong with `text`, to show.
+pub fn admin_address(text: &str) -> Result<SocketAddr, String> {
+    let address: SocketAddr = text.parse().map_err(|_| {
+        format!("{text:?} is not an IP address and port, such as \"127.0.0.1:9090\"")
+    })?;
+    if !address.ip().is_loopback() {
+        return Err(format!(
+            "{address} is not a loopback address: the admin listener answers anyone who can \
+             reach it, so it listens on 127.0.0.1 or ::1 only"
+        ));
+    }
+    Ok(address)
 }
 
 impl ListenerEntry {
@@ -518,6 +602,35 @@ mod tests {
             Some(vec!["http/1.1".to_string()])
         );
         assert_eq!(tls.map(|f| f.cert.clone()), Some(dir.join("cert.pem")));
+        Ok(())
+    }
+
+    #[test]
+    fn the_log_format_is_read_first_and_checked_with_the_rest() {
+        let json = format!("log_format = \"json\"\n{TWO}");
+        assert_eq!(LogFormat::of_config(&json), Some(LogFormat::Json));
+        assert!(check(&json).is_ok());
+        assert_eq!(LogFormat::of_config(TWO), None);
+        let xml = format!("log_format = \"xml\"\n{TWO}");
+        assert_eq!(LogFormat::of_config(&xml), None);
+        assert!(
+            error(&xml).contains("unknown variant `xml`"),
+            "{}",
+            error(&xml)
+        );
+    }
+
+    #[test]
+    fn the_admin_listener_is_read_and_kept_on_loopback() -> Result<(), ConfigFileError> {
+        let text = format!("[admin]\naddress = \"127.0.0.1:9090\"\n{TWO}");
+        let spec = NodeSpec::parse(&text, Path::new("shoal.toml"), &base())?;
+        assert_eq!(spec.admin, Some("127.0.0.1:9090".parse().expect("address")));
+        let open = format!("[admin]\naddress = \"0.0.0.0:9090\"\n{TWO}");
+        let message = error(&open);
+        assert!(
+            message.contains("[admin] address: 0.0.0.0:9090 is not a loopback"),
+            "{message}"
+        );
         Ok(())
     }
 

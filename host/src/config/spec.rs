@@ -30,10 +30,13 @@ pub struct NodeSpec {
     /// Instances of large guests (JavaScript, Python: memory mapped copy-on-write) alive at
     /// once; `None` for the runtime's default (2,048), never more than the node's pool.
     pub copy_on_write_instances: Option<u32>,
+    /// Where the admin listener (metrics) listens, if anywhere: a loopback address.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for NodeSpec {
-    /// No listener, no compile cache, CPU shares on, the default plugin size cap.
+    /// No listener, no compile cache, CPU shares on, the default plugin size cap, no admin
+    /// listener.
     fn default() -> Self {
         Self {
             listeners: Vec::new(),
@@ -42,6 +45,7 @@ impl Default for NodeSpec {
             max_plugin_size: None,
             core_instances_per_component: None,
             copy_on_write_instances: None,
+            admin: None,
         }
     }
 }

@@ -1,3 +1,5 @@
-//! What a running node lets an operator see: counters per listener.
+//! What a running node lets an operator see: counters per listener, and histograms of
+//! durations.
 
+pub(crate) mod histogram;
 pub(crate) mod stats;

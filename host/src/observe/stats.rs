@@ -1,10 +1,12 @@
 //! Counters a listener exposes while it runs: live instances and connections, connections
 //! accepted, guest calls that faulted, and every connection by how it ended.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::observe::histogram::{DurationHistogram, HistogramSnapshot};
 
 /// Live counters of one listener, readable while it runs and after it stopped (see
 /// [`crate::Server::stats`] and [`crate::Node::listener`]).
@@ -17,11 +19,36 @@ pub struct Stats {
     kept_awake: AtomicU64,
     accepted: AtomicU64,
     tls_handshakes: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Durations of `init`, `handle` and `close` calls, when timed.
+    calls: [DurationHistogram; Call::ALL.len()],
+    instantiations: DurationHistogram,
     faults: AtomicU64,
     guest_cpu_nanos: AtomicU64,
     ended: [AtomicU64; EndKind::ALL.len()],
     /// The CPU time of each live connection's guest, in nanoseconds, by connection id.
     connection_cpu: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+    /// The latest faults and limit hits, oldest first (at most [`INCIDENTS_KEPT`]).
+    incidents: Mutex<VecDeque<Incident>>,
+}
+
+/// How many of its latest incidents a listener keeps.
+const INCIDENTS_KEPT: usize = 20;
+
+/// A connection ended by a fault or a limit, as [`Stats::recent_incidents`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    /// When.
+    pub at: SystemTime,
+    /// The connection's id.
+    pub conn: u64,
+    /// Its client's address.
+    pub peer: String,
+    /// How it ended ([`EndKind::name`]: `trap`, `limit:idle_timeout`, …).
+    pub ending: &'static str,
+    /// What happened, in a line.
+    pub detail: String,
 }
 
 /// A limit of a listener that ended a connection (see [`Stats::limit_hits`]).
@@ -68,6 +95,27 @@ impl Limit {
             Limit::Write => "write_timeout",
             Limit::Mailbox => "mailbox_messages / mailbox_bytes",
             Limit::Instances => "max_instances",
+        }
+    }
+}
+
+/// A guest call the metrics time, by export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    Init = 0,
+    Handle = 1,
+    Close = 2,
+}
+
+impl Call {
+    pub(crate) const ALL: [Call; 3] = [Call::Init, Call::Handle, Call::Close];
+
+    /// The export's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Call::Init => "init",
+            Call::Handle => "handle",
+            Call::Close => "close",
         }
     }
 }
@@ -230,6 +278,18 @@ impl Stats {
         self.tls_handshakes.load(Ordering::Relaxed)
     }
 
+    /// Bytes read from clients since the start (after TLS decryption).
+    #[must_use]
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to clients since the start (before TLS encryption).
+    #[must_use]
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
     /// Guest calls that faulted since the start, in any export: traps, and calls stopped by
     /// a limit (CPU budget, call timeout, memory). A fault in `close` is counted here, while
     /// the connection counts under what ended it before.
@@ -295,6 +355,60 @@ impl Stats {
 
     pub(crate) fn count_accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_bytes_in(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_bytes_out(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A call of `call` that began at `started` (when calls are timed) has returned.
+    pub(crate) fn observe_call(&self, call: Call, started: Option<Instant>) {
+        if let Some(started) = started {
+            self.calls[call as usize].observe(started.elapsed());
+        }
+    }
+
+    /// An instance begun at `started` (when timed) is ready.
+    pub(crate) fn observe_instantiation(&self, started: Option<Instant>) {
+        if let Some(started) = started {
+            self.instantiations.observe(started.elapsed());
+        }
+    }
+
+    /// The durations of the guest calls of `call` since timing began.
+    pub(crate) fn calls(&self, call: Call) -> HistogramSnapshot {
+        self.calls[call as usize].snapshot()
+    }
+
+    /// The durations of instantiations since timing began.
+    pub(crate) fn instantiations(&self) -> HistogramSnapshot {
+        self.instantiations.snapshot()
+    }
+
+    /// Keep `incident` among the latest (a fault or a limit hit: rare by nature, so a lock).
+    pub(crate) fn note_incident(&self, incident: Incident) {
+        let mut incidents = self
+            .incidents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if incidents.len() == INCIDENTS_KEPT {
+            incidents.pop_front();
+        }
+        incidents.push_back(incident);
+    }
+
+    /// The latest connections ended by a fault or a limit (at most 20), oldest first.
+    #[must_use]
+    pub fn recent_incidents(&self) -> Vec<Incident> {
+        let incidents = self
+            .incidents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        incidents.iter().cloned().collect()
     }
 
     pub(crate) fn count_tls_handshake(&self) {

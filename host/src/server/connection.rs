@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use crate::handler::{
 };
 use crate::messages::local::{Mailbox, Mailboxes, MoveRequest, Received};
 use crate::messages::types::{MailboxLimits, Message};
-use crate::observe::stats::Stats;
+use crate::observe::stats::{EndKind, Incident, Stats};
 use crate::server::ending::{Ending, Export, Operation};
 use crate::server::hooks::{ConnectionHandle, Hooks};
 use crate::server::io::{flush, flush_unless, linger_close, read_lent};
@@ -119,17 +119,35 @@ pub async fn serve_stream<F: HandlerFactory, T: Transport>(
     run(&ctx, stream, peer, &AtomicBool::new(false)).await;
 }
 
+/// A fault's text in one line: a trap's Wasm backtrace runs over many, between what
+/// happened (`guest trapped: error while executing at wasm backtrace:`) and why (`… wasm
+/// trap: wasm `unreachable` instruction executed`): keep the start and the reason.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let Some(last) = lines.last() else {
+        return first.to_string();
+    };
+    let reason = last
+        .find("wasm trap:")
+        .map_or(last.trim(), |at| &last[at..]);
+    let head = first.split(':').next().unwrap_or(first);
+    format!("{head}: {reason}")
+}
+
 /// Which connection a log line is about: its id, its client's address and the plugin.
 #[derive(Clone, Copy)]
 struct Who<'a> {
     conn: u64,
     peer: &'a str,
     plugin: &'a str,
+    listener: &'a str,
     /// The plugin version the connection runs, when its listener has versions.
     version: Option<u64>,
 }
 
-/// Log an event about a connection, with its `conn`, `peer` and `plugin` fields.
+/// Log an event about a connection, with its `conn`, `peer`, `plugin`, `listener` and
+/// `version` fields.
 macro_rules! log_conn {
     ($level:ident, $who:expr, $($rest:tt)+) => {
         tracing::event!(
@@ -137,6 +155,7 @@ macro_rules! log_conn {
             conn = $who.conn,
             peer = $who.peer,
             plugin = $who.plugin,
+            listener = $who.listener,
             version = $who.version,
             $($rest)+
         )
@@ -171,6 +190,7 @@ async fn serve<F: HandlerFactory, T: Transport>(
         conn: id,
         peer: &info.peer,
         plugin: ctx.factory.name(),
+        listener: &info.listener,
         version: None,
     };
     // Registered before `init`, so that `init` can already message the others (a chat's
@@ -292,7 +312,10 @@ async fn finish<F: HandlerFactory, T: Transport>(
         // The client may be gone already; there is nobody left to tell about a failed write.
         Some(Ok(())) => {
             let write_timeout = conn.new.config.write_timeout();
-            let _ = flush(&mut guest, &mut stream, write_timeout).await;
+            let output = guest.output().len();
+            if flush(&mut guest, &mut stream, write_timeout).await.is_ok() {
+                ctx.stats.count_bytes_out(output);
+            }
         }
         // After a fault the guest's output is dropped; the socket still closes politely.
         Some(Err(fault)) => {
@@ -316,10 +339,23 @@ fn record<F>(
     cpu: Duration,
     ended: &AtomicBool,
 ) {
-    let kind = ending.kind();
-    ctx.stats.count_ended(kind);
+    let end_kind = ending.kind();
+    ctx.stats.count_ended(end_kind);
     ended.store(true, Ordering::Release);
-    let kind = kind.name();
+    let kind = end_kind.name();
+    if ending.is_fault() || matches!(end_kind, EndKind::Limit(_)) {
+        let detail = match ending.fault() {
+            Some(fault) => one_line(&fault.to_string()),
+            None => ending.to_string(),
+        };
+        ctx.stats.note_incident(Incident {
+            at: SystemTime::now(),
+            conn: who.conn,
+            peer: who.peer.to_string(),
+            ending: kind,
+            detail,
+        });
+    }
     let cpu_ms = u64::try_from(cpu.as_millis()).unwrap_or(u64::MAX);
     if ending.is_fault() {
         ctx.stats.count_fault();
@@ -476,7 +512,11 @@ async fn serve_awake<F: HandlerFactory, T: Transport>(
             mailbox.overflowed().await;
             Ending::MailboxFull
         };
+        let output = guest.output().len();
         let flushed = flush_unless(guest, stream, config.write_timeout(), overflowed).await;
+        if flushed.is_ok() && output > 0 {
+            ctx.stats.count_bytes_out(output);
+        }
         if let Err(ending) = flushed {
             // A write cut short leaves the stream mid-output: `close` may not add to it.
             guest.mark_unwritable();
@@ -523,6 +563,7 @@ async fn serve_awake<F: HandlerFactory, T: Transport>(
             }
             Ok(Input::Data(buffer)) => {
                 quiet.input(Instant::now());
+                ctx.stats.count_bytes_in(buffer.len());
                 Event::Data(buffer)
             }
             Ok(Input::Drained) => {
@@ -684,7 +725,6 @@ mod tests {
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
     use super::*;
-    use crate::observe::stats::EndKind;
 
     /// An in-memory stream with made-up addresses: a transport that is not TCP.
     struct Duplex(DuplexStream);
@@ -777,6 +817,18 @@ mod tests {
         assert_eq!(echoed, b"hello");
         task.await?;
         Ok(())
+    }
+
+    #[test]
+    fn a_trap_with_its_backtrace_is_told_in_one_line() {
+        let trap = "guest trapped: error while executing at wasm backtrace:\n    0:   0x434e - \
+                    <unknown>!<wasm function 98>\n    1:   0x103d - <unknown>!<wasm function \
+                    26>: wasm trap: wasm `unreachable` instruction executed";
+        assert_eq!(
+            one_line(trap),
+            "guest trapped: wasm trap: wasm `unreachable` instruction executed"
+        );
+        assert_eq!(one_line("out of fuel"), "out of fuel");
     }
 
     #[test]

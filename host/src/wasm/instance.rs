@@ -37,7 +37,8 @@ use crate::handler::{ConnectionHandler, HandlerFactory, NewConnection};
 use crate::messages::local::Mailboxes;
 use crate::messages::types::MailboxLimits;
 use crate::messages::waits::MailboxWaits;
-use crate::observe::stats::Stats;
+use crate::observe::histogram;
+use crate::observe::stats::{Call, Stats};
 use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::wasm::cpu::{ConnCpu, CpuGroup};
 use crate::wasm::exports::InstanceExports;
@@ -57,6 +58,8 @@ pub struct Instance {
     cpu: Arc<ConnCpu>,
     /// Time the guest's calls waited for room in mailboxes: left out of the call timeout.
     mailbox_waits: Arc<MailboxWaits>,
+    /// The listener's counters, where its calls are timed.
+    stats: Arc<Stats>,
     /// Keeps the runtime, and so its epoch ticker, alive as long as the instance.
     _plugin: Plugin,
 }
@@ -97,6 +100,7 @@ impl Instance {
         plugin: &Plugin,
         settings: &ConnSettings,
     ) -> Result<Self, InstantiateError> {
+        let started = histogram::started();
         let mut store = Store::new(plugin.engine(), ConnState::new(settings));
         store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
@@ -138,7 +142,9 @@ impl Instance {
                 });
             }
         };
+        settings.stats.observe_instantiation(started);
         Ok(Self {
+            stats: Arc::clone(&settings.stats),
             cpu: Arc::clone(store.data().cpu()),
             mailbox_waits: Arc::clone(store.data().mailbox_waits()),
             store,
@@ -216,11 +222,13 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
+        let started = histogram::started();
         self.start_call();
         let call = self.exports.init(&mut self.store, info);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
+        self.stats.observe_call(Call::Init, started);
         result?.map_err(|e| self.fault(&e))
     }
 
@@ -230,11 +238,13 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
+        let started = histogram::started();
         self.start_call();
         let call = self.exports.handle(&mut self.store, event);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
+        self.stats.observe_call(Call::Handle, started);
         result?.map_err(|e| self.fault(&e))
     }
 
@@ -244,11 +254,13 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
+        let started = histogram::started();
         self.start_call();
         let call = self.exports.close(&mut self.store, reason);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
+        self.stats.observe_call(Call::Close, started);
         result?.map_err(|e| self.fault(&e))
     }
 

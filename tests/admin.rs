@@ -1,0 +1,325 @@
+//! The admin listener's metrics with real clients: after a known workload (N connections of
+//! M bytes each, one trap, one idle timeout) the counters say exactly that, the histograms
+//! count the calls, and the page passes `promtool check metrics` (Debian's prometheus
+//! package, installed by scripts/install-deps.sh).
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use support::{ShoalProcess, plugin_path, random_bytes, read_to_end};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `GET path` on the admin listener: the status code and the body.
+async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(admin).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let response =
+        tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut stream)).await??;
+    let response = String::from_utf8(response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no end of head")?;
+    let status = head.split(' ').nth(1).context("no status")?.parse()?;
+    Ok((status, body.to_string()))
+}
+
+/// The samples of a metrics page, by name with labels as written.
+fn samples(page: &str) -> HashMap<String, f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_counters_move_as_a_known_workload_says_and_promtool_accepts_the_page()
+-> anyhow::Result<()> {
+    const CONNECTIONS: usize = 5;
+    const BYTES: usize = 1000;
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\n\
+         address = \"127.0.0.1:0\"\nplugin = \"{}\"\nidle_timeout = \"300ms\"\n",
+        plugin_path("trap-on").display()
+    );
+    let mut server = ShoalProcess::serve_config("metrics", &config, 1).await?;
+    let admin = server.admin_addr().await?;
+    let addr = server.addrs["web"];
+
+    for seed in 0..CONNECTIONS {
+        let mut client = TcpStream::connect(addr).await?;
+        let payload = random_bytes(BYTES, seed as u64 + 1);
+        client.write_all(&payload).await?;
+        let mut echoed = vec![0; BYTES];
+        client.read_exact(&mut echoed).await?;
+        ensure!(echoed == payload, "connection {seed}: wrong bytes");
+    }
+    let mut trapping = TcpStream::connect(addr).await?;
+    trapping.write_all(b"trap\n").await?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut trapping)).await?;
+    let mut idle = TcpStream::connect(addr).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut idle)).await?;
+    drop((trapping, idle));
+
+    // The connections are counted when they end, and leave the open gauge when their
+    // sockets close: wait until all seven have.
+    let mut page = String::new();
+    for _ in 0..100 {
+        let (status, body) = get(admin, "/metrics").await?;
+        ensure!(status == 200, "GET /metrics: {status}");
+        page = body;
+        let values = samples(&page);
+        let ended: f64 = values
+            .iter()
+            .filter(|(name, _)| name.starts_with("shoal_connections_ended_total{listener=\"web\""))
+            .map(|(_, value)| value)
+            .sum();
+        let open = values.get("shoal_connections_open{listener=\"web\"}");
+        if ended >= 7.0 && open == Some(&0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let values = samples(&page);
+    let value = |name: &str| values.get(name).copied().unwrap_or(f64::NAN);
+    assert_eq!(
+        value("shoal_connections_accepted_total{listener=\"web\"}"),
+        7.0,
+        "{page}"
+    );
+    assert_eq!(
+        value("shoal_connections_open{listener=\"web\"}"),
+        0.0,
+        "{page}"
+    );
+    assert_eq!(
+        value("shoal_connections_ended_total{listener=\"web\",reason=\"client-closed\"}"),
+        CONNECTIONS as f64,
+        "{page}"
+    );
+    assert_eq!(
+        value("shoal_connections_ended_total{listener=\"web\",reason=\"trap\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("shoal_connections_ended_total{listener=\"web\",reason=\"limit:idle_timeout\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("shoal_limit_hits_total{listener=\"web\",limit=\"idle_timeout\"}"),
+        1.0
+    );
+    assert_eq!(value("shoal_guest_faults_total{listener=\"web\"}"), 1.0);
+    assert_eq!(
+        value("shoal_received_bytes_total{listener=\"web\"}"),
+        (CONNECTIONS * BYTES + 5) as f64
+    );
+    assert_eq!(
+        value("shoal_sent_bytes_total{listener=\"web\"}"),
+        (CONNECTIONS * BYTES) as f64
+    );
+    // Every connection's init and close (but the trapped one's close) were timed.
+    assert_eq!(
+        value("shoal_guest_call_duration_seconds_count{listener=\"web\",export=\"init\"}"),
+        7.0
+    );
+    assert_eq!(
+        value("shoal_guest_call_duration_seconds_count{listener=\"web\",export=\"close\"}"),
+        6.0
+    );
+    assert!(
+        value("shoal_guest_call_duration_seconds_count{listener=\"web\",export=\"handle\"}")
+            >= (CONNECTIONS + 1) as f64
+    );
+    assert_eq!(
+        value("shoal_instantiation_duration_seconds_count{listener=\"web\"}"),
+        7.0
+    );
+    assert!(
+        page.lines().any(|line| line.starts_with(
+            "shoal_plugin_version_info{listener=\"web\",plugin=\"trap-on\",version=\"1\",sha256=\""
+        ) && line.ends_with(",current=\"true\"} 1")),
+        "{page}"
+    );
+
+    let mut promtool = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("promtool (Debian's prometheus package; scripts/install-deps.sh installs it)")?;
+    let mut stdin = promtool.stdin.take().context("stdin")?;
+    stdin.write_all(page.as_bytes()).await?;
+    drop(stdin);
+    let checked = promtool.wait_with_output().await?;
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{page}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let (status, _) = get(admin, "/nothing-here").await?;
+    assert_eq!(status, 404);
+    server.terminate().await?;
+    Ok(())
+}
+
+/// Run headless Chromium (Debian's package, installed by scripts/install-deps.sh) on `url`
+/// with `args`; its standard output.
+async fn chromium(url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let profile = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chromium-profile-{}", std::process::id()));
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("chromium")
+            // As root, in a machine without a network: no sandbox, no GPU, and none of the
+            // background connections a closed network refuses.
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .arg(url)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("chromium did not finish within 60 s")?
+    .context("chromium (Debian's package; scripts/install-deps.sh installs it)")?;
+    ensure!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn the_admin_page_status_and_shoal_status_show_each_listener_and_its_connections()
+-> anyhow::Result<()> {
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nname = \"chat\"\naddress = \"127.0.0.1:0\"\nplugin = \"{}\"\n\n\
+         [[listener]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\nplugin = \"{}\"\n",
+        plugin_path("chat").display(),
+        plugin_path("trap-on").display()
+    );
+    let mut server = ShoalProcess::serve_config("admin-page", &config, 2).await?;
+    let admin = server.admin_addr().await?;
+    // A member of the chat holds its connection; a client of the echo makes it trap.
+    let mut member = tokio::io::BufReader::new(TcpStream::connect(server.addrs["chat"]).await?);
+    assert!(
+        support::read_line(&mut member)
+            .await?
+            .starts_with("* welcome")
+    );
+    let mut trapping = TcpStream::connect(server.addrs["echo"]).await?;
+    trapping.write_all(b"trap\n").await?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut trapping)).await?;
+
+    let (status, json) = get(admin, "/status.json").await?;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&json)?;
+    let chat = &json["listeners"][0];
+    assert_eq!(chat["name"], "chat");
+    assert_eq!(chat["connections_open"], 1, "{json}");
+    assert_eq!(chat["plugin"], "chat");
+    assert_eq!(chat["version"], 1);
+    assert_eq!(chat["address"], server.addrs["chat"].to_string(), "{json}");
+    assert_eq!(json["recent"][0]["listener"], "echo", "{json}");
+    assert_eq!(json["recent"][0]["ending"], "trap", "{json}");
+
+    // The page, as a browser renders it.
+    let url = format!("http://{admin}/");
+    let dom = chromium(&url, &["--virtual-time-budget=3000", "--dump-dom"]).await?;
+    assert!(dom.contains("<tr data-listener=\"chat\">"), "{dom}");
+    assert!(
+        dom.contains("data-field=\"connections_open\">1<"),
+        "the chat's live connection is not shown: {dom}"
+    );
+    assert!(dom.contains("chat v1"), "{dom}");
+    assert!(
+        dom.contains(">trap<"),
+        "the trap is not among the recent faults: {dom}"
+    );
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-{}.png", std::process::id()));
+    chromium(
+        &url,
+        &[
+            "--virtual-time-budget=3000",
+            "--window-size=1280,640",
+            &format!("--screenshot={}", screenshot.display()),
+        ],
+    )
+    .await?;
+    let png = std::fs::read(&screenshot)?;
+    ensure!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
+    // `SHOAL_UPDATE_SCREENSHOT=1 cargo test --test admin` refreshes the README's picture.
+    if std::env::var_os("SHOAL_UPDATE_SCREENSHOT").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/admin.png");
+        std::fs::write(docs, &png)?;
+    }
+
+    // `shoal status` prints the same as a table.
+    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["status", "--admin", &admin.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    ensure!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let table = String::from_utf8(printed.stdout)?;
+    let chat_row = table
+        .lines()
+        .find(|line| line.starts_with("chat "))
+        .with_context(|| format!("no chat row in {table}"))?;
+    let cells: Vec<&str> = chat_row.split_whitespace().collect();
+    assert_eq!(cells[1], server.addrs["chat"].to_string(), "{table}");
+    assert_eq!(&cells[2..4], ["chat", "v1"], "{table}");
+    assert_eq!(cells[4], "1", "one open connection: {table}");
+    assert!(table.contains("recent faults and limit hits:"), "{table}");
+
+    drop(member);
+    server.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shoal_status_names_an_admin_listener_that_does_not_answer() -> anyhow::Result<()> {
+    // A port nobody listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["status", "--admin", &port.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach the admin listener at {port}")),
+        "{stderr}"
+    );
+    Ok(())
+}
