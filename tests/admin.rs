@@ -8,6 +8,7 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -321,5 +322,242 @@ async fn shoal_status_names_an_admin_listener_that_does_not_answer() -> anyhow::
         stderr.contains(&format!("cannot reach the admin listener at {port}")),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// Run `shoal ARGS` to the end: success, stdout, stderr.
+async fn shoal(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .env_remove("SHOAL_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await??;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// One connection's round trip through the echo, old or new version: `Some(true)` when the
+/// new version (which greets `v2`) served it, `None` on any failure.
+async fn round_trip(addr: SocketAddr) -> Option<bool> {
+    let attempt = async {
+        let mut client = TcpStream::connect(addr).await.ok()?;
+        client.write_all(b"ping\n").await.ok()?;
+        client.shutdown().await.ok()?;
+        let answer = read_to_end(&mut client).await.ok()?;
+        match answer.as_slice() {
+            b"ping\n" => Some(false),
+            b"v2\nping\n" => Some(true),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shoal_deploy_swaps_under_load_without_a_failed_connection_and_needs_the_token()
+-> anyhow::Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let token = dir.join("admin.token");
+    std::fs::write(&token, "7f3a9c0e5b2d4f6a8c1e3b5d7f9a2c4e\n")?;
+    let wrong = dir.join("wrong.token");
+    std::fs::write(&wrong, "00000000000000000000000000000000\n")?;
+    let broken = dir.join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x0d\0\x01\0 this is not a component")?;
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n\
+         [[listener]]\nname = \"echo\"\naddress = \"127.0.0.1:0\"\nplugin = \"{}\"\n",
+        token.display(),
+        plugin_path("echo").display()
+    );
+    let mut server = ShoalProcess::serve_config("deploy", &config, 1).await?;
+    let admin = server.admin_addr().await?.to_string();
+    let addr = server.addrs["echo"];
+    let (token, wrong, broken) = (
+        token.display().to_string(),
+        wrong.display().to_string(),
+        broken.display().to_string(),
+    );
+    let v2 = plugin_path("echo-v2").display().to_string();
+
+    // Refused: without a token, with a wrong one, and a plugin that is not one.
+    let (ok, _, stderr) = shoal(&["deploy", "--admin", &admin, "echo", &v2]).await?;
+    assert!(!ok && stderr.contains("no token"), "{stderr}");
+    let (ok, _, stderr) = shoal(&[
+        "deploy",
+        "--admin",
+        &admin,
+        "--token-file",
+        &wrong,
+        "echo",
+        &v2,
+    ])
+    .await?;
+    assert!(
+        !ok && stderr.contains("refused (401): the bearer token is wrong"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = shoal(&[
+        "deploy",
+        "--admin",
+        &admin,
+        "--token-file",
+        &token,
+        "echo",
+        &broken,
+    ])
+    .await?;
+    assert!(!ok && stderr.contains("refused (422)"), "{stderr}");
+    assert!(
+        stderr.contains("broken.wasm"),
+        "the refusal names the upload: {stderr}"
+    );
+    let (ok, _, stderr) = shoal(&[
+        "deploy",
+        "--admin",
+        &admin,
+        "--token-file",
+        &token,
+        "nobody",
+        &v2,
+    ])
+    .await?;
+    assert!(!ok && stderr.contains("refused (404)"), "{stderr}");
+    assert_eq!(
+        round_trip(addr).await,
+        Some(false),
+        "the first version still serves"
+    );
+
+    // Under load: clients connect, echo and leave all through the deploy.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let stop = Arc::clone(&stop);
+        load.push(tokio::spawn(async move {
+            let (mut served, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match round_trip(addr).await {
+                    Some(_) => served += 1,
+                    None => failed += 1,
+                }
+            }
+            (served, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ok, stdout, stderr) = shoal(&[
+        "deploy",
+        "--admin",
+        &admin,
+        "--token-file",
+        &token,
+        "echo",
+        &v2,
+    ])
+    .await?;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("listener echo: version 2 (echo-v2.wasm, sha256 "),
+        "{stdout}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut served, mut failed) = (0, 0);
+    for task in load {
+        let (s, f) = task.await?;
+        served += s;
+        failed += f;
+    }
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} connections failed",
+        served + failed
+    );
+    assert!(served > 0);
+    assert_eq!(round_trip(addr).await, Some(true), "the new version serves");
+
+    // Rollback: the first version again, once.
+    let (ok, stdout, stderr) = shoal(&[
+        "rollback",
+        "--admin",
+        &admin,
+        "--token-file",
+        &token,
+        "echo",
+    ])
+    .await?;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("listener echo: version 1 "), "{stdout}");
+    assert_eq!(round_trip(addr).await, Some(false));
+    let (ok, _, stderr) = shoal(&[
+        "rollback",
+        "--admin",
+        &admin,
+        "--token-file",
+        &token,
+        "echo",
+    ])
+    .await?;
+    assert!(!ok && stderr.contains("refused (409)"), "{stderr}");
+    assert!(
+        stderr.contains("no earlier version to roll back to"),
+        "{stderr}"
+    );
+
+    // An upload past the size limit is refused before it is all read.
+    let stream = TcpStream::connect(&admin).await?;
+    let size = 65usize << 20;
+    let head = format!(
+        "POST /listeners/echo/deploy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer 7f3a9c0e5b2d4f6a8c1e3b5d7f9a2c4e\r\nContent-Length: {size}\r\n\r\n"
+    );
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(head.as_bytes()).await?;
+    let upload = tokio::spawn(async move {
+        // The server may close before taking it all.
+        let _ = writer.write_all(&vec![0u8; size]).await;
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(30), read_to_end(&mut reader)).await??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    upload.abort();
+    assert_eq!(round_trip(addr).await, Some(false), "nothing changed");
+    server.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_admin_listener_without_a_token_takes_no_change() -> anyhow::Result<()> {
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"echo\"\n\
+         address = \"127.0.0.1:0\"\nplugin = \"{}\"\n",
+        plugin_path("echo").display()
+    );
+    let mut server = ShoalProcess::serve_config("no-token", &config, 1).await?;
+    let admin = server.admin_addr().await?;
+    let mut stream = TcpStream::connect(admin).await?;
+    stream
+        .write_all(
+            b"POST /listeners/echo/rollback HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+              Authorization: Bearer 0123456789abcdef0123\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await?;
+    let answer = String::from_utf8(read_to_end(&mut stream).await?)?;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("give it a token"), "{answer}");
+    server.terminate().await?;
     Ok(())
 }

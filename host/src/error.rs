@@ -365,4 +365,11 @@ pub enum SwapError {
         /// What stopped it.
         fault: GuestFault,
     },
+    /// A rollback was asked for, but no earlier version is kept to go back to (the first
+    /// version is current, or the listener was rolled back already).
+    #[error("no earlier version to roll back to (version {current} is current)")]
+    NothingToRollBackTo {
+        /// The current version's number.
+        current: u64,
+    },
 }

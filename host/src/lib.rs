@@ -117,10 +117,11 @@ pub mod tcp {
     pub use crate::server::tcp::{Listener, Socket, listen};
 }
 
+pub use admin::changes::AdminToken;
 pub use admin::serve_admin;
-pub use config::file::{ConfigFileError, LogFormat, admin_address};
+pub use config::file::{ConfigFileError, LogFormat, admin_address, admin_exposure};
 pub use config::listener::{HandoffPolicy, ServerConfig, ServerConfigBuilder, bounds};
-pub use config::spec::{ListenerSpec, NodeSpec, PluginSource};
+pub use config::spec::{AdminSpec, ListenerSpec, NodeSpec, PluginSource};
 pub use config::units::parse_duration;
 pub use error::{
     ConfigError, GuestFault, InstantiateError, NodeError, PluginError, RuntimeError, ServeError,

@@ -11,8 +11,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use shoal_host::{
-    ListenerSpec, LogFormat, MemoryInit, Node, NodeError, NodeSpec, Plugin, PluginSource, Runtime,
-    RuntimeConfig, Server, ServerConfig, Tls, TlsFiles,
+    AdminSpec, AdminToken, ListenerSpec, LogFormat, MemoryInit, Node, NodeError, NodeSpec, Plugin,
+    PluginSource, Runtime, RuntimeConfig, Server, ServerConfig, Tls, TlsFiles,
 };
 
 // The server's allocator: mimalloc, whose per-thread free lists serve the store, instance and
@@ -23,7 +23,7 @@ use shoal_host::{
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod status;
+mod admin_client;
 
 /// The echo plugin, served when `shoal serve` is given no plugin.
 const BUNDLED_ECHO: &[u8] = include_bytes!(env!("SHOAL_ECHO_WASM"));
@@ -87,10 +87,6 @@ fn start_logging(format: LogFormat) {
 }
 
 #[derive(Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one value, parsed once at start: boxing `serve`'s arguments would buy nothing"
-)]
 enum Command {
     /// Serve a plugin: every accepted connection gets a fresh instance of it. With
     /// `--config`, serve every listener of a config file instead.
@@ -131,6 +127,11 @@ enum Command {
         /// [default: the config file's `[admin] address`, else none].
         #[arg(long, value_name = "ADDR", value_parser = shoal_host::admin_address)]
         admin: Option<SocketAddr>,
+        /// The file holding the admin listener's token, which deploys and rollbacks must
+        /// present [default: the config file's `[admin] token_file`, else none: no changes
+        /// through the admin listener, and it listens on loopback only].
+        #[arg(long, value_name = "FILE", requires = "admin")]
+        admin_token_file: Option<PathBuf>,
         #[command(flatten)]
         cache: CacheArgs,
         /// Do not watch plugin files: by default, a plugin file that is rewritten (or
@@ -145,6 +146,23 @@ enum Command {
         /// The server's admin listener (`--admin` or `[admin] address` where it serves).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
+    },
+    /// Upload a new version of a listener's plugin to a running server, which checks and
+    /// probes it as it does a changed file; prints the version now current, or why not.
+    Deploy {
+        #[command(flatten)]
+        admin: admin_client::Target,
+        /// The listener's name.
+        listener: String,
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+    },
+    /// Make a listener's previous plugin version current again on a running server.
+    Rollback {
+        #[command(flatten)]
+        admin: admin_client::Target,
+        /// The listener's name.
+        listener: String,
     },
     /// Check that a component implements the shoal:plugin world, and say what is missing.
     Check {
@@ -211,8 +229,9 @@ fn main() -> ExitCode {
             cache,
             no_watch,
             admin,
+            admin_token_file,
             ..
-        } => serve_config(&path, cache, Watch(!no_watch), admin),
+        } => serve_config(&path, cache, Watch(!no_watch), (admin, admin_token_file)),
         Command::Serve {
             config: None,
             listen,
@@ -224,6 +243,7 @@ fn main() -> ExitCode {
             native_echo,
             tls,
             admin,
+            admin_token_file,
             cache,
             no_watch,
         } => {
@@ -237,10 +257,17 @@ fn main() -> ExitCode {
                 native_echo,
                 tls,
             };
-            serve_one(one, cache, Watch(!no_watch), admin)
+            let admin = admin_settings((admin, admin_token_file), None);
+            admin.and_then(|admin| serve_one(one, cache, Watch(!no_watch), admin))
         }
         Command::Check { plugin } => check(&plugin),
-        Command::Status { admin } => status::print(admin),
+        Command::Status { admin } => admin_client::print_status(admin),
+        Command::Deploy {
+            admin,
+            listener,
+            plugin,
+        } => admin_client::deploy(&admin, &listener, &plugin),
+        Command::Rollback { admin, listener } => admin_client::rollback(&admin, &listener),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -271,7 +298,7 @@ fn serve_one(
     one: OneListener,
     cache: CacheArgs,
     watch: Watch,
-    admin: Option<SocketAddr>,
+    admin: Option<Admin>,
 ) -> anyhow::Result<()> {
     let config = one.config()?;
     if one.native_echo {
@@ -346,10 +373,10 @@ fn serve_config(
     path: &Path,
     cache: CacheArgs,
     watch: Watch,
-    admin: Option<SocketAddr>,
+    admin: (Option<SocketAddr>, Option<PathBuf>),
 ) -> anyhow::Result<()> {
     let mut spec = NodeSpec::load(path)?;
-    let admin = admin.or(spec.admin);
+    let admin = admin_settings(admin, spec.admin.take())?;
     let cache_dir = cache.dir(spec.cache_dir.take());
     spec.cache_dir.clone_from(&cache_dir);
     let file = path.to_path_buf();
@@ -368,6 +395,42 @@ fn serve_config(
     )
 }
 
+/// The admin listener to start: where, and the token its changes need.
+struct Admin {
+    address: SocketAddr,
+    token: Option<AdminToken>,
+}
+
+/// The admin listener the command line (`--admin`, `--admin-token-file`) and the config
+/// file's `[admin]` ask for, the command line first; its token read now.
+fn admin_settings(
+    (address, token_file): (Option<SocketAddr>, Option<PathBuf>),
+    from_file: Option<AdminSpec>,
+) -> anyhow::Result<Option<Admin>> {
+    let (address, token_file) = match (address, from_file) {
+        (Some(address), from_file) => (
+            address,
+            token_file.or_else(|| from_file.and_then(|spec| spec.token_file)),
+        ),
+        (None, Some(spec)) => (spec.address, spec.token_file),
+        (None, None) => return Ok(None),
+    };
+    let token = match &token_file {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the admin token file {}", file.display()))?;
+            Some(
+                AdminToken::new(&text)
+                    .map_err(|reason| anyhow::anyhow!("{}: {reason}", file.display()))?,
+            )
+        }
+    };
+    shoal_host::admin_exposure(address, token.is_some())
+        .map_err(|reason| anyhow::anyhow!("--admin {reason}"))?;
+    Ok(Some(Admin { address, token }))
+}
+
 /// How the ready lines name each listener.
 #[derive(Clone, Copy)]
 enum Announce {
@@ -384,7 +447,7 @@ fn run(
     announce: Announce,
     watch: Watch,
     reload: Reload,
-    admin: Option<SocketAddr>,
+    admin: Option<Admin>,
 ) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     tokio.block_on(async {
@@ -401,20 +464,24 @@ fn run(
             }
             (Err(error), _) => return Err(error.into()),
         }
-        let admin =
-            match admin {
-                Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
-                    || format!("cannot listen on {address} for the admin listener"),
-                )?),
-                None => None,
-            };
+        let admin = match admin {
+            Some(Admin { address, token }) => {
+                let bound = tokio::net::TcpListener::bind(address).await;
+                let bound = bound.with_context(|| {
+                    format!("cannot listen on {address} for the admin listener")
+                })?;
+                Some((bound, token))
+            }
+            None => None,
+        };
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
         let handle = node.handle();
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let admin_address = match admin {
-            Some(listener) => {
+            Some((listener, token)) => {
                 let address = listener.local_addr()?;
-                let serving = shoal_host::serve_admin(listener, handle.clone(), admin_stop.clone());
+                let serving =
+                    shoal_host::serve_admin(listener, handle.clone(), token, admin_stop.clone());
                 tokio::spawn(async move {
                     if let Err(error) = serving.await {
                         tracing::error!("the admin listener failed: {error}");
@@ -454,22 +521,32 @@ fn run(
                 }
             }
         });
-        // Tests and scripts wait for these lines to know the server is ready.
+        // Tests and scripts wait for these lines to know the server is ready, and may close
+        // the pipe once they have read what they wait for: the lines are written in one go,
+        // and a write that fails does not stop the server.
+        let mut ready = String::new();
         for listener in node.listeners() {
             let Some(local) = listener.local_addr() else {
                 continue;
             };
             match announce {
-                Announce::AddressOnly => println!("listening on {local}"),
-                Announce::WithName => println!("listening on {local} ({})", listener.name()),
+                Announce::AddressOnly => ready.push_str(&format!("listening on {local}\n")),
+                Announce::WithName => {
+                    ready.push_str(&format!("listening on {local} ({})\n", listener.name()));
+                }
             }
         }
         if let Some(address) = admin_address {
-            println!("admin listening on {address}");
+            ready.push_str(&format!("admin listening on {address}\n"));
         }
-        // Once ready, stdout may be closed by whoever read these lines: nothing more is
-        // written to it.
-        std::io::stdout().flush()?;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(error) = stdout
+            .write_all(ready.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            tracing::warn!("cannot write the ready lines to stdout: {error}");
+        }
+        drop(stdout);
         let served = node.serve(shutdown).await;
         reloading.abort();
         admin_stop.cancel();

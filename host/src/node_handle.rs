@@ -91,6 +91,54 @@ impl NodeHandle {
         swapped
     }
 
+    /// Load a plugin from `bytes` (an upload: `shoal deploy`), named `name` in logs, on the
+    /// node's engine, and make it listener `listener`'s current version exactly as a file
+    /// change does: checked, probed, then current for new connections. Nothing is written to
+    /// disk. A refusal is logged too.
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeHandle::swap_file`].
+    pub async fn deploy(
+        &self,
+        listener: &str,
+        name: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<VersionInfo, NodeError> {
+        let deployed = async {
+            self.find(listener)?;
+            let source = PluginSource::Bytes {
+                name: name.to_string(),
+                bytes,
+            };
+            let plugin = self.load(listener, source).await?;
+            self.swap_plugin(listener, plugin).await
+        }
+        .await;
+        if let Err(error) = &deployed {
+            tracing::warn!(listener, plugin = name, "deploy refused: {error}");
+        }
+        deployed
+    }
+
+    /// Make listener `listener`'s previous version current again (see
+    /// [`Versions::rollback`]).
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::NoSuchListener`], [`NodeError::NotSwappable`], or
+    /// [`NodeError::Swap`] with [`SwapError::NothingToRollBackTo`](crate::SwapError).
+    pub async fn rollback(&self, listener: &str) -> Result<VersionInfo, NodeError> {
+        let (_, versions) = self.find(listener)?;
+        versions
+            .rollback(listener)
+            .await
+            .map_err(|error| NodeError::Swap {
+                listener: listener.to_string(),
+                error,
+            })
+    }
+
     /// Load the plugin file at `path` on the node's engine (through its compile cache, on a
     /// blocking thread: accepting never waits on a compile) and make it listener
     /// `listener`'s current version, as [`Node::swap`](crate::Node::swap). A refusal is logged with the file.

@@ -249,6 +249,18 @@ impl Versions {
         });
     }
 
+    /// Make the version that was current before the current one current again, as an
+    /// operator asks (`shoal rollback`): new connections get it; connections on the version
+    /// rolled back from stay on it until they end. Only one step back is kept: a second
+    /// rollback is refused until a new version is swapped in.
+    ///
+    /// # Errors
+    ///
+    /// [`SwapError::NothingToRollBackTo`] when no earlier version is kept.
+    pub async fn rollback(&self, listener: &str) -> Result<VersionInfo, SwapError> {
+        self.shared.rollback(listener).await
+    }
+
     /// The current version.
     #[must_use]
     pub fn current(&self) -> VersionInfo {
@@ -330,6 +342,29 @@ impl Shared {
                 config.max_instances(),
             )),
         }
+    }
+
+    /// See [`Versions::rollback`].
+    async fn rollback(&self, listener: &str) -> Result<VersionInfo, SwapError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let Some(previous) = lock(&self.previous).take() else {
+            return Err(SwapError::NothingToRollBackTo {
+                current: self.current.load().number,
+            });
+        };
+        let replaced = self.current.swap(Arc::clone(&previous));
+        tracing::info!(
+            listener,
+            plugin = previous.plugin.name(),
+            hash = %previous.plugin.content_hash(),
+            "version {} rolled back to version {} on request; version {} keeps its {} \
+             connections",
+            replaced.number,
+            previous.number,
+            replaced.number,
+            replaced.live.load(Ordering::Relaxed),
+        );
+        Ok(previous.info(true))
     }
 
     /// One of `version`'s connections (the `place`-th it was given) faulted: past the

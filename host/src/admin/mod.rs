@@ -1,8 +1,12 @@
 //! The admin listener: an HTTP/1.1 server (hyper) on its own address, off unless asked for
 //! (`[admin] address` in the config file, `--admin ADDR` on the command line). It serves
 //! `GET /metrics` (every listener's counters in the Prometheus text format), `GET /` (the
-//! admin page) and `GET /status.json` (what the page shows; `shoal status` prints it).
+//! admin page) and `GET /status.json` (what the page shows; `shoal status` prints it), open
+//! to whoever can connect; and, to holders of its bearer token only, `POST
+//! /listeners/NAME/deploy` (a new plugin version uploaded: `shoal deploy`) and `POST
+//! /listeners/NAME/rollback` (`shoal rollback`).
 
+pub(crate) mod changes;
 pub(crate) mod exposition;
 pub(crate) mod metrics;
 pub(crate) mod page;
@@ -10,6 +14,7 @@ pub(crate) mod status;
 
 use std::convert::Infallible;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::changes::AdminToken;
 use crate::node_handle::NodeHandle;
 use crate::observe::histogram;
 
@@ -39,8 +45,10 @@ const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub async fn serve_admin(
     listener: TcpListener,
     node: NodeHandle,
+    token: Option<AdminToken>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let token = token.map(Arc::new);
     histogram::start_timing();
     let started = Instant::now();
     loop {
@@ -59,11 +67,21 @@ pub async fn serve_admin(
             Err(error) => return Err(error),
         };
         let node = node.clone();
+        let token = token.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let node = node.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &node, started)) }
+                let token = token.clone();
+                async move {
+                    let response = match changes::route(&request) {
+                        Some(change) => {
+                            changes::apply(change, request, &node, token.as_deref()).await
+                        }
+                        None => respond(&request, &node, started),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -129,15 +147,21 @@ fn respond(
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; this admin listener serves GET /, /status.json and /metrics\n".to_string(),
+            "not found; this admin listener serves GET /, /status.json and /metrics, and POST \
+             /listeners/NAME/deploy and /listeners/NAME/rollback\n"
+                .to_string(),
         ),
     }
 }
 
 /// Plain text.
-const TEXT: &str = "text/plain; charset=utf-8";
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
-fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(

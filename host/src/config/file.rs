@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::listener::{HandoffPolicy, ServerConfig, ServerConfigBuilder};
-use crate::config::spec::{ListenerSpec, NodeSpec, PluginSource};
+use crate::config::spec::{AdminSpec, ListenerSpec, NodeSpec, PluginSource};
 use crate::config::units::{ByteSize, DurationText};
 use crate::tls::settings::{Tls, TlsFiles};
 use crate::wasm::capabilities::Capabilities;
@@ -78,6 +78,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct AdminEntry {
     address: String,
+    token_file: Option<PathBuf>,
 }
 
 /// How the `shoal` command writes its log: `text` for people (the default), `json` for
@@ -271,16 +272,21 @@ impl NodeSpec {
                 message: format!("copy_on_write_instances = {count}: it is 1 to 16384"),
             });
         }
-        let admin =
-            match file.admin {
-                None => None,
-                Some(entry) => Some(admin_address(&entry.address).map_err(|message| {
-                    ConfigFileError::Parse {
-                        path: path.to_path_buf(),
-                        message: format!("[admin] address: {message}"),
-                    }
-                })?),
-            };
+        let admin = match file.admin {
+            None => None,
+            Some(entry) => {
+                let admin_error = |message| ConfigFileError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("[admin] address: {message}"),
+                };
+                let address = admin_address(&entry.address).map_err(admin_error)?;
+                admin_exposure(address, entry.token_file.is_some()).map_err(admin_error)?;
+                Some(AdminSpec {
+                    address,
+                    token_file: entry.token_file.map(|file| base.join(file)),
+                })
+            }
+        };
         if file.listeners.is_empty() {
             return Err(ConfigFileError::Parse {
                 path: path.to_path_buf(),
@@ -359,24 +365,30 @@ impl NodeSpec {
     }
 }
 
-/// The admin listener's address: an IP address and port on loopback. Its endpoints answer
-/// anyone who can connect, so until they can ask for a token it listens where only this
-/// machine can reach it.
+/// The admin listener's address: an IP address and port.
 ///
 /// # Errors
 ///
 /// What is wrong with `text`, to show.
 pub fn admin_address(text: &str) -> Result<SocketAddr, String> {
-    let address: SocketAddr = text.parse().map_err(|_| {
-        format!("{text:?} is not an IP address and port, such as \"127.0.0.1:9090\"")
-    })?;
-    if !address.ip().is_loopback() {
-        return Err(format!(
-            "{address} is not a loopback address: the admin listener answers anyone who can \
-             reach it, so it listens on 127.0.0.1 or ::1 only"
-        ));
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address and port, such as \"127.0.0.1:9090\""))
+}
+
+/// Whether the admin listener may listen on `address`: anywhere with a token, only on a
+/// loopback address without one (its read-only pages answer whoever can connect).
+///
+/// # Errors
+///
+/// Why not, to show.
+pub fn admin_exposure(address: SocketAddr, has_token: bool) -> Result<(), String> {
+    if address.ip().is_loopback() || has_token {
+        return Ok(());
     }
-    Ok(address)
+    Err(format!(
+        "{address} is not a loopback address: an admin listener reachable from other \
+         machines needs a token (token_file; --admin-token-file)"
+    ))
 }
 
 impl ListenerEntry {
@@ -624,12 +636,20 @@ mod tests {
     fn the_admin_listener_is_read_and_kept_on_loopback() -> Result<(), ConfigFileError> {
         let text = format!("[admin]\naddress = \"127.0.0.1:9090\"\n{TWO}");
         let spec = NodeSpec::parse(&text, Path::new("shoal.toml"), &base())?;
-        assert_eq!(spec.admin, Some("127.0.0.1:9090".parse().expect("address")));
+        let admin = spec.admin.expect("an admin listener");
+        assert_eq!(admin.address, "127.0.0.1:9090".parse().expect("address"));
+        assert_eq!(admin.token_file, None);
         let open = format!("[admin]\naddress = \"0.0.0.0:9090\"\n{TWO}");
         let message = error(&open);
         assert!(
             message.contains("[admin] address: 0.0.0.0:9090 is not a loopback"),
             "{message}"
+        );
+        let guarded = format!("[admin]\naddress = \"0.0.0.0:9090\"\ntoken_file = \"t\"\n{TWO}");
+        let spec = NodeSpec::parse(&guarded, Path::new("shoal.toml"), &base())?;
+        assert_eq!(
+            spec.admin.and_then(|a| a.token_file),
+            Some(base().join("t"))
         );
         Ok(())
     }

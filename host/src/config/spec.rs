@@ -30,8 +30,19 @@ pub struct NodeSpec {
     /// Instances of large guests (JavaScript, Python: memory mapped copy-on-write) alive at
     /// once; `None` for the runtime's default (2,048), never more than the node's pool.
     pub copy_on_write_instances: Option<u32>,
-    /// Where the admin listener (metrics) listens, if anywhere: a loopback address.
-    pub admin: Option<SocketAddr>,
+    /// The admin listener (metrics, status, deploys), if any.
+    pub admin: Option<AdminSpec>,
+}
+
+/// Where the admin listener listens, and the file holding the token its changing endpoints
+/// require (none: they refuse every change, and the address must be loopback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSpec {
+    /// Its address.
+    pub address: SocketAddr,
+    /// The token file (relative paths in a config file were made absolute against its
+    /// folder).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for NodeSpec {

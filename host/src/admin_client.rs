@@ -1,41 +1,141 @@
-//! `shoal status`: a running server's `/status.json`, fetched from its admin listener and
-//! printed as tables.
+//! The commands that talk to a running server's admin listener over HTTP/1.1: `shoal
+//! status` (its `/status.json`, printed as tables), `shoal deploy` and `shoal rollback`
+//! (with the listener's bearer token).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::Args;
 use serde_json::Value;
 
-/// Fetch and print.
-pub(crate) fn print(admin: SocketAddr) -> anyhow::Result<()> {
-    let status = fetch(admin)?;
+/// Which server to change, and the token it asks for.
+#[derive(Args)]
+pub(crate) struct Target {
+    /// The server's admin listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// A file holding the admin listener's token [default: $SHOAL_ADMIN_TOKEN].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// The token, from the file or the environment.
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(file) = &self.token_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the token file {}", file.display()))?;
+            return Ok(text.trim().to_string());
+        }
+        std::env::var("SHOAL_ADMIN_TOKEN").context(
+            "no token: give --token-file FILE, or set SHOAL_ADMIN_TOKEN, to the server's \
+             [admin] token_file's content",
+        )
+    }
+}
+
+/// `shoal status`: fetch and print.
+pub(crate) fn print_status(admin: SocketAddr) -> anyhow::Result<()> {
+    let (status, body) = request(admin, "GET", "/status.json", None, &[])?;
+    if status != 200 {
+        bail!("the admin listener answered {status}: {}", body.trim());
+    }
+    let status: Value =
+        serde_json::from_str(&body).context("the admin listener's status is not JSON")?;
     print!("{}", render(&status));
     Ok(())
 }
 
-/// `GET /status.json` over a plain HTTP/1.1 request.
-fn fetch(admin: SocketAddr) -> anyhow::Result<Value> {
+/// `shoal deploy`: upload `plugin` as `listener`'s new version.
+pub(crate) fn deploy(target: &Target, listener: &str, plugin: &Path) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
+    let name = plugin.file_name().map_or_else(
+        || "uploaded".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let path = format!(
+        "/listeners/{}/deploy?name={}",
+        escape(listener),
+        escape(&name)
+    );
+    change(target, &path, &bytes, listener)
+}
+
+/// `shoal rollback`: make `listener`'s previous version current.
+pub(crate) fn rollback(target: &Target, listener: &str) -> anyhow::Result<()> {
+    let path = format!("/listeners/{}/rollback", escape(listener));
+    change(target, &path, &[], listener)
+}
+
+/// POST a change; print the version now current, or fail with the server's reason.
+fn change(target: &Target, path: &str, body: &[u8], listener: &str) -> anyhow::Result<()> {
+    let token = target.token()?;
+    let (status, answer) = request(target.admin, "POST", path, Some(&token), body)?;
+    if status != 200 {
+        bail!("refused ({status}): {}", answer.trim());
+    }
+    let version: Value = serde_json::from_str(&answer).context("the answer is not JSON")?;
+    println!(
+        "listener {listener}: version {} ({}, sha256 {}) is current",
+        text(&version["version"]),
+        text(&version["plugin"]),
+        text(&version["sha256"]),
+    );
+    Ok(())
+}
+
+/// `%XX` for every byte but unreserved ones, for a path segment or a query value.
+fn escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 request: the status code and the body of the answer.
+fn request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).with_context(
         || format!("cannot reach the admin listener at {admin}; is the server running with --admin {admin}?"),
     )?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET /status.json HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )?;
+    // A deploy waits for the plugin's compile and probe.
+    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let response = String::from_utf8_lossy(&response);
     let (head, body) = response
         .split_once("\r\n\r\n")
         .context("the admin listener sent no HTTP response")?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.contains(" 200 ") {
-        bail!("the admin listener answered {status_line:?}");
-    }
-    serde_json::from_str(body).context("the admin listener's status is not JSON")
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .context("the admin listener's answer has no status")?;
+    Ok((status, body.to_string()))
 }
 
 /// The tables: listeners, then the latest incidents.
