@@ -561,3 +561,43 @@ async fn an_admin_listener_without_a_token_takes_no_change() -> anyhow::Result<(
     server.terminate().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_admin_listener_reachable_from_elsewhere_asks_the_token_for_every_page()
+-> anyhow::Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("open-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let token = dir.join("admin.token");
+    std::fs::write(&token, "5e8b2a7c9d1f3e6a4b0c8d2f7a9e1c3b\n")?;
+    // Bound to every address: not loopback, though this test reaches it through one.
+    let config = format!(
+        "[admin]\naddress = \"0.0.0.0:0\"\ntoken_file = \"{}\"\n\n[[listener]]\nname = \"echo\"\n\
+         address = \"127.0.0.1:0\"\nplugin = \"{}\"\n",
+        token.display(),
+        plugin_path("echo").display()
+    );
+    let mut server = ShoalProcess::serve_config("open-admin", &config, 1).await?;
+    let admin = server.admin_addr().await?;
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin.port()));
+    let (status, _) = get(admin, "/metrics").await?;
+    assert_eq!(status, 401);
+    let (ok, _, stderr) = shoal(&["status", "--admin", &admin.to_string()]).await?;
+    assert!(!ok && stderr.contains("401"), "{stderr}");
+    let token = token.display().to_string();
+    let (ok, stdout, stderr) = shoal(&[
+        "status",
+        "--admin",
+        &admin.to_string(),
+        "--token-file",
+        &token,
+    ])
+    .await?;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.lines().any(|line| line.starts_with("echo ")),
+        "{stdout}"
+    );
+    server.terminate().await?;
+    Ok(())
+}

@@ -48,7 +48,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "compile,lifecycle,load,paced,memory,broadcast,noisy,swap,polyglot,hibernate"
+        default_value = "compile,lifecycle,load,paced,memory,broadcast,noisy,swap,polyglot,hibernate,operator"
     )]
     scenarios: Vec<Scenario>,
     /// Another build's `shoal` binary (an earlier commit, say) to run the load scenarios
@@ -102,12 +102,17 @@ enum Scenario {
     /// A chat room of `--idle-conns` members at rest, hibernating and awake: memory per
     /// connection, wake-up latency, broadcast to the room.
     Hibernate,
+    /// What running it for real costs the Wasm echo: TLS against plain TCP (round trips,
+    /// p99, new connections with a handshake each), and the admin listener's metrics on and
+    /// scraped against off.
+    Operator,
     /// `make profile`: the Wasm and native echo under the paced loads, recorded by `perf`,
     /// drawn as flame graphs and summed by area and function (not in the default list).
     Profile,
 }
 
 mod hibernate;
+mod operator;
 mod paced;
 mod polyglot;
 mod profile;
@@ -339,6 +344,11 @@ fn main() -> anyhow::Result<()> {
         noisy_rows = noisy_neighbour(&args, &bin_dir, pinned)?;
     }
 
+    let mut operator_rows = Vec::new();
+    if args.scenarios.contains(&Scenario::Operator) {
+        operator_rows = operator::run(&args, &bin_dir, pinned)?;
+    }
+
     let mut swap_results = Results::new();
     if args.scenarios.contains(&Scenario::Swap) {
         hot_swap(&args, &bin_dir, pinned, &mut swap_results)?;
@@ -370,6 +380,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !hibernate_rows.is_empty() {
         report.push_str(&hibernate::report(&mut hibernate_rows, args.idle_conns));
+    }
+    if !operator_rows.is_empty() {
+        report.push_str(&operator::report(&mut operator_rows, &args));
     }
     println!("{report}");
     std::fs::create_dir_all("target/bench")?;

@@ -14,7 +14,7 @@ use serde_json::Value;
 /// Which server to change, and the token it asks for.
 #[derive(Args)]
 pub(crate) struct Target {
-    /// The server's admin listener.
+    /// The server's admin listener (`--admin` or `[admin] address` where it serves).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
     /// A file holding the admin listener's token [default: $SHOAL_ADMIN_TOKEN].
@@ -37,9 +37,11 @@ impl Target {
     }
 }
 
-/// `shoal status`: fetch and print.
-pub(crate) fn print_status(admin: SocketAddr) -> anyhow::Result<()> {
-    let (status, body) = request(admin, "GET", "/status.json", None, &[])?;
+/// `shoal status`: fetch and print (with the token, if one is given: an admin listener
+/// reachable from other machines asks for it on every page).
+pub(crate) fn print_status(target: &Target) -> anyhow::Result<()> {
+    let token = target.token().ok();
+    let (status, body) = request(target.admin, "GET", "/status.json", token.as_deref(), &[])?;
     if status != 200 {
         bail!("the admin listener answered {status}: {}", body.trim());
     }

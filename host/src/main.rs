@@ -143,9 +143,8 @@ enum Command {
     /// Print what a running server's admin listener reports: each listener's address,
     /// plugin version, connections and faults, and the latest faults and limit hits.
     Status {
-        /// The server's admin listener (`--admin` or `[admin] address` where it serves).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        admin: admin_client::Target,
     },
     /// Upload a new version of a listener's plugin to a running server, which checks and
     /// probes it as it does a changed file; prints the version now current, or why not.
@@ -261,7 +260,7 @@ fn main() -> ExitCode {
             admin.and_then(|admin| serve_one(one, cache, Watch(!no_watch), admin))
         }
         Command::Check { plugin } => check(&plugin),
-        Command::Status { admin } => admin_client::print_status(admin),
+        Command::Status { admin } => admin_client::print_status(&admin),
         Command::Deploy {
             admin,
             listener,

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::admin::{TEXT, reply};
+use crate::admin::reply::{TEXT, reply};
 use crate::error::{NodeError, SwapError};
 use crate::node_handle::NodeHandle;
 use crate::versions::VersionInfo;
@@ -179,7 +179,10 @@ pub(crate) async fn apply(
 }
 
 /// The response that refuses `request`, unless it carries `token`.
-fn refusal<B>(request: &Request<B>, token: Option<&AdminToken>) -> Option<Response<Full<Bytes>>> {
+pub(crate) fn refusal<B>(
+    request: &Request<B>,
+    token: Option<&AdminToken>,
+) -> Option<Response<Full<Bytes>>> {
     let Some(token) = token else {
         return Some(reply(
             StatusCode::FORBIDDEN,

@@ -10,6 +10,7 @@ pub(crate) mod changes;
 pub(crate) mod exposition;
 pub(crate) mod metrics;
 pub(crate) mod page;
+pub(crate) mod reply;
 pub(crate) mod status;
 
 use std::convert::Infallible;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::changes::AdminToken;
+use crate::admin::reply::{TEXT, reply};
 use crate::node_handle::NodeHandle;
 use crate::observe::histogram;
 
@@ -37,6 +39,8 @@ const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serve the admin endpoints on `listener` for `node` until `shutdown` is cancelled. From
 /// the call on, guest calls and instantiations are timed for the metrics' histograms.
+/// Changes need `token` (without one, every change is refused); on a listener that is not
+/// bound to a loopback address, so do the pages that only read.
 ///
 /// # Errors
 ///
@@ -51,6 +55,11 @@ pub async fn serve_admin(
     let token = token.map(Arc::new);
     histogram::start_timing();
     let started = Instant::now();
+    // On loopback the pages that only read stay open; reachable from elsewhere, every
+    // request needs the token.
+    let reads_need_token = listener
+        .local_addr()
+        .map_or(true, |address| !address.ip().is_loopback());
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -77,6 +86,12 @@ pub async fn serve_admin(
                     let response = match changes::route(&request) {
                         Some(change) => {
                             changes::apply(change, request, &node, token.as_deref()).await
+                        }
+                        None if reads_need_token => {
+                            match changes::refusal(&request, token.as_deref()) {
+                                Some(refusal) => refusal,
+                                None => respond(&request, &node, started),
+                            }
                         }
                         None => respond(&request, &node, started),
                     };
@@ -152,21 +167,4 @@ fn respond(
                 .to_string(),
         ),
     }
-}
-
-/// Plain text.
-pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
-
-pub(crate) fn reply(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
-    response
 }

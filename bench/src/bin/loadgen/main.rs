@@ -24,13 +24,14 @@ use shoal_bench::{micros, percentile};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 mod handoff;
 mod hibernate;
 mod paced;
 mod swap;
+mod tls;
 
 #[derive(Parser)]
 struct Cli {
@@ -51,6 +52,10 @@ enum Scenario {
         /// The server process: how busy it and this process were is reported.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Connect over TLS, trusting this CA certificate (PEM): each connection is a full
+        /// handshake.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
     },
     /// Round trips per second and latency: `conns` connections, each sending `size`-byte
     /// messages and waiting for the echo, after a one-second warm-up.
@@ -66,6 +71,9 @@ enum Scenario {
         /// The server process: how busy it and this process were is reported.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Connect over TLS, trusting this CA certificate (PEM).
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
     },
     /// A fixed offered load — `rate` round trips per second over `conns` connections, or
     /// with `connect` `rate` new connections per second — and what each operation cost the
@@ -185,12 +193,15 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 concurrency,
                 server_pid,
+                tls_ca,
             } => {
+                let tls = tls_ca.as_deref().map(tls::connector).transpose()?;
                 rate(
                     addr,
                     Duration::from_secs_f64(seconds),
                     concurrency,
                     server_pid,
+                    tls,
                 )
                 .await
             }
@@ -200,13 +211,16 @@ fn main() -> anyhow::Result<()> {
                 size,
                 seconds,
                 server_pid,
+                tls_ca,
             } => {
+                let tls = tls_ca.as_deref().map(tls::connector).transpose()?;
                 echo(
                     addr,
                     conns,
                     size,
                     Duration::from_secs_f64(seconds),
                     server_pid,
+                    tls,
                 )
                 .await
             }
@@ -297,8 +311,8 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn round_trip(
-    stream: &mut TcpStream,
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     message: &[u8],
     reply: &mut [u8],
 ) -> anyhow::Result<()> {
@@ -313,20 +327,30 @@ async fn rate(
     duration: Duration,
     concurrency: usize,
     server_pid: Option<u32>,
+    tls: Option<tokio_rustls::TlsConnector>,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = start + duration;
     let busy = tokio::spawn(busy(start, deadline, server_pid));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
+        let tls = tls.clone();
         workers.push(tokio::spawn(async move {
             let message = [7u8; 64];
             let mut reply = [0u8; 64];
             let mut done = 0u64;
             while Instant::now() < deadline {
-                let mut stream = TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                round_trip(&mut stream, &message, &mut reply).await?;
+                match &tls {
+                    None => {
+                        let mut stream = TcpStream::connect(addr).await?;
+                        stream.set_nodelay(true)?;
+                        round_trip(&mut stream, &message, &mut reply).await?;
+                    }
+                    Some(tls) => {
+                        let mut stream = tls::connect(tls, addr).await?;
+                        round_trip(&mut stream, &message, &mut reply).await?;
+                    }
+                }
                 done += 1;
             }
             anyhow::Ok(done)
@@ -350,30 +374,25 @@ async fn echo(
     size: usize,
     duration: Duration,
     server_pid: Option<u32>,
+    tls: Option<tokio_rustls::TlsConnector>,
 ) -> anyhow::Result<()> {
     let start = Instant::now() + Duration::from_secs(1);
     let deadline = start + duration;
     let busy = tokio::spawn(busy(start, deadline, server_pid));
     let mut workers = Vec::new();
     for i in 0..conns {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        workers.push(tokio::spawn(async move {
-            let message: Vec<u8> = (0..size).map(|j| (i + j) as u8).collect();
-            let mut reply = vec![0u8; size];
-            let mut latencies = Vec::new();
-            loop {
-                let sent = Instant::now();
-                if sent >= deadline {
-                    break;
-                }
-                round_trip(&mut stream, &message, &mut reply).await?;
-                if sent >= start {
-                    latencies.push(sent.elapsed());
-                }
+        let message: Vec<u8> = (0..size).map(|j| (i + j) as u8).collect();
+        match &tls {
+            None => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                workers.push(tokio::spawn(echo_loop(stream, message, start, deadline)));
             }
-            anyhow::Ok(latencies)
-        }));
+            Some(tls) => {
+                let stream = tls::connect(tls, addr).await?;
+                workers.push(tokio::spawn(echo_loop(stream, message, start, deadline)));
+            }
+        }
     }
     let mut latencies = Vec::new();
     for worker in workers {
@@ -390,6 +409,29 @@ async fn echo(
         busy.await??
     );
     Ok(())
+}
+
+/// One connection's round trips of `message` until `deadline`: the latencies of those sent
+/// from `start` on.
+async fn echo_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    message: Vec<u8>,
+    start: Instant,
+    deadline: Instant,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut reply = vec![0u8; message.len()];
+    let mut latencies = Vec::new();
+    loop {
+        let sent = Instant::now();
+        if sent >= deadline {
+            break;
+        }
+        round_trip(&mut stream, &message, &mut reply).await?;
+        if sent >= start {
+            latencies.push(sent.elapsed());
+        }
+    }
+    Ok(latencies)
 }
 
 /// ` client_busy=… server_busy=…`: the share of one core this process and the server (when
