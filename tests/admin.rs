@@ -343,6 +343,19 @@ async fn shoal(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     ))
 }
 
+/// `shoal ARGS…` against the admin listener `admin` with the token in `token_file`: the
+/// subcommand first (`deploy`, `rollback`), then its arguments.
+async fn change(
+    admin: &str,
+    token_file: &str,
+    args: &[&str],
+) -> anyhow::Result<(bool, String, String)> {
+    let (command, rest) = args.split_first().context("a subcommand")?;
+    let mut full = vec![*command, "--admin", admin, "--token-file", token_file];
+    full.extend_from_slice(rest);
+    shoal(&full).await
+}
+
 /// One connection's round trip through the echo, old or new version: `Some(true)` when the
 /// new version (which greets `v2`) served it, `None` on any failure.
 async fn round_trip(addr: SocketAddr) -> Option<bool> {
@@ -394,45 +407,18 @@ async fn shoal_deploy_swaps_under_load_without_a_failed_connection_and_needs_the
     // Refused: without a token, with a wrong one, and a plugin that is not one.
     let (ok, _, stderr) = shoal(&["deploy", "--admin", &admin, "echo", &v2]).await?;
     assert!(!ok && stderr.contains("no token"), "{stderr}");
-    let (ok, _, stderr) = shoal(&[
-        "deploy",
-        "--admin",
-        &admin,
-        "--token-file",
-        &wrong,
-        "echo",
-        &v2,
-    ])
-    .await?;
+    let (ok, _, stderr) = change(&admin, &wrong, &["deploy", "echo", &v2]).await?;
     assert!(
         !ok && stderr.contains("refused (401): the bearer token is wrong"),
         "{stderr}"
     );
-    let (ok, _, stderr) = shoal(&[
-        "deploy",
-        "--admin",
-        &admin,
-        "--token-file",
-        &token,
-        "echo",
-        &broken,
-    ])
-    .await?;
+    let (ok, _, stderr) = change(&admin, &token, &["deploy", "echo", &broken]).await?;
     assert!(!ok && stderr.contains("refused (422)"), "{stderr}");
     assert!(
         stderr.contains("broken.wasm"),
         "the refusal names the upload: {stderr}"
     );
-    let (ok, _, stderr) = shoal(&[
-        "deploy",
-        "--admin",
-        &admin,
-        "--token-file",
-        &token,
-        "nobody",
-        &v2,
-    ])
-    .await?;
+    let (ok, _, stderr) = change(&admin, &token, &["deploy", "nobody", &v2]).await?;
     assert!(!ok && stderr.contains("refused (404)"), "{stderr}");
     assert_eq!(
         round_trip(addr).await,
@@ -457,16 +443,7 @@ async fn shoal_deploy_swaps_under_load_without_a_failed_connection_and_needs_the
         }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (ok, stdout, stderr) = shoal(&[
-        "deploy",
-        "--admin",
-        &admin,
-        "--token-file",
-        &token,
-        "echo",
-        &v2,
-    ])
-    .await?;
+    let (ok, stdout, stderr) = change(&admin, &token, &["deploy", "echo", &v2]).await?;
     assert!(ok, "{stderr}");
     assert!(
         stdout.starts_with("listener echo: version 2 (echo-v2.wasm, sha256 "),
@@ -490,27 +467,11 @@ async fn shoal_deploy_swaps_under_load_without_a_failed_connection_and_needs_the
     assert_eq!(round_trip(addr).await, Some(true), "the new version serves");
 
     // Rollback: the first version again, once.
-    let (ok, stdout, stderr) = shoal(&[
-        "rollback",
-        "--admin",
-        &admin,
-        "--token-file",
-        &token,
-        "echo",
-    ])
-    .await?;
+    let (ok, stdout, stderr) = change(&admin, &token, &["rollback", "echo"]).await?;
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("listener echo: version 1 "), "{stdout}");
     assert_eq!(round_trip(addr).await, Some(false));
-    let (ok, _, stderr) = shoal(&[
-        "rollback",
-        "--admin",
-        &admin,
-        "--token-file",
-        &token,
-        "echo",
-    ])
-    .await?;
+    let (ok, _, stderr) = change(&admin, &token, &["rollback", "echo"]).await?;
     assert!(!ok && stderr.contains("refused (409)"), "{stderr}");
     assert!(
         stderr.contains("no earlier version to roll back to"),

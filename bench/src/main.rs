@@ -759,6 +759,17 @@ impl Server {
     /// Start `program` with `args` (on core 1 when pinned) and wait for the address it
     /// prints as `listening on ADDR`.
     fn spawn(program: &Path, args: &[String], pinned: bool, label: &str) -> anyhow::Result<Self> {
+        Self::spawn_reading(program, args, pinned, label).map(|(server, _)| server)
+    }
+
+    /// [`Server::spawn`], and the rest of the server's standard output (the lines it
+    /// prints after its first: an admin listener's address, say).
+    fn spawn_reading(
+        program: &Path,
+        args: &[String],
+        pinned: bool,
+        label: &str,
+    ) -> anyhow::Result<(Self, BufReader<std::process::ChildStdout>)> {
         let mut command = pin(pinned, "1", program);
         let mut child = command
             .args(args)
@@ -767,9 +778,9 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", program.display()))?;
-        let stdout = child.stdout.take().context("server stdout")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        stdout.read_line(&mut line)?;
         // `listening on ADDR`, or `listening on ADDR (NAME)` for a config file's listener.
         let addr = line
             .trim()
@@ -777,7 +788,7 @@ impl Server {
             .and_then(|rest| rest.split_whitespace().next())
             .with_context(|| format!("{label} printed {line:?}"))?
             .to_string();
-        Ok(Self { child, addr })
+        Ok((Self { child, addr }, stdout))
     }
 
     /// Resident memory (`VmRSS`), KiB.

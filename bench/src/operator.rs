@@ -5,10 +5,9 @@
 //! - metrics: the plain echo with the admin listener on (its histograms timing every call)
 //!   and `/metrics` scraped every second, as Prometheus would, against no admin listener.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,7 +16,7 @@ use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use shoal_bench::{median, paired_ratios};
 
-use crate::{Args, Server, loadgen, pin};
+use crate::{Args, Server, loadgen};
 
 /// How each server of the scenario is started.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -114,22 +113,8 @@ fn start(
         }
     }
     serve.push(args.plugins.join("echo.wasm").display().to_string());
-    let program = bin_dir.join("shoal");
-    let mut child = pin(pinned, "1", &program)
-        .args(&serve)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
-    let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?);
-    let mut line = String::new();
-    stdout.read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("{} printed {line:?}", setup.label()))?
-        .to_string();
+    let (server, mut stdout) =
+        Server::spawn_reading(&bin_dir.join("shoal"), &serve, pinned, setup.label())?;
     let admin = if setup == Setup::Metrics {
         let mut line = String::new();
         stdout.read_line(&mut line)?;
@@ -141,7 +126,7 @@ fn start(
     } else {
         None
     };
-    Ok((Server { child, addr }, admin))
+    Ok((server, admin))
 }
 
 /// Scrape `GET /metrics` from `admin` every second until `stop`; how many scrapes
