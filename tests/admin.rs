@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use support::{ShoalProcess, plugin_path, random_bytes, read_to_end};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// `GET path` on the admin listener: the status code and the body.
@@ -71,24 +71,16 @@ async fn the_counters_move_as_a_known_workload_says_and_promtool_accepts_the_pag
 
     // The connections are counted when they end, and leave the open gauge when their
     // sockets close: wait until all seven have.
-    let mut page = String::new();
-    for _ in 0..100 {
-        let (status, body) = get(admin, "/metrics").await?;
-        ensure!(status == 200, "GET /metrics: {status}");
-        page = body;
-        let values = samples(&page);
+    let (page, values) = metrics_once(admin, |values| {
         let ended: f64 = values
             .iter()
             .filter(|(name, _)| name.starts_with("shoal_connections_ended_total{listener=\"web\""))
             .map(|(_, value)| value)
             .sum();
         let open = values.get("shoal_connections_open{listener=\"web\"}");
-        if ended >= 7.0 && open == Some(&0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let values = samples(&page);
+        ended >= 7.0 && open == Some(&0.0)
+    })
+    .await?;
     let value = |name: &str| values.get(name).copied().unwrap_or(f64::NAN);
     assert_eq!(
         value("shoal_connections_accepted_total{listener=\"web\"}"),
@@ -150,6 +142,17 @@ async fn the_counters_move_as_a_known_workload_says_and_promtool_accepts_the_pag
         "{page}"
     );
 
+    promtool_accepts(&page).await?;
+
+    let (status, _) = get(admin, "/nothing-here").await?;
+    assert_eq!(status, 404);
+    server.terminate().await?;
+    Ok(())
+}
+
+/// `promtool check metrics` (Debian's prometheus package, installed by
+/// scripts/install-deps.sh) passes `page`.
+async fn promtool_accepts(page: &str) -> anyhow::Result<()> {
     let mut promtool = tokio::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -167,11 +170,129 @@ async fn the_counters_move_as_a_known_workload_says_and_promtool_accepts_the_pag
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
+    Ok(())
+}
 
-    let (status, _) = get(admin, "/nothing-here").await?;
-    assert_eq!(status, 404);
+/// The counters of a metrics page once they satisfy `settled` (they move when connections
+/// end, a moment after the client sees it); the last page read if they never do.
+async fn metrics_once(
+    admin: SocketAddr,
+    settled: impl Fn(&HashMap<String, f64>) -> bool,
+) -> anyhow::Result<(String, HashMap<String, f64>)> {
+    let mut page = String::new();
+    for _ in 0..100 {
+        let (status, body) = get(admin, "/metrics").await?;
+        ensure!(status == 200, "GET /metrics: {status}");
+        page = body;
+        if settled(&samples(&page)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let values = samples(&page);
+    Ok((page, values))
+}
+
+#[tokio::test]
+async fn mailbox_counters_count_messages_delivered_refused_and_overflowed() -> anyhow::Result<()> {
+    // One message per mailbox, 64 bytes at most: easy to fill, easy to exceed.
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"post\"\n\
+         address = \"127.0.0.1:0\"\nplugin = \"{}\"\nmailbox_messages = 1\n\
+         mailbox_bytes = 64\n",
+        plugin_path("courier").display()
+    );
+    let mut server = ShoalProcess::serve_config("mailbox-metrics", &config, 1).await?;
+    let admin = server.admin_addr().await?;
+    let addr = server.addrs["post"];
+    let mut alice = BufReader::new(TcpStream::connect(addr).await?);
+    let mut bob = BufReader::new(TcpStream::connect(addr).await?);
+    let bob_id = ask(&mut bob, "id").await?;
+
+    // Delivered: one message, which bob receives.
+    assert_eq!(ask(&mut alice, &format!("to {bob_id} hello")).await?, "ok");
+    let alice_id = ask(&mut alice, "id").await?;
+    assert_eq!(next_line(&mut bob).await?, format!("{alice_id}: hello"));
+    // Refused: to nobody, and a payload larger than a whole mailbox.
+    let to_nobody = ask(&mut alice, "to 424242 x").await?;
+    assert_eq!(to_nobody, "error: no-such-connection");
+    let too_large = ask(&mut alice, &format!("to {bob_id} {}", "x".repeat(100))).await?;
+    assert_eq!(too_large, "error: too-large");
+    // Overflowed: bob sends itself two messages in one call. The first fills its mailbox,
+    // which it cannot drain while in the call, and a sender cannot wait on itself: the second
+    // is refused, bob's mailbox overflows, and bob ends after handling the first.
+    bob.get_mut()
+        .write_all(format!("to {bob_id} one\nto {bob_id} two\n").as_bytes())
+        .await?;
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(10), bob.read_to_string(&mut rest)).await??;
+    assert_eq!(rest, format!("ok\nerror: mailbox-full\n{bob_id}: one\n"));
+
+    let (page, values) = metrics_once(admin, |values| {
+        values.get("shoal_connections_ended_total{listener=\"post\",reason=\"limit:mailbox\"}")
+            == Some(&1.0)
+    })
+    .await?;
+    let value = |name: &str| values.get(name).copied().unwrap_or(f64::NAN);
+    let refused = |reason: &str| {
+        value(&format!(
+            "shoal_mailbox_messages_refused_total{{listener=\"post\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(
+        value("shoal_mailbox_messages_delivered_total{listener=\"post\"}"),
+        2.0,
+        "{page}"
+    );
+    assert_eq!(refused("no-such-connection"), 1.0, "{page}");
+    assert_eq!(refused("too-large"), 1.0, "{page}");
+    assert_eq!(refused("mailbox-full"), 1.0, "{page}");
+    assert_eq!(
+        value("shoal_mailbox_overflows_total{listener=\"post\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("shoal_mailbox_send_waits_total{listener=\"post\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(
+            "shoal_limit_hits_total{listener=\"post\",limit=\"mailbox_messages / mailbox_bytes\"}"
+        ),
+        1.0,
+        "{page}"
+    );
+    promtool_accepts(&page).await?;
+
+    let (status, body) = get(admin, "/status.json").await?;
+    ensure!(status == 200, "GET /status.json: {status}");
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let messages = &status["listeners"][0]["messages"];
+    assert_eq!(messages["delivered"], 2, "{body}");
+    assert_eq!(messages["refused"]["mailbox-full"], 1, "{body}");
+    assert_eq!(messages["overflowed"], 1, "{body}");
+    assert_eq!(status["totals"]["messages_refused"], 3, "{body}");
+    drop(alice);
     server.terminate().await?;
     Ok(())
+}
+
+/// Send `command` as a line and read the one-line answer.
+async fn ask(client: &mut BufReader<TcpStream>, command: &str) -> anyhow::Result<String> {
+    client
+        .get_mut()
+        .write_all(format!("{command}\n").as_bytes())
+        .await?;
+    next_line(client).await
+}
+
+/// The next line from the server, without its end.
+async fn next_line(client: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_line(&mut line)).await??;
+    ensure!(line.ends_with('\n'), "the connection ended: {line:?}");
+    line.pop();
+    Ok(line)
 }
 
 /// Run headless Chromium (Debian's package, installed by scripts/install-deps.sh) on `url`

@@ -177,7 +177,7 @@ async fn a_client_that_never_reads_is_dropped_at_its_write_timeout() -> anyhow::
     }
     let _talker = send.await??;
     assert_eq!(server.stats.limit_hits(shoal_host::Limit::Write), 1);
-    assert_eq!(mailboxes.refused(), 0, "nobody's mailbox overflowed");
+    assert_eq!(mailboxes.overflowed(), 0, "nobody's mailbox overflowed");
     // Bounded: the mailbox holds at most 1 MiB and a call's output 1 MiB, whatever the
     // flood. (A loose bound: the other tests run in this process at the same time.)
     let rss_after = rss_kib()?;

@@ -132,7 +132,7 @@ pub use handler::{
 };
 pub use messages::local::Mailboxes;
 pub use messages::types::{
-    FROM_HOST, MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
+    FROM_HOST, MAX_NAME_BYTES, MailboxCounts, MailboxLimits, Message, MessageError, NameError, Peer,
 };
 pub use node::{Node, NodeListener};
 pub use node_handle::{ListenerStatus, NodeHandle};

@@ -270,6 +270,7 @@ impl Node {
             config: server.config().clone(),
             settings: server.settings(),
             stats: server.stats(),
+            mailboxes: server.mailboxes(),
             versions: None,
             plugin_file: None,
             stop: stop.clone(),

@@ -16,6 +16,8 @@ use crate::config::listener::ServerConfig;
 use crate::config::spec::{NodeSpec, PluginSource};
 use crate::error::{NodeError, PluginError, ServeError};
 use crate::handler::HandlerFactory;
+use crate::messages::local::Mailboxes;
+use crate::messages::types::MailboxCounts;
 use crate::observe::stats::Stats;
 use crate::server::listener::Server;
 use crate::versions::{VersionInfo, Versions};
@@ -43,6 +45,7 @@ pub(crate) struct HandleListener {
     /// The settings its new connections start with.
     pub(crate) settings: Arc<ArcSwap<ServerConfig>>,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) mailboxes: Mailboxes,
     pub(crate) versions: Option<Versions>,
     pub(crate) plugin_file: Option<PathBuf>,
     /// Cancelled to stop this listener alone (it was removed from the config).
@@ -69,6 +72,8 @@ pub struct ListenerStatus {
     pub address: std::net::SocketAddr,
     /// Its counters.
     pub stats: Arc<Stats>,
+    /// What its mailboxes have counted.
+    pub mailboxes: MailboxCounts,
     /// Its plugin versions, the current one and those still serving (none for a listener
     /// of native code).
     pub versions: Vec<VersionInfo>,
@@ -242,6 +247,7 @@ impl NodeHandle {
                 name: listener.config.name().to_string(),
                 address: listener.local.get().copied().unwrap_or(listener.address),
                 stats: Arc::clone(&listener.stats),
+                mailboxes: listener.mailboxes.counts(),
                 versions: listener
                     .versions
                     .as_ref()
@@ -448,6 +454,7 @@ impl NodeHandle {
             config: spec.config,
             settings,
             stats: server.stats(),
+            mailboxes: server.mailboxes(),
             versions: Some(versions),
             plugin_file,
             stop: stop.clone(),

@@ -4,16 +4,17 @@
 //! docs/metrics.md.
 
 use crate::admin::exposition::{Exposition, Kind};
+use crate::messages::types::MessageError;
 use crate::node_handle::ListenerStatus;
 use crate::observe::histogram::HistogramSnapshot;
-use crate::observe::stats::{Call, EndKind, Limit, Stats};
+use crate::observe::stats::{Call, EndKind, Limit};
 
 /// One metric family: its name, type, help, and its value for one listener.
 struct Family {
     name: &'static str,
     kind: Kind,
     help: &'static str,
-    value: fn(&Stats) -> f64,
+    value: fn(&ListenerStatus) -> f64,
 }
 
 /// The families with one sample per listener.
@@ -22,49 +23,67 @@ const PER_LISTENER: &[Family] = &[
         name: "shoal_connections_accepted_total",
         kind: Kind::Counter,
         help: "Connections accepted.",
-        value: |s| s.accepted() as f64,
+        value: |l| l.stats.accepted() as f64,
     },
     Family {
         name: "shoal_connections_open",
         kind: Kind::Gauge,
         help: "Connections open now (awake or hibernating, TLS handshakes included).",
-        value: |s| s.live_connections() as f64,
+        value: |l| l.stats.live_connections() as f64,
     },
     Family {
         name: "shoal_connections_asleep",
         kind: Kind::Gauge,
         help: "Connections hibernating now: state kept, no instance.",
-        value: |s| s.asleep() as f64,
+        value: |l| l.stats.asleep() as f64,
     },
     Family {
         name: "shoal_instances_live",
         kind: Kind::Gauge,
         help: "Plugin instances alive now.",
-        value: |s| s.live_instances() as f64,
+        value: |l| l.stats.live_instances() as f64,
     },
     Family {
         name: "shoal_guest_faults_total",
         kind: Kind::Counter,
         help: "Guest calls that faulted: traps, and calls stopped by a limit.",
-        value: |s| s.faults() as f64,
+        value: |l| l.stats.faults() as f64,
     },
     Family {
         name: "shoal_guest_cpu_seconds_total",
         kind: Kind::Counter,
         help: "CPU time the listener's guests ran, counted in epoch ticks.",
-        value: |s| s.guest_cpu().as_secs_f64(),
+        value: |l| l.stats.guest_cpu().as_secs_f64(),
     },
     Family {
         name: "shoal_received_bytes_total",
         kind: Kind::Counter,
         help: "Bytes read from clients (after TLS decryption).",
-        value: |s| s.bytes_in() as f64,
+        value: |l| l.stats.bytes_in() as f64,
     },
     Family {
         name: "shoal_sent_bytes_total",
         kind: Kind::Counter,
         help: "Bytes written to clients (before TLS encryption).",
-        value: |s| s.bytes_out() as f64,
+        value: |l| l.stats.bytes_out() as f64,
+    },
+    Family {
+        name: "shoal_mailbox_messages_delivered_total",
+        kind: Kind::Counter,
+        help: "Messages queued into a connection's mailbox (a broadcast counts once per receiver).",
+        value: |l| l.mailboxes.delivered as f64,
+    },
+    Family {
+        name: "shoal_mailbox_overflows_total",
+        kind: Kind::Counter,
+        help: "Mailboxes that overflowed: each refused a message and ended its connection.",
+        value: |l| l.mailboxes.overflowed as f64,
+    },
+    Family {
+        name: "shoal_mailbox_send_waits_total",
+        kind: Kind::Counter,
+        help: "Guest sends that found a mailbox full and waited for room (flow control).",
+        value: |l| l.mailboxes.waited as f64,
     },
 ];
 
@@ -74,7 +93,7 @@ pub(crate) fn render(listeners: &[ListenerStatus]) -> String {
     for family in PER_LISTENER {
         page.family(family.name, family.kind, family.help);
         for listener in listeners {
-            let value = (family.value)(&listener.stats);
+            let value = (family.value)(listener);
             page.sample(family.name, &[("listener", &listener.name)], value);
         }
     }
@@ -84,10 +103,10 @@ pub(crate) fn render(listeners: &[ListenerStatus]) -> String {
         listeners.iter(),
         ("shoal_connections_ended_total", "reason"),
         "Connections ended, by how (each accepted connection is counted once).",
-        |stats| {
+        |listener| {
             EndKind::ALL
                 .iter()
-                .map(|kind| (kind.name(), stats.ended(*kind)))
+                .map(|kind| (kind.name(), listener.stats.ended(*kind)))
                 .collect()
         },
     );
@@ -96,10 +115,22 @@ pub(crate) fn render(listeners: &[ListenerStatus]) -> String {
         listeners.iter(),
         ("shoal_limit_hits_total", "limit"),
         "Connections a listener's limit ended, by limit.",
-        |stats| {
+        |listener| {
             Limit::ALL
                 .iter()
-                .map(|limit| (limit.setting(), stats.limit_hits(*limit)))
+                .map(|limit| (limit.setting(), listener.stats.limit_hits(*limit)))
+                .collect()
+        },
+    );
+    counters_by(
+        &mut page,
+        listeners.iter(),
+        ("shoal_mailbox_messages_refused_total", "reason"),
+        "Messages refused to their sender, by reason (nothing was queued).",
+        |listener| {
+            MessageError::ALL
+                .iter()
+                .map(|reason| (reason.name(), listener.mailboxes.refused(*reason)))
                 .collect()
         },
     );
@@ -108,7 +139,8 @@ pub(crate) fn render(listeners: &[ListenerStatus]) -> String {
         listeners.iter().filter(|l| l.config.tls().is_some()),
         ("shoal_tls_handshakes_total", "result"),
         "TLS handshakes, by result.",
-        |stats| {
+        |listener| {
+            let stats = &listener.stats;
             vec![
                 ("ok", stats.tls_handshakes()),
                 ("failed", stats.ended(EndKind::TlsHandshakeFailed)),
@@ -176,11 +208,11 @@ fn counters_by<'a>(
     listeners: impl Iterator<Item = &'a ListenerStatus>,
     (name, label): (&str, &str),
     help: &str,
-    counts: impl Fn(&Stats) -> Vec<(&'static str, u64)>,
+    counts: impl Fn(&ListenerStatus) -> Vec<(&'static str, u64)>,
 ) {
     page.family(name, Kind::Counter, help);
     for listener in listeners {
-        for (value, count) in counts(&listener.stats) {
+        for (value, count) in counts(listener) {
             page.sample(
                 name,
                 &[("listener", listener.name.as_str()), (label, value)],

@@ -76,7 +76,8 @@ function draw(status) {
   document.getElementById("totals").replaceChildren(
     card("listeners", t.listeners), card("open connections", t.connections_open),
     card("accepted", t.connections_accepted), card("live instances", t.instances_live),
-    card("guest faults", t.guest_faults), card("in / out", bytes(t.received_bytes) + " / " + bytes(t.sent_bytes)));
+    card("guest faults", t.guest_faults), card("in / out", bytes(t.received_bytes) + " / " + bytes(t.sent_bytes)),
+    card("messages delivered / refused", t.messages_delivered + " / " + t.messages_refused));
   const rows = status.listeners.map(l => el("tr", { "data-listener": l.name },
     el("td", {}, el("b", {}, l.name), " ", l.tls ? el("span", { class: "tag" }, "TLS") : ""),
     el("td", {}, el("code", {}, l.address)),

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::messages::types::MessageError;
 use crate::node_handle::ListenerStatus;
 use crate::observe::stats::{EndKind, Incident, Limit};
 
@@ -31,6 +32,8 @@ pub(crate) struct Totals {
     pub(crate) guest_faults: u64,
     pub(crate) received_bytes: u64,
     pub(crate) sent_bytes: u64,
+    pub(crate) messages_delivered: u64,
+    pub(crate) messages_refused: u64,
 }
 
 /// One listener.
@@ -51,11 +54,24 @@ pub(crate) struct ListenerView {
     pub(crate) guest_cpu_seconds: f64,
     pub(crate) received_bytes: u64,
     pub(crate) sent_bytes: u64,
+    pub(crate) messages: Messages,
     pub(crate) limits: Limits,
     /// Connections ended, by reason (those with a count only).
     pub(crate) ended: BTreeMap<&'static str, u64>,
     /// Limit hits, by setting (those with a count only).
     pub(crate) limit_hits: BTreeMap<&'static str, u64>,
+}
+
+/// What a listener's mailboxes have done.
+#[derive(Debug, Serialize)]
+pub(crate) struct Messages {
+    pub(crate) delivered: u64,
+    /// Refused, by reason (those with a count only).
+    pub(crate) refused: BTreeMap<&'static str, u64>,
+    /// Mailboxes that overflowed (each ended its connection).
+    pub(crate) overflowed: u64,
+    /// Sends that waited for room.
+    pub(crate) waited: u64,
 }
 
 /// A listener's limits, as configured.
@@ -111,6 +127,9 @@ pub(crate) fn status(listeners: &[ListenerStatus], started: Instant) -> Status {
             totals.guest_faults += stats.faults();
             totals.received_bytes += stats.bytes_in();
             totals.sent_bytes += stats.bytes_out();
+            let mailboxes = &listener.mailboxes;
+            totals.messages_delivered += mailboxes.delivered;
+            totals.messages_refused += mailboxes.refused_total();
             recent.extend(
                 stats
                     .recent_incidents()
@@ -145,6 +164,16 @@ pub(crate) fn status(listeners: &[ListenerStatus], started: Instant) -> Status {
                 guest_cpu_seconds: stats.guest_cpu().as_secs_f64(),
                 received_bytes: stats.bytes_in(),
                 sent_bytes: stats.bytes_out(),
+                messages: Messages {
+                    delivered: mailboxes.delivered,
+                    refused: MessageError::ALL
+                        .into_iter()
+                        .map(|reason| (reason.name(), mailboxes.refused(reason)))
+                        .filter(|(_, count)| *count > 0)
+                        .collect(),
+                    overflowed: mailboxes.overflowed,
+                    waited: mailboxes.waited,
+                },
                 limits: Limits {
                     max_connections: config.max_connections(),
                     memory_limit_bytes: config.memory_limit(),

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
 use crate::messages::types::{
-    MAX_NAME_BYTES, MailboxLimits, Message, MessageError, NameError, Peer,
+    MAX_NAME_BYTES, MailboxCounts, MailboxLimits, Message, MessageError, NameError, Peer,
 };
 use crate::messages::waits::{MailboxWaits, WaitGraph};
 
@@ -46,7 +46,10 @@ struct Registry {
     /// Set at shutdown: every mailbox is closed and new ones are born closed.
     closed: AtomicBool,
     delivered: AtomicU64,
-    refused: AtomicU64,
+    /// Messages refused, by [`MessageError::index`].
+    refused: [AtomicU64; MessageError::ALL.len()],
+    /// Mailboxes that overflowed (not counting those closed by the shutdown).
+    overflowed: AtomicU64,
     /// Sends that waited for room in a full mailbox.
     waited: AtomicU64,
     /// Who waits for room in whose mailbox.
@@ -294,7 +297,8 @@ impl Mailboxes {
                 entries: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 delivered: AtomicU64::new(0),
-                refused: AtomicU64::new(0),
+                refused: Default::default(),
+                overflowed: AtomicU64::new(0),
                 waited: AtomicU64::new(0),
                 waits: WaitGraph::default(),
             }),
@@ -362,12 +366,12 @@ impl Mailboxes {
     /// A [`MessageError`] says why nothing was queued.
     pub fn send(&self, from: u64, to: u64, payload: Bytes) -> Result<(), MessageError> {
         if payload.len() > self.inner.limits.bytes {
-            return Err(MessageError::TooLarge);
+            return Err(self.refuse(MessageError::TooLarge));
         }
         let (inbox, sender) = self.route(from, to)?;
         match self.offer(&inbox, from, sender.as_ref(), &payload) {
             Offer::Queued => Ok(()),
-            Offer::Gone => Err(MessageError::NoSuchConnection),
+            Offer::Gone => Err(self.refuse(MessageError::NoSuchConnection)),
             Offer::Full | Offer::Closed => Err(self.overflow(&inbox)),
         }
     }
@@ -376,6 +380,7 @@ impl Mailboxes {
     /// mailboxes took it. Never waits, as [`Mailboxes::send`].
     pub fn broadcast(&self, from: u64, payload: &Bytes) -> usize {
         if payload.len() > self.inner.limits.bytes {
+            self.refuse(MessageError::TooLarge);
             return 0;
         }
         let offered = self.offer_to_all(from, payload);
@@ -397,11 +402,16 @@ impl Mailboxes {
         waits: &MailboxWaits,
     ) -> Result<(), MessageError> {
         if payload.len() > self.inner.limits.bytes {
-            return Err(MessageError::TooLarge);
+            return Err(self.refuse(MessageError::TooLarge));
         }
         let (inbox, sender) = self.route(from, to)?;
-        self.deliver_waiting(&inbox, from, to, sender.as_ref(), &payload, waits)
-            .await
+        let sent = self
+            .deliver_waiting(&inbox, from, to, sender.as_ref(), &payload, waits)
+            .await;
+        match sent {
+            Err(MessageError::NoSuchConnection) => Err(self.refuse(MessageError::NoSuchConnection)),
+            sent => sent,
+        }
     }
 
     /// [`Mailboxes::broadcast`] from a connection's guest, waiting for room as
@@ -413,6 +423,7 @@ impl Mailboxes {
         waits: &MailboxWaits,
     ) -> usize {
         if payload.len() > self.inner.limits.bytes {
+            self.refuse(MessageError::TooLarge);
             return 0;
         }
         let offered = self.offer_to_all(from, &payload);
@@ -429,7 +440,9 @@ impl Mailboxes {
     /// The mailbox of `to`, and the sender's own inbox (none for the host program).
     fn route(&self, from: u64, to: u64) -> Result<(Arc<Inbox>, Option<Arc<Inbox>>), MessageError> {
         let entries = self.entries();
-        let inbox = entries.get(&to).ok_or(MessageError::NoSuchConnection)?;
+        let Some(inbox) = entries.get(&to) else {
+            return Err(self.refuse(MessageError::NoSuchConnection));
+        };
         let sender = entries.get(&from).map(|sender| Arc::clone(&sender.inbox));
         Ok((Arc::clone(&inbox.inbox), sender))
     }
@@ -528,10 +541,29 @@ impl Mailboxes {
         self.inner.delivered.load(Ordering::Relaxed)
     }
 
-    /// Messages refused so far because the receiver's mailbox was full.
+    /// Messages refused so far, for any reason ([`Mailboxes::counts`] has them by reason).
     #[must_use]
     pub fn refused(&self) -> u64 {
-        self.inner.refused.load(Ordering::Relaxed)
+        self.counts().refused_total()
+    }
+
+    /// Mailboxes that have overflowed so far: each refused a message, closed, and ended its
+    /// connection. Mailboxes closed by the shutdown are not counted.
+    #[must_use]
+    pub fn overflowed(&self) -> u64 {
+        self.inner.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Everything the listener's mailboxes have counted so far, for metrics.
+    #[must_use]
+    pub fn counts(&self) -> MailboxCounts {
+        let inner = &self.inner;
+        MailboxCounts::new(
+            inner.delivered.load(Ordering::Relaxed),
+            inner.refused.each_ref().map(|n| n.load(Ordering::Relaxed)),
+            inner.overflowed.load(Ordering::Relaxed),
+            inner.waited.load(Ordering::Relaxed),
+        )
     }
 
     /// Times a guest's send found a mailbox full and waited for room (flow control).
@@ -554,6 +586,7 @@ impl Mailboxes {
         loop {
             match self.offer(inbox, from, sender, payload) {
                 Offer::Queued => return Ok(()),
+                // Not counted here: a broadcast does not count a receiver that left.
                 Offer::Gone => return Err(MessageError::NoSuchConnection),
                 Offer::Closed => return Err(self.overflow(inbox)),
                 Offer::Full => {}
@@ -614,13 +647,21 @@ impl Mailboxes {
     /// anyway.
     fn overflow(&self, inbox: &Inbox) -> MessageError {
         if !self.inner.closed.load(Ordering::Acquire) {
-            inbox.queue().closed = true;
+            let was_closed = std::mem::replace(&mut inbox.queue().closed, true);
+            if !was_closed {
+                self.inner.overflowed.fetch_add(1, Ordering::Relaxed);
+            }
             inbox.overflowed.store(true, Ordering::Release);
             inbox.receiver.wake();
             inbox.room.notify_waiters();
-            self.inner.refused.fetch_add(1, Ordering::Relaxed);
         }
-        MessageError::MailboxFull
+        self.refuse(MessageError::MailboxFull)
+    }
+
+    /// Count a message refused for `reason`, and return the reason.
+    fn refuse(&self, reason: MessageError) -> MessageError {
+        self.inner.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
+        reason
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
@@ -900,7 +941,8 @@ mod tests {
         assert!(poll_once(waiting.as_mut()).await.is_pending());
         mailboxes.close_all();
         assert_eq!(waiting.await, Err(MessageError::MailboxFull));
-        assert_eq!(mailboxes.refused(), 0, "shutdown is no overflow");
+        assert_eq!(mailboxes.overflowed(), 0, "shutdown is no overflow");
+        assert_eq!(mailboxes.counts().refused(MessageError::MailboxFull), 1);
     }
 
     #[tokio::test]
@@ -912,6 +954,7 @@ mod tests {
         let third = mailboxes.send(1, 2, Bytes::from_static(b"c"));
         assert_eq!(third, Err(MessageError::MailboxFull));
         assert_eq!((mailboxes.delivered(), mailboxes.refused()), (2, 1));
+        assert_eq!(mailboxes.overflowed(), 1);
         assert_eq!(
             inbox.recv().await.map(|m| m.payload),
             Some(Bytes::from("a"))
@@ -924,6 +967,9 @@ mod tests {
         assert!(inbox.recv().await.is_none(), "closed after what it held");
         let later = mailboxes.send(1, 2, Bytes::from_static(b"d"));
         assert_eq!(later, Err(MessageError::MailboxFull));
+        let counts = mailboxes.counts();
+        assert_eq!(counts.refused(MessageError::MailboxFull), 2);
+        assert_eq!(counts.overflowed, 1, "a mailbox overflows once");
     }
 
     #[tokio::test]
@@ -940,7 +986,12 @@ mod tests {
         );
         assert_eq!(mailboxes.send(1, 2, six), Err(MessageError::MailboxFull));
         let eleven = Bytes::from_static(b"12345678901");
-        assert_eq!(mailboxes.send(1, 2, eleven), Err(MessageError::TooLarge));
+        assert_eq!(
+            mailboxes.send(1, 2, eleven.clone()),
+            Err(MessageError::TooLarge)
+        );
+        assert_eq!(mailboxes.broadcast(1, &eleven), 0);
+        assert_eq!(mailboxes.counts().refused(MessageError::TooLarge), 2);
     }
 
     #[test]
@@ -951,6 +1002,10 @@ mod tests {
         let sent = mailboxes.send(1, 7, Bytes::from_static(b"hi"));
         assert_eq!(sent, Err(MessageError::NoSuchConnection));
         assert!(mailboxes.is_empty());
+        assert_eq!(
+            mailboxes.counts().refused(MessageError::NoSuchConnection),
+            1
+        );
     }
 
     #[tokio::test]
@@ -982,7 +1037,7 @@ mod tests {
         let refused = mailboxes.send(2, 3, Bytes::from_static(b"bye"));
         assert_eq!(refused, Err(MessageError::MailboxFull));
         assert!(!after.is_overflowed());
-        assert_eq!(mailboxes.refused(), 0);
+        assert_eq!(mailboxes.overflowed(), 0);
     }
 
     #[tokio::test]

@@ -35,6 +35,74 @@ pub enum MessageError {
     TooLarge,
 }
 
+impl MessageError {
+    /// Every reason, in a fixed order.
+    pub const ALL: [MessageError; 3] = [
+        MessageError::MailboxFull,
+        MessageError::NoSuchConnection,
+        MessageError::TooLarge,
+    ];
+
+    /// A short name for metrics: `mailbox-full`, `no-such-connection`, `too-large`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageError::MailboxFull => "mailbox-full",
+            MessageError::NoSuchConnection => "no-such-connection",
+            MessageError::TooLarge => "too-large",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            MessageError::MailboxFull => 0,
+            MessageError::NoSuchConnection => 1,
+            MessageError::TooLarge => 2,
+        }
+    }
+}
+
+/// What a listener's mailboxes have done so far, as [`Mailboxes::counts`] reads it.
+///
+/// [`Mailboxes::counts`]: crate::Mailboxes::counts
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MailboxCounts {
+    /// Messages queued into a mailbox (a broadcast counts once per receiver).
+    pub delivered: u64,
+    /// Messages refused, by [`MessageError::ALL`]'s order; see [`MailboxCounts::refused`].
+    refused: [u64; 3],
+    /// Mailboxes that overflowed: each refused a message, closed, and ended its connection
+    /// with `close(limit("mailbox full"))`.
+    pub overflowed: u64,
+    /// Times a guest's send found a mailbox full and waited for room (flow control).
+    pub waited: u64,
+}
+
+impl MailboxCounts {
+    pub(crate) fn new(delivered: u64, refused: [u64; 3], overflowed: u64, waited: u64) -> Self {
+        Self {
+            delivered,
+            refused,
+            overflowed,
+            waited,
+        }
+    }
+
+    /// Messages refused for `reason`. A broadcast counts a full mailbox once per receiver,
+    /// and a payload too large once.
+    #[must_use]
+    pub fn refused(&self, reason: MessageError) -> u64 {
+        self.refused[reason.index()]
+    }
+
+    /// Messages refused, for any reason.
+    #[must_use]
+    pub fn refused_total(&self) -> u64 {
+        self.refused.iter().sum()
+    }
+}
+
 /// Why a connection could not take a name. The name was not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
