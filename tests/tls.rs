@@ -335,8 +335,12 @@ async fn a_plain_text_client_and_a_stalled_handshake_are_closed_and_counted() ->
     server.shutdown().await
 }
 
-/// `shoal serve --tls-cert --tls-key` on port 0; its address.
-async fn serve_tls_process(pki: &Pki) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+/// `shoal serve --tls-cert --tls-key` on port 0, with `args` (`--native-echo`, say); its
+/// address.
+async fn serve_tls_process(
+    pki: &Pki,
+    args: &[&str],
+) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args([
             "serve",
@@ -345,6 +349,7 @@ async fn serve_tls_process(pki: &Pki) -> anyhow::Result<(tokio::process::Child, 
             "--listen",
             "127.0.0.1:0",
         ])
+        .args(args)
         .arg("--tls-cert")
         .arg(pki.path("cert.pem"))
         .arg("--tls-key")
@@ -380,8 +385,19 @@ fn server_common_name(stream: &TlsStream<TcpStream>) -> anyhow::Result<String> {
 
 #[tokio::test]
 async fn the_cli_serves_tls_and_reads_new_certificates_on_sighup() -> anyhow::Result<()> {
-    let pki = Pki::new("sighup")?;
-    let (child, addr) = serve_tls_process(&pki).await?;
+    renews_its_certificate_on_sighup("sighup", &[]).await
+}
+
+#[tokio::test]
+async fn the_native_echo_reads_new_certificates_on_sighup_too() -> anyhow::Result<()> {
+    renews_its_certificate_on_sighup("sighup-native", &["--native-echo"]).await
+}
+
+/// `shoal serve` with `args` over TLS serves a renewed certificate after SIGHUP, keeps the
+/// connections made before, and keeps its certificate when the renewal does not load.
+async fn renews_its_certificate_on_sighup(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    let pki = Pki::new(name)?;
+    let (child, addr) = serve_tls_process(&pki, args).await?;
     let connector = pki.connector(None)?;
     let mut before = connect(&connector, addr).await?;
     echo_line(&mut before, b"one\n").await?;

@@ -303,7 +303,9 @@ fn serve_one(
     if one.native_echo {
         let mut node = Node::new(RuntimeConfig::default());
         node.add(one.listen, Server::new(shoal_host::native::Echo, config))?;
-        return run(node, Announce::AddressOnly, watch, Reload::Nothing, admin);
+        // On SIGHUP the command line is read again: the certificates.
+        let reload = Reload::Settings(Box::new(move || one.config()));
+        return run(node, Announce::AddressOnly, watch, reload, admin);
     }
     let cache_dir = cache.dir(None);
     let spec = one.spec(config, cache_dir.clone());
@@ -360,11 +362,12 @@ impl OneListener {
 
 /// What SIGHUP reads again.
 enum Reload {
-    /// Nothing (the native echo).
-    Nothing,
     /// The spec this makes: a config file read again, or the command line's listener with
     /// its TLS files read again.
     Spec(Box<dyn Fn() -> anyhow::Result<NodeSpec> + Send>),
+    /// The settings of the one listener of native code (the native echo), its TLS files
+    /// read again.
+    Settings(Box<dyn Fn() -> anyhow::Result<ServerConfig> + Send>),
 }
 
 /// `shoal serve --config FILE`: every listener of the file in one node.
@@ -497,12 +500,20 @@ fn run(
         };
         let hangups = reload_signal().context("cannot install the SIGHUP handler")?;
         let reloading = tokio::spawn(async move {
-            let Reload::Spec(respec) = reload else {
-                return;
-            };
             let mut hangups = hangups;
             while hangups.recv().await.is_some() {
-                let spec = match respec() {
+                let spec = match &reload {
+                    Reload::Spec(respec) => respec(),
+                    Reload::Settings(reconfigure) => {
+                        let applied =
+                            reconfigure().and_then(|config| Ok(handle.reconfigure(config)?));
+                        if let Err(error) = applied {
+                            tracing::error!("SIGHUP: {error:#}; nothing changed");
+                        }
+                        continue;
+                    }
+                };
+                let spec = match spec {
                     Ok(spec) => spec,
                     Err(error) => {
                         tracing::error!("SIGHUP: {error:#}; nothing changed");

@@ -391,6 +391,25 @@ impl NodeHandle {
         }
     }
 
+    /// Give listener `config.name()` new settings for the connections that start from now
+    /// on, as a reload does for a listener it keeps (those that take effect only at a start
+    /// are named in a warning). For a listener a reload cannot reach: one of native code,
+    /// whose certificates SIGHUP reads again.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::NoSuchListener`] when the node has no listener of that name.
+    pub fn reconfigure(&self, config: ServerConfig) -> Result<(), NodeError> {
+        let mut listeners = self.listeners();
+        let name = config.name().to_string();
+        let entry = listeners
+            .iter_mut()
+            .find(|l| l.config.name() == name)
+            .ok_or(NodeError::NoSuchListener(name))?;
+        apply_settings(entry, config, None);
+        Ok(())
+    }
+
     /// A listener of the reloaded config that serves already.
     async fn update(&self, spec: crate::config::spec::ListenerSpec) {
         let name = spec.config.name().to_string();
@@ -400,22 +419,7 @@ impl NodeHandle {
             let Some(entry) = listeners.iter_mut().find(|l| l.config.name() == name) else {
                 return;
             };
-            let mut at_start = restart_only_changes(&entry.config, &spec.config);
-            if entry.address != spec.address {
-                at_start.push("address");
-            }
-            if !at_start.is_empty() {
-                tracing::warn!(
-                    listener = name,
-                    "changed {} take effect at the next start only",
-                    at_start.join(", ")
-                );
-            }
-            if entry.config != spec.config {
-                entry.settings.store(Arc::new(spec.config.clone()));
-                entry.config = spec.config;
-                tracing::info!(listener = name, "new settings for new connections");
-            }
+            apply_settings(entry, spec.config, Some(spec.address));
             entry.plugin_file.clone_from(&plugin_file);
         }
         if let Some(path) = plugin_file {
@@ -480,6 +484,32 @@ impl NodeHandle {
             .iter()
             .find(|l| l.config.name() == listener)
             .and_then(|l| l.local.get().copied())
+    }
+}
+
+/// New settings for `entry`'s connections from now on; those that take effect only at a
+/// start (and a new `address`, when one is given) are named in a warning.
+fn apply_settings(
+    entry: &mut HandleListener,
+    config: ServerConfig,
+    address: Option<std::net::SocketAddr>,
+) {
+    let name = config.name().to_string();
+    let mut at_start = restart_only_changes(&entry.config, &config);
+    if address.is_some_and(|address| address != entry.address) {
+        at_start.push("address");
+    }
+    if !at_start.is_empty() {
+        tracing::warn!(
+            listener = name,
+            "changed {} take effect at the next start only",
+            at_start.join(", ")
+        );
+    }
+    if entry.config != config {
+        entry.settings.store(Arc::new(config.clone()));
+        entry.config = config;
+        tracing::info!(listener = name, "new settings for new connections");
     }
 }
 
