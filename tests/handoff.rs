@@ -157,6 +157,51 @@ async fn ten_chat_members_keep_their_names_and_lines_through_a_swap() -> anyhow:
     server.shutdown().await
 }
 
+/// The chats of every language lay their state out alike: a room swapped from Rust to
+/// JavaScript to Python to C and back keeps its members, their names, and a line begun
+/// before the first move and ended after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_in_any_language_takes_over_from_any_other() -> anyhow::Result<()> {
+    let config = settings("polyglot-room", HandoffPolicy::Immediate).build()?;
+    let (server, versions) = serve("chat", &config).await?;
+    let (mut alice, alice_id) = join_chat(&server).await?;
+    let (mut bob, bob_id) = join_chat(&server).await?;
+    bob.get_mut().write_all(b"/nick bob\n").await?;
+    read_until(&mut bob, |line| line == "* you are now bob").await?;
+    read_until(&mut alice, |line| line.ends_with(" is now bob")).await?;
+    // Carol's line begins before the first move and ends after the last.
+    let (mut carol, carol_id) = join_chat(&server).await?;
+    carol.get_mut().write_all(b"half a ").await?;
+    for (number, next) in [(2, "chat-js"), (3, "chat-py"), (4, "chat-c"), (5, "chat")] {
+        versions.swap(plugin(next), &config).await?;
+        wait_for(&format!("every member to move to {next}"), || {
+            live(&versions) == vec![(number, 3)]
+        })
+        .await
+        .with_context(|| format!("versions: {:?}", live(&versions)))?;
+        ensure!(version_of(&mut bob).await? == format!("* {next}"));
+        bob.get_mut().write_all(b"/who\n").await?;
+        let mut who = Vec::new();
+        while who.len() < 3 {
+            who.push(read_until(&mut bob, |line| line.starts_with("* ")).await?);
+        }
+        who.sort();
+        let mut expected = vec![
+            format!("* {alice_id} {alice_id}"),
+            format!("* {bob_id} bob (you)"),
+            format!("* {carol_id} {carol_id}"),
+        ];
+        expected.sort();
+        ensure!(who == expected, "on {next}: {who:?}");
+    }
+    carol.get_mut().write_all(b"sentence\n").await?;
+    let said = format!("{carol_id}: ");
+    let heard = read_until(&mut alice, |line| line.starts_with(&said)).await?;
+    ensure!(heard == format!("{said}half a sentence"), "{heard:?}");
+    ensure!(server.stats.faults() == 0);
+    server.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_drain_deadline_a_chat_member_moves_instead_of_closing() -> anyhow::Result<()> {
     let config = settings("room", HandoffPolicy::AtDrain)

@@ -2,6 +2,7 @@
 //! `handoff`, keeps only its snapshot and gives its instance back; its next byte or message
 //! wakes it on the listener's current version, in order and exactly once. A plugin without
 //! `handoff` never sleeps. Shutdown and the idle timeout wake a sleeper for its `close`.
+//! (The echo and chat of every guest language sleep and wake in tests/languages.rs.)
 
 mod support;
 
@@ -46,42 +47,6 @@ async fn all_asleep(server: &TestServer, count: usize) -> anyhow::Result<()> {
         stats.asleep() == count && stats.live_instances() == 0
     })
     .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_members_sleep_and_wake_with_their_names() -> anyhow::Result<()> {
-    let config = sleepy("chat", Duration::from_millis(100))?;
-    let server = serve(plugin("chat"), config).await?;
-    let (mut alice, alice_id) = join_chat(&server).await?;
-    let (mut bob, bob_id) = join_chat(&server).await?;
-    ensure!(read_line(&mut alice).await? == format!("* {bob_id} joined"));
-    say(&mut bob, "/nick bob\n").await?;
-    ensure!(read_line(&mut bob).await? == "* you are now bob");
-    ensure!(read_line(&mut alice).await? == format!("* {bob_id} is now bob"));
-    all_asleep(&server, 2).await?;
-
-    // A line wakes its sender; the broadcast wakes the receiver.
-    say(&mut alice, "hello while you slept\n").await?;
-    ensure!(read_line(&mut bob).await? == format!("{alice_id}: hello while you slept"));
-    all_asleep(&server, 2).await?;
-
-    // Bob wakes with his name: `/who` is answered by an instance that resumed his state.
-    say(&mut bob, "/who\n").await?;
-    let mut who = vec![read_line(&mut bob).await?, read_line(&mut bob).await?];
-    who.sort();
-    let mut expected = vec![
-        format!("* {alice_id} {alice_id}"),
-        format!("* {bob_id} bob (you)"),
-    ];
-    expected.sort();
-    ensure!(who == expected, "{who:?}");
-    // A line begun before a sleep and ended after it arrives whole.
-    say(&mut bob, "half a ").await?;
-    all_asleep(&server, 2).await?;
-    say(&mut bob, "line\n").await?;
-    ensure!(read_line(&mut alice).await? == "bob: half a line");
-    ensure!(server.stats.faults() == 0);
-    server.shutdown().await
 }
 
 #[tokio::test]

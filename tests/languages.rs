@@ -4,20 +4,25 @@
 //! plugins must behave alike on the wire, byte for byte — echo: a round trip, 1 MiB, 200
 //! clients at once, a client's half-close; chat: join, line, `/nick`, `/who`, leave, and a
 //! hostile member (names cannot be taken twice, control characters never reach another
-//! member's terminal raw, an overlong command is refused whole).
+//! member's terminal raw, an overlong command is refused whole); and both hibernate
+//! (`hibernate_after`) and wake with their state through their `handoff` export.
 
 mod support;
 
 use std::time::Duration;
 
 use anyhow::ensure;
-use shoal_host::MemoryInit;
-use support::{ChatClient, TestServer, join_chat, random_bytes, read_line, read_to_end};
+use shoal_host::{MemoryInit, ServerConfig, Versions};
+use support::{
+    ChatClient, TestServer, join_chat, plugin, random_bytes, read_line, read_to_end, wait_for,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The tests, once per language: `language!(module, "echo plugin", "chat plugin")`.
+/// The tests, once per language: `language!(module, "echo plugin", "chat plugin")`, and
+/// `hibernating_echo = "plugin"` where the language's echo exports `handoff` (the Rust echo,
+/// the smallest plugin, does not: tests/hibernate.rs shows it never sleeps).
 macro_rules! language {
-    ($language:ident, $echo:literal, $chat:literal) => {
+    ($language:ident, $echo:literal, $chat:literal $(, hibernating_echo = $sleepy:literal)?) => {
         mod $language {
             #[tokio::test]
             async fn echo_round_trip() -> anyhow::Result<()> {
@@ -58,14 +63,26 @@ macro_rules! language {
             async fn an_overlong_command_is_refused_whole() -> anyhow::Result<()> {
                 super::an_overlong_command_is_refused_whole($chat).await
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn chat_members_sleep_and_wake_with_their_names() -> anyhow::Result<()> {
+                super::chat_members_sleep_and_wake_with_their_names($chat).await
+            }
+
+            $(
+                #[tokio::test]
+                async fn an_idle_echo_sleeps_and_wakes_to_echo() -> anyhow::Result<()> {
+                    super::an_idle_echo_sleeps_and_wakes_to_echo($sleepy).await
+                }
+            )?
         }
     };
 }
 
 language!(rust, "echo", "chat");
-language!(c, "echo-c", "chat-c");
-language!(js, "echo-js", "chat-js");
-language!(python, "echo-py", "chat-py");
+language!(c, "echo-c", "chat-c", hibernating_echo = "echo-c");
+language!(js, "echo-js", "chat-js", hibernating_echo = "echo-js");
+language!(python, "echo-py", "chat-py", hibernating_echo = "echo-py");
 
 type Client = ChatClient;
 
@@ -241,6 +258,74 @@ async fn an_overlong_command_is_refused_whole(chat: &str) -> anyhow::Result<()> 
     // None of it reached the room as chat text; the writer still chats.
     say(&mut writer, b"after\n").await?;
     assert_eq!(read_line(&mut reader).await?, format!("{writer_id}: after"));
+    server.shutdown().await
+}
+
+/// Serve `plugin_name` with connections that hibernate after 100 ms of quiet.
+async fn serve_sleepy(plugin_name: &str) -> anyhow::Result<TestServer> {
+    let config = ServerConfig::builder()
+        .name(plugin_name)
+        .pool_size(4)
+        .max_connections(64)
+        .hibernate_after(Duration::from_millis(100))
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()?;
+    TestServer::start_with(Versions::new(plugin(plugin_name)), config).await
+}
+
+/// Wait until `count` connections sleep and no instance is alive.
+async fn all_asleep(server: &TestServer, count: usize) -> anyhow::Result<()> {
+    let stats = &server.stats;
+    wait_for("every connection to hibernate", || {
+        stats.asleep() == count && stats.live_instances() == 0
+    })
+    .await
+}
+
+async fn an_idle_echo_sleeps_and_wakes_to_echo(plugin: &str) -> anyhow::Result<()> {
+    let server = serve_sleepy(plugin).await?;
+    let mut client = server.connect().await?;
+    ensure!(echo(&mut client, b"before a sleep").await? == b"before a sleep");
+    all_asleep(&server, 1).await?;
+    ensure!(echo(&mut client, b"after a sleep").await? == b"after a sleep");
+    all_asleep(&server, 1).await?;
+    client.shutdown().await?;
+    ensure!(read_to_end(&mut client).await?.is_empty());
+    ensure!(server.stats.faults() == 0);
+    server.shutdown().await
+}
+
+async fn chat_members_sleep_and_wake_with_their_names(chat: &str) -> anyhow::Result<()> {
+    let server = serve_sleepy(chat).await?;
+    let (mut alice, alice_id) = join_chat(&server).await?;
+    let (mut bob, bob_id) = join_chat(&server).await?;
+    ensure!(read_line(&mut alice).await? == format!("* {bob_id} joined"));
+    say(&mut bob, b"/nick bob\n").await?;
+    ensure!(read_line(&mut bob).await? == "* you are now bob");
+    ensure!(read_line(&mut alice).await? == format!("* {bob_id} is now bob"));
+    all_asleep(&server, 2).await?;
+
+    // A line wakes its sender; the broadcast wakes the receiver.
+    say(&mut alice, b"hello while you slept\n").await?;
+    ensure!(read_line(&mut bob).await? == format!("{alice_id}: hello while you slept"));
+    all_asleep(&server, 2).await?;
+
+    // Bob wakes with his name: `/who` is answered by an instance that resumed his state.
+    say(&mut bob, b"/who\n").await?;
+    let mut who = vec![read_line(&mut bob).await?, read_line(&mut bob).await?];
+    who.sort();
+    let mut expected = vec![
+        format!("* {alice_id} {alice_id}"),
+        format!("* {bob_id} bob (you)"),
+    ];
+    expected.sort();
+    ensure!(who == expected, "{who:?}");
+    // A line begun before a sleep and ended after it arrives whole, under the name.
+    say(&mut bob, b"half a ").await?;
+    all_asleep(&server, 2).await?;
+    say(&mut bob, b"line\n").await?;
+    ensure!(read_line(&mut alice).await? == "bob: half a line");
+    ensure!(server.stats.faults() == 0);
     server.shutdown().await
 }
 

@@ -13,7 +13,10 @@
 // (`\u{1b}`), bytes that are not UTF-8 as U+FFFD. A name is 1 to 32 ASCII letters, digits,
 // `_` or `-`, unique in the room (the host checks and sets it at once).
 //
-// One instance serves one connection: the globals below are this connection's state.
+// One instance serves one connection: the globals below are this connection's state. The
+// `handoff` export hands it to another instance — a newer version at a hot swap, or the same
+// plugin waking the connection from hibernation — laid out as plugins/chat's, so that a chat
+// in any of the languages takes over from any other.
 
 #include <stdlib.h>
 #include <string.h>
@@ -392,4 +395,51 @@ void exports_shoal_plugin_handler_close(exports_shoal_plugin_handler_close_reaso
     push_str(&text, " left\n");
     broadcast(&text);
     free(text.ptr);
+}
+
+/// The layout of a snapshot, shared with plugins/chat (Rust), chat.js and chat.py.
+#define SNAPSHOT_LAYOUT 1
+
+// The state: layout, discarding, the name's length (u16 little-endian), the name, the
+// partial line. The host frees what is returned.
+void exports_shoal_plugin_handoff_snapshot(plugin_list_u8_t *ret) {
+    size_t named = name.len > UINT16_MAX ? UINT16_MAX : name.len;
+    buffer_t state = {0};
+    uint8_t header[4] = {SNAPSHOT_LAYOUT, discarding, (uint8_t)(named & 0xff),
+                         (uint8_t)(named >> 8)};
+    push(&state, header, sizeof header);
+    push(&state, name.ptr, named);
+    push(&state, partial.ptr, partial.len);
+    ret->ptr = state.ptr;
+    ret->len = state.len;
+}
+
+bool exports_shoal_plugin_handoff_resume(exports_shoal_plugin_handoff_conn_info_t *info,
+                                         plugin_list_u8_t *state,
+                                         exports_shoal_plugin_handoff_next_t *ret,
+                                         plugin_string_t *err) {
+    id = info->id;
+    exports_shoal_plugin_handoff_conn_info_free(info);
+    const char *refusal = NULL;
+    size_t length = state->len >= 4 ? (size_t)state->ptr[2] | (size_t)state->ptr[3] << 8 : 0;
+    if (state->len < 4) {
+        refusal = "a chat snapshot is too short";
+    } else if (state->ptr[0] != SNAPSHOT_LAYOUT) {
+        refusal = "unknown chat snapshot layout";
+    } else if (state->len < 4 + length) {
+        refusal = "a chat snapshot's name is cut short";
+    } else {
+        discarding = state->ptr[1] != 0;
+        name.len = 0;
+        push(&name, state->ptr + 4, length);
+        partial.len = 0;
+        push(&partial, state->ptr + 4 + length, state->len - 4 - length);
+    }
+    plugin_list_u8_free(state);
+    if (refusal) {
+        plugin_string_dup(err, refusal);
+        return false;
+    }
+    *ret = SHOAL_PLUGIN_TYPES_NEXT_CONTINUE;
+    return true;
 }

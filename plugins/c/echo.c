@@ -30,3 +30,21 @@ exports_shoal_plugin_handler_handle(exports_shoal_plugin_handler_event_t *event)
 void exports_shoal_plugin_handler_close(exports_shoal_plugin_handler_close_reason_t *reason) {
     exports_shoal_plugin_handler_close_reason_free(reason);
 }
+
+// Step 4 (optional): an echo keeps no state, so any instance may take its connection over —
+// at a hot swap, or when the connection wakes from hibernation (`hibernate_after`).
+void exports_shoal_plugin_handoff_snapshot(plugin_list_u8_t *ret) {
+    ret->ptr = NULL;
+    ret->len = 0;
+}
+
+bool exports_shoal_plugin_handoff_resume(exports_shoal_plugin_handoff_conn_info_t *info,
+                                         plugin_list_u8_t *state,
+                                         exports_shoal_plugin_handoff_next_t *ret,
+                                         plugin_string_t *err) {
+    (void)err;
+    exports_shoal_plugin_handoff_conn_info_free(info);
+    plugin_list_u8_free(state);
+    *ret = SHOAL_PLUGIN_TYPES_NEXT_CONTINUE;
+    return true;
+}

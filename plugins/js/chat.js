@@ -174,6 +174,9 @@ function received(bytes) {
   return 'continue';
 }
 
+/** The layout of a snapshot, shared with plugins/chat (Rust) and chat.py. */
+const SNAPSHOT_LAYOUT = 1;
+
 export const handler = {
   init(info) {
     id = info.id;
@@ -200,5 +203,38 @@ export const handler = {
 
   close(_reason) {
     broadcast(encoder.encode(`* ${name} left\n`));
+  },
+};
+
+// Handing the connection to another instance: a newer version at a hot swap, or the same
+// plugin waking the connection from hibernation. The state is laid out as plugins/chat's
+// (layout, discarding, name length u16 LE, name, partial line), so a chat in any of the
+// languages takes over from any other.
+export const handoff = {
+  snapshot() {
+    const named = encoder.encode(name);
+    const state = new Uint8Array(4 + named.length + partial.length);
+    state.set([SNAPSHOT_LAYOUT, discarding ? 1 : 0, named.length & 0xff, named.length >> 8]);
+    state.set(named, 4);
+    state.set(partial, 4 + named.length);
+    return state;
+  },
+
+  resume(info, state) {
+    if (state.length < 4) {
+      throw `a chat snapshot of ${state.length} bytes is too short`;
+    }
+    if (state[0] !== SNAPSHOT_LAYOUT) {
+      throw `unknown chat snapshot layout ${state[0]}`;
+    }
+    const length = state[2] | (state[3] << 8);
+    if (state.length < 4 + length) {
+      throw "a chat snapshot's name is cut short";
+    }
+    id = info.id;
+    discarding = state[1] !== 0;
+    name = new TextDecoder('utf-8', { fatal: true }).decode(state.subarray(4, 4 + length));
+    partial = state.slice(4 + length);
+    return 'continue';
   },
 };

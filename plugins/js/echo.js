@@ -24,3 +24,15 @@ export const handler = {
   // Step 3: nothing to say goodbye with.
   close(_reason) {},
 };
+
+// Step 4 (optional): an echo keeps no state, so any instance may take its connection over —
+// at a hot swap, or when the connection wakes from hibernation (`hibernate_after`).
+export const handoff = {
+  snapshot() {
+    return new Uint8Array(0);
+  },
+
+  resume(_info, _state) {
+    return 'continue';
+  },
+};

@@ -17,6 +17,8 @@ from wit_world.imports import connection, log, mailbox
 from wit_world.imports.types import Event_Data, Level, Next, SendError
 
 MAX_LINE = 4096
+# The layout of a snapshot, shared with plugins/chat (Rust) and chat.js.
+SNAPSHOT_LAYOUT = 1
 BATCH = 32 * 1024
 TOO_LONG = "* a command line is at most 4096 bytes: that one was too long and is ignored\n"
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -162,3 +164,33 @@ class Handler(exports.Handler):
 
     def close(self, reason):
         mailbox.broadcast(f"* {name} left\n".encode())
+
+
+class Handoff(exports.Handoff):
+    """Handing the connection to another instance: a newer version at a hot swap, or the
+    same plugin waking the connection from hibernation. The state is laid out as
+    plugins/chat's (layout, discarding, name length u16 LE, name, partial line), so a chat in
+    any of the languages takes over from any other."""
+
+    def snapshot(self):
+        named = name.encode()
+        header = bytes([SNAPSHOT_LAYOUT, int(discarding)]) + len(named).to_bytes(2, "little")
+        return header + named + bytes(partial)
+
+    def resume(self, info, state):
+        global my_id, name, partial, discarding
+        if len(state) < 4:
+            raise Err(f"a chat snapshot of {len(state)} bytes is too short")
+        if state[0] != SNAPSHOT_LAYOUT:
+            raise Err(f"unknown chat snapshot layout {state[0]}")
+        length = int.from_bytes(state[2:4], "little")
+        if len(state) < 4 + length:
+            raise Err("a chat snapshot's name is cut short")
+        try:
+            name = state[4 : 4 + length].decode()
+        except UnicodeDecodeError:
+            raise Err("a chat name is not UTF-8") from None
+        my_id = info.id
+        discarding = state[1] != 0
+        partial = bytearray(state[4 + length :])
+        return Next.CONTINUE

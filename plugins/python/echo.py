@@ -24,3 +24,14 @@ class Handler(exports.Handler):
 
     def close(self, reason):
         pass
+
+
+class Handoff(exports.Handoff):
+    """An echo keeps no state, so any instance may take its connection over: at a hot swap,
+    or when the connection wakes from hibernation (`hibernate_after`)."""
+
+    def snapshot(self):
+        return b""
+
+    def resume(self, info, state):
+        return Next.CONTINUE

@@ -1,7 +1,11 @@
-//! `shoal-wit-c WIT WORLD OUT_DIR`: write the C bindings of a WIT world — `WORLD.h`,
-//! `WORLD.c` and `WORLD_component_type.o`, the object that carries the world's type into the
-//! core module so that `tools/componentize` can make it a component — as `wit-bindgen c`
+//! `shoal-wit-c WIT WORLD OUT_DIR`: write the C bindings of a WIT world — `plugin.h`,
+//! `plugin.c` and `plugin_component_type.o`, the object that carries the world's type into
+//! the core module so that `tools/componentize` can make it a component — as `wit-bindgen c`
 //! would, through the `wit-bindgen-c` library.
+//!
+//! Whichever world (`plugin`, or `plugin-handoff` for a plugin that also exports `handoff`),
+//! the files and the world's types are named `plugin`: adding the `handoff` export to a
+//! plugin changes no name it already uses.
 //!
 //! `WIT` is a `.wit` file or a folder (with its `deps/`). Give shoal's `wit/plugin.wit` itself:
 //! read alone, it leaves out the 0.1.0 package kept in `wit/deps`, and the names stay short
@@ -26,7 +30,11 @@ fn main() -> anyhow::Result<()> {
         .select_world(&[package], Some(world))
         .with_context(|| format!("no world `{world}` in {wit}"))?;
     let mut files = Files::default();
-    wit_bindgen_c::Opts::default()
+    let options = wit_bindgen_c::Opts {
+        rename_world: Some("plugin".to_string()),
+        ..wit_bindgen_c::Opts::default()
+    };
+    options
         .build()
         .generate(&mut resolve, world, &mut files)
         .context("cannot generate the C bindings")?;
