@@ -1415,6 +1415,24 @@ fn idle_growth(
 ) -> anyhow::Result<IdleGrowth> {
     std::thread::sleep(Duration::from_millis(200));
     let (rss_before, pss_before) = (server.rss_kib()?, server.pss_kib()?);
+    let client = hold_idle(server, bin_dir, conns, pinned)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss_after, pss_after) = (server.rss_kib()?, server.pss_kib()?);
+    release(client)?;
+    Ok(IdleGrowth {
+        rss_kib: (rss_after - rss_before) / conns as f64,
+        pss_kib: (pss_after - pss_before) / conns as f64,
+    })
+}
+
+/// `conns` connections to `server`, opened by `loadgen idle` (each after one echoed byte)
+/// and held until [`release`].
+fn hold_idle(
+    server: &Server,
+    bin_dir: &Path,
+    conns: usize,
+    pinned: bool,
+) -> anyhow::Result<std::process::Child> {
     let count = conns.to_string();
     let mut client = pin(pinned, "0", &bin_dir.join("loadgen"))
         .args(["idle", "--addr", &server.addr, "--conns", &count])
@@ -1428,16 +1446,16 @@ fn idle_growth(
         let _ = client.kill();
         bail!("loadgen idle did not get ready: {line:?}");
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let (rss_after, pss_after) = (server.rss_kib()?, server.pss_kib()?);
+    Ok(client)
+}
+
+/// Close the connections of [`hold_idle`].
+fn release(mut client: std::process::Child) -> anyhow::Result<()> {
     if let Some(mut stdin) = client.stdin.take() {
         let _ = stdin.write_all(b"done");
     }
     client.wait()?;
-    Ok(IdleGrowth {
-        rss_kib: (rss_after - rss_before) / conns as f64,
-        pss_kib: (pss_after - pss_before) / conns as f64,
-    })
+    Ok(())
 }
 
 fn report(args: &Args, pinned: bool, results: &mut Results) -> String {

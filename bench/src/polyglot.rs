@@ -5,8 +5,11 @@
 //! (instantiate, `init`, `close`, drop: one connection's instance) on the engine that copies
 //! a plugin's memory and on the one that maps it copy-on-write — what each language's
 //! connection costs, and which engine the default settings pick for it. Then as a server
-//! (`shoal serve`, on core 1 when pinned): the RSS and PSS 1,000 idle connections add, and
-//! echo round trips per second (100 connections × 512 B), every language in each round.
+//! (`shoal serve`, on core 1 when pinned): the RSS and PSS 1,000 idle connections add, awake
+//! and — for the echoes that export `handoff` — what one more sleeping connection adds
+//! (`--hibernate-after 100ms --max-instances 50`, read once the admin listener's metrics
+//! count every connection asleep), and echo round trips per second (100 connections ×
+//! 512 B), every language in each round.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,10 +21,18 @@ use shoal_host::{
     Stats,
 };
 
-use crate::{Args, Server, echo_load, idle_growth, lifecycles};
+use crate::{Args, Server, echo_load, hold_idle, idle_growth, lifecycles, release};
 
 /// Idle connections held per language for the memory figures.
 const IDLE_CONNS: usize = 1_000;
+
+/// Instances a hibernating server keeps awake at most.
+const AWAKE: usize = 50;
+
+/// Sleeping connections added to the first [`IDLE_CONNS`] to read what one more costs: the
+/// difference between two rooms at rest leaves out what any room costs (the awake
+/// instances' pool slots) and the allocator's noise of a few MiB.
+const MORE_ASLEEP: usize = 4_000;
 
 /// One language's echo.
 pub struct Row {
@@ -32,12 +43,17 @@ pub struct Row {
     pub from_cache: Duration,
     /// What the default settings pick for it.
     pub memory_init: MemoryInit,
+    /// It exports `handoff`, so its connections can hibernate.
+    pub can_hibernate: bool,
     /// Per engine: memory copied, then mapped copy-on-write.
     pub p50: [Duration; 2],
     pub p99: [Duration; 2],
     /// Per round, as a server.
     pub rss_kib: Vec<f64>,
     pub pss_kib: Vec<f64>,
+    /// The same, hibernating (none for an echo without `handoff`).
+    pub asleep_rss_kib: Vec<f64>,
+    pub asleep_pss_kib: Vec<f64>,
     pub round_trips: Vec<f64>,
 }
 
@@ -72,6 +88,9 @@ pub fn run(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<Vec<Row>
             );
             let plugin = std::fs::canonicalize(args.plugins.join(file))?;
             as_server(row, &plugin, &cache, args, bin_dir, pinned)?;
+            if row.can_hibernate {
+                as_sleeping_server(row, &plugin, &cache, bin_dir, pinned)?;
+            }
         }
     }
     Ok(rows)
@@ -97,7 +116,9 @@ fn in_process(
         Ok(Runtime::new(config)?)
     };
     let compiled = Plugin::from_file(&runtime(RuntimeConfig::builder())?, path)?.load_report();
-    let cached = Plugin::from_file(&runtime(RuntimeConfig::builder())?, path)?.load_report();
+    let from_cache = Plugin::from_file(&runtime(RuntimeConfig::builder())?, path)?;
+    let can_hibernate = from_cache.exports_handoff();
+    let cached = from_cache.load_report();
     anyhow::ensure!(
         compiled.compilation == Compilation::Compiled
             && cached.compilation == Compilation::FromCache,
@@ -109,10 +130,13 @@ fn in_process(
         compile: compiled.took,
         from_cache: cached.took,
         memory_init: cached.memory_init,
+        can_hibernate,
         p50: [Duration::ZERO; 2],
         p99: [Duration::ZERO; 2],
         rss_kib: Vec::new(),
         pss_kib: Vec::new(),
+        asleep_rss_kib: Vec::new(),
+        asleep_pss_kib: Vec::new(),
         round_trips: Vec::new(),
     };
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -169,6 +193,85 @@ fn as_server(
     Ok(())
 }
 
+/// One round as a hibernating server: what one more idle connection costs once every
+/// connection sleeps (`shoal_connections_asleep` on the admin listener's metrics page says
+/// so) — memory at [`IDLE_CONNS`] + [`MORE_ASLEEP`] sleepers less memory at [`IDLE_CONNS`],
+/// per connection.
+fn as_sleeping_server(
+    row: &mut Row,
+    plugin: &Path,
+    cache: &Path,
+    bin_dir: &Path,
+    pinned: bool,
+) -> anyhow::Result<()> {
+    let serve_args: Vec<String> = [
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--max-connections".into(),
+        (IDLE_CONNS + MORE_ASLEEP + 100).to_string(),
+        "--max-instances".into(),
+        AWAKE.to_string(),
+        "--hibernate-after".into(),
+        "100ms".into(),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+        plugin.display().to_string(),
+    ]
+    .into();
+    let label = format!("{} hibernating", row.language);
+    let (server, mut stdout) =
+        Server::spawn_reading(&bin_dir.join("shoal"), &serve_args, pinned, &label)?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    let admin = line
+        .trim()
+        .strip_prefix("admin listening on ")
+        .with_context(|| format!("{label}: no admin address: {line:?}"))?
+        .to_string();
+    let all_asleep = |count: usize| -> anyhow::Result<(f64, f64)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let asleep = asleep_connections(&admin)?;
+            if asleep >= count as f64 {
+                return Ok((server.rss_kib()?, server.pss_kib()?));
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{label}: {asleep} of {count} connections asleep after 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = hold_idle(&server, bin_dir, IDLE_CONNS, pinned)?;
+    let (rss_before, pss_before) = all_asleep(IDLE_CONNS)?;
+    let more = hold_idle(&server, bin_dir, MORE_ASLEEP, pinned)?;
+    let (rss_after, pss_after) = all_asleep(IDLE_CONNS + MORE_ASLEEP)?;
+    release(more)?;
+    release(first)?;
+    row.asleep_rss_kib
+        .push((rss_after - rss_before) / MORE_ASLEEP as f64);
+    row.asleep_pss_kib
+        .push((pss_after - pss_before) / MORE_ASLEEP as f64);
+    Ok(())
+}
+
+/// `shoal_connections_asleep` of the listener on the metrics page of `admin`.
+fn asleep_connections(admin: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page)?;
+    page.lines()
+        .find_map(|line| line.strip_prefix("shoal_connections_asleep{"))
+        .and_then(|rest| rest.rsplit_once(' '))
+        .and_then(|(_, value)| value.parse().ok())
+        .with_context(|| format!("no shoal_connections_asleep on {admin}/metrics"))
+}
+
 /// The scenario's tables.
 pub fn report(rows: &mut [Row]) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -205,18 +308,26 @@ pub fn report(rows: &mut [Row]) -> String {
     out.push_str(&format!(
         "\nPolyglot, as a server (`shoal serve`, default settings; medians of {} rounds, every \
          language in each round): memory {IDLE_CONNS} idle connections add (each after one \
-         echoed byte), and echo round trips/s over 100 connections × 512 B.\n\n\
-         | language | RSS per idle connection KiB | PSS per idle connection KiB | round \
-         trips/s | vs Rust |\n|---|---|---|---|---|\n",
+         echoed byte) — awake, and hibernating (`--hibernate-after 100ms --max-instances \
+         {AWAKE}`: what {MORE_ASLEEP} more sleepers add to {IDLE_CONNS}, read once all sleep; \
+         only for an echo that exports `handoff`) — and echo round trips/s over 100 \
+         connections × 512 B.\n\n\
+         | language | RSS per idle connection KiB | PSS per idle connection KiB | asleep: RSS \
+         KiB | asleep: PSS KiB | round trips/s | vs Rust |\n|---|---|---|---|---|---|---|\n",
         rows.first().map_or(0, |row| row.round_trips.len()),
     ));
     for row in rows.iter_mut() {
         let mut ratios = shoal_bench::paired_ratios(&row.round_trips, &rust_round_trips);
+        let asleep = |values: &mut Vec<f64>| {
+            median(values).map_or_else(|| "–".to_string(), |kib| format!("{kib:.1}"))
+        };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.2} |\n",
+            "| {} | {:.0} | {:.0} | {} | {} | {:.0} | {:.2} |\n",
             row.language,
             median(&mut row.rss_kib).unwrap_or(f64::NAN),
             median(&mut row.pss_kib).unwrap_or(f64::NAN),
+            asleep(&mut row.asleep_rss_kib),
+            asleep(&mut row.asleep_pss_kib),
             median(&mut row.round_trips).unwrap_or(f64::NAN),
             median(&mut ratios).unwrap_or(f64::NAN),
         ));
