@@ -202,6 +202,47 @@ async fn a_chat_in_any_language_takes_over_from_any_other() -> anyhow::Result<()
     server.shutdown().await
 }
 
+/// A chat of every language refuses a state it cannot read (an echo's, which is empty)
+/// with its reason, and the connection stays on its version, served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_in_any_language_refuses_a_state_it_cannot_read() -> anyhow::Result<()> {
+    for (echo, chat, reason) in [
+        ("echo-c", "chat", "a chat snapshot of 0 bytes is too short"),
+        ("echo-c", "chat-c", "a chat snapshot is too short"),
+        (
+            "echo-js",
+            "chat-js",
+            "a chat snapshot of 0 bytes is too short",
+        ),
+        (
+            "echo-py",
+            "chat-py",
+            "a chat snapshot of 0 bytes is too short",
+        ),
+    ] {
+        let config = settings(&format!("refusal-{chat}"), HandoffPolicy::Immediate).build()?;
+        let (server, versions) = serve(echo, &config).await?;
+        let mut client = BufReader::new(server.connect().await?);
+        client.get_mut().write_all(b"ping\n").await?;
+        ensure!(read_line(&mut client).await? == "ping");
+        // Counted, since another language's chat may have logged the same words before.
+        let refusals = || log_lines_with(&[reason, "stays on version 1"]).len();
+        let before = refusals();
+        versions.swap(plugin(chat), &config).await?;
+        wait_for(&format!("{chat}'s refusal in the log"), || {
+            refusals() > before
+        })
+        .await?;
+        client.get_mut().write_all(b"still echoed\n").await?;
+        ensure!(read_line(&mut client).await? == "still echoed", "{chat}");
+        ensure!(live(&versions) == vec![(1, 1), (2, 0)], "{chat}");
+        ensure!(server.stats.faults() == 0, "{chat}: a refusal is no fault");
+        drop(client);
+        server.shutdown().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_drain_deadline_a_chat_member_moves_instead_of_closing() -> anyhow::Result<()> {
     let config = settings("room", HandoffPolicy::AtDrain)
