@@ -157,6 +157,19 @@ fn in_process(
     Ok(row)
 }
 
+/// `shoal serve PLUGIN` on a free port with the compile cache `cache`, at most
+/// `max_connections`, and `extra` arguments.
+fn serve_args(plugin: &Path, cache: &Path, max_connections: usize, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--max-connections"]
+        .map(String::from)
+        .into();
+    args.push(max_connections.to_string());
+    args.extend(extra.iter().map(|arg| (*arg).to_string()));
+    args.extend(["--cache-dir".to_string(), cache.display().to_string()]);
+    args.push(plugin.display().to_string());
+    args
+}
+
 /// One round as a server: memory per idle connection, then echo round trips.
 fn as_server(
     row: &mut Row,
@@ -166,17 +179,7 @@ fn as_server(
     bin_dir: &Path,
     pinned: bool,
 ) -> anyhow::Result<()> {
-    let serve_args: Vec<String> = [
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--max-connections".into(),
-        (IDLE_CONNS + 100).to_string(),
-        "--cache-dir".into(),
-        cache.display().to_string(),
-        plugin.display().to_string(),
-    ]
-    .into();
+    let serve_args = serve_args(plugin, cache, IDLE_CONNS + 100, &[]);
     let shoal: PathBuf = bin_dir.join("shoal");
     let server = Server::spawn(&shoal, &serve_args, pinned, row.language)?;
     let growth = idle_growth(&server, bin_dir, IDLE_CONNS, pinned)?;
@@ -204,23 +207,16 @@ fn as_sleeping_server(
     bin_dir: &Path,
     pinned: bool,
 ) -> anyhow::Result<()> {
-    let serve_args: Vec<String> = [
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--max-connections".into(),
-        (IDLE_CONNS + MORE_ASLEEP + 100).to_string(),
-        "--max-instances".into(),
-        AWAKE.to_string(),
-        "--hibernate-after".into(),
-        "100ms".into(),
-        "--admin".into(),
-        "127.0.0.1:0".into(),
-        "--cache-dir".into(),
-        cache.display().to_string(),
-        plugin.display().to_string(),
-    ]
-    .into();
+    let awake = AWAKE.to_string();
+    let sleepy = [
+        "--max-instances",
+        awake.as_str(),
+        "--hibernate-after",
+        "100ms",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let serve_args = serve_args(plugin, cache, IDLE_CONNS + MORE_ASLEEP + 100, &sleepy);
     let label = format!("{} hibernating", row.language);
     let (server, mut stdout) =
         Server::spawn_reading(&bin_dir.join("shoal"), &serve_args, pinned, &label)?;
