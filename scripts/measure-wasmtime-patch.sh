@@ -8,11 +8,11 @@
 #
 #   scripts/measure-wasmtime-patch.sh [PATCH] [ROUNDS]
 #
-# PATCH defaults to bench/patches/wasmtime-48-pagemap-scan-resume.patch (BENCHMARKS.md,
+# PATCH defaults to docs/research/wasmtime-48-pagemap-scan-resume.patch (BENCHMARKS.md,
 # "A wasmtime patch measured"); ROUNDS to 3. Needs `make plugins` first.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-patch_file=$(realpath "${1:-$root/bench/patches/wasmtime-48-pagemap-scan-resume.patch}")
+patch_file=$(realpath "${1:-$root/docs/research/wasmtime-48-pagemap-scan-resume.patch}")
 rounds=${2:-3}
 cargo=${CARGO:-cargo}
 work="$root/target/wasmtime-patch"
