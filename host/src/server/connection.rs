@@ -312,9 +312,8 @@ async fn finish<F: HandlerFactory, T: Transport>(
         // The client may be gone already; there is nobody left to tell about a failed write.
         Some(Ok(())) => {
             let write_timeout = conn.new.config.write_timeout();
-            let output = guest.output().len();
-            if flush(&mut guest, &mut stream, write_timeout).await.is_ok() {
-                ctx.stats.count_bytes_out(output);
+            if let Ok(written) = flush(&mut guest, &mut stream, write_timeout).await {
+                ctx.stats.count_bytes_out(written);
             }
         }
         // After a fault the guest's output is dropped; the socket still closes politely.
@@ -512,15 +511,14 @@ async fn serve_awake<F: HandlerFactory, T: Transport>(
             mailbox.overflowed().await;
             Ending::MailboxFull
         };
-        let output = guest.output().len();
-        let flushed = flush_unless(guest, stream, config.write_timeout(), overflowed).await;
-        if flushed.is_ok() && output > 0 {
-            ctx.stats.count_bytes_out(output);
-        }
-        if let Err(ending) = flushed {
-            // A write cut short leaves the stream mid-output: `close` may not add to it.
-            guest.mark_unwritable();
-            return Some(ending);
+        match flush_unless(guest, stream, config.write_timeout(), overflowed).await {
+            Ok(0) => {}
+            Ok(written) => ctx.stats.count_bytes_out(written),
+            Err(ending) => {
+                // A write cut short leaves the stream mid-output: `close` may not add to it.
+                guest.mark_unwritable();
+                return Some(ending);
+            }
         }
         if *next == Next::Close {
             return Some(Ending::GuestClosed);

@@ -40,14 +40,14 @@ pub(crate) async fn read_lent<T: Transport>(
     .await
 }
 
-/// Write what the guest queued, waiting at most `timeout` for the client to take it. After a
-/// failed write the guest's later sends fail with `closed`; the error is why the connection
-/// ends.
+/// Write what the guest queued, waiting at most `timeout` for the client to take it: how many
+/// bytes that was. After a failed write the guest's later sends fail with `closed`; the
+/// error is why the connection ends.
 pub(crate) async fn flush<T: Transport>(
     guest: &mut impl ConnectionHandler,
     stream: &mut T,
     timeout: Duration,
-) -> Result<(), Ending> {
+) -> Result<usize, Ending> {
     flush_unless(guest, stream, timeout, std::future::pending()).await
 }
 
@@ -59,14 +59,15 @@ pub(crate) async fn flush_unless<T: Transport>(
     stream: &mut T,
     timeout: Duration,
     abort: impl Future<Output = Ending>,
-) -> Result<(), Ending> {
+) -> Result<usize, Ending> {
+    let output = guest.output().len();
     match write_now(guest, stream)? {
-        None => Ok(()),
+        None => Ok(output),
         // The rest waits for the client, in a future of its own: the write timeout's timer
         // would otherwise be part of every connection's task, idle or not.
         Some(sent) => tokio::select! {
             biased;
-            written = Box::pin(write_rest(guest, stream, sent, timeout)) => written,
+            written = Box::pin(write_rest(guest, stream, sent, timeout)) => written.map(|()| output),
             ending = abort => Err(ending),
         },
     }
