@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use support::{ShoalProcess, plugin_path, random_bytes, read_to_end};
+use support::{ShoalProcess, plugin_path, random_bytes, read_to_end, shoal};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -402,17 +402,8 @@ async fn the_admin_page_status_and_shoal_status_show_each_listener_and_its_conne
     }
 
     // `shoal status` prints the same as a table.
-    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["status", "--admin", &admin.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    ensure!(
-        printed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&printed.stderr)
-    );
-    let table = String::from_utf8(printed.stdout)?;
+    let (ok, table, stderr) = shoal(&["status", "--admin", &admin.to_string()]).await?;
+    ensure!(ok, "{stderr}");
     let chat_row = table
         .lines()
         .find(|line| line.starts_with("chat "))
@@ -432,36 +423,13 @@ async fn the_admin_page_status_and_shoal_status_show_each_listener_and_its_conne
 async fn shoal_status_names_an_admin_listener_that_does_not_answer() -> anyhow::Result<()> {
     // A port nobody listens on: bound, then closed.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["status", "--admin", &port.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (ok, _, stderr) = shoal(&["status", "--admin", &port.to_string()]).await?;
+    assert!(!ok);
     assert!(
         stderr.contains(&format!("cannot reach the admin listener at {port}")),
         "{stderr}"
     );
     Ok(())
-}
-
-/// Run `shoal ARGS` to the end: success, stdout, stderr.
-async fn shoal(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(args)
-            .env_remove("SHOAL_ADMIN_TOKEN")
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await??;
-    Ok((
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
 }
 
 /// `shoal ARGS…` against the admin listener `admin` with the token in `token_file`: the

@@ -19,7 +19,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use shoal_host::{EndKind, ServerConfig, Tls, TlsFiles};
-use support::{TestServer, plugin, random_bytes, read_to_end, wait_for};
+use support::{TestServer, plugin, random_bytes, read_to_end, shoal, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -442,17 +442,19 @@ async fn renews_its_certificate_on_sighup(name: &str, args: &[&str]) -> anyhow::
 async fn the_cli_names_a_key_that_does_not_match_its_certificate() -> anyhow::Result<()> {
     let pki = Pki::new("mismatch")?;
     pki.issue_server("other.pem", "other.key", "another server")?;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["serve", "--no-cache", "--listen", "127.0.0.1:0"])
-        .arg("--tls-cert")
-        .arg(pki.path("cert.pem"))
-        .arg("--tls-key")
-        .arg(pki.path("other.key"))
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (cert, key) = (pki.path("cert.pem"), pki.path("other.key"));
+    let (ok, _, stderr) = shoal(&[
+        "serve",
+        "--no-cache",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert.display().to_string(),
+        "--tls-key",
+        &key.display().to_string(),
+    ])
+    .await?;
+    assert!(!ok);
     assert!(
         stderr.contains("other.key does not belong to the certificate in")
             && stderr.contains("cert.pem"),

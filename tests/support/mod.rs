@@ -8,6 +8,7 @@ pub mod mutate;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -262,7 +263,6 @@ impl ShoalProcess {
     /// Write `config` to a file of this test's and serve it; wait until every listener is
     /// bound (`listeners` of them).
     pub async fn serve_config(name: &str, config: &str, listeners: usize) -> anyhow::Result<Self> {
-        use std::process::Stdio;
         let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("{name}-{}.toml", std::process::id()));
         std::fs::write(&path, config)?;
@@ -364,6 +364,25 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
     }
     config.failure_persistence = None;
     config
+}
+
+/// Run `shoal ARGS` to the end (at most 2 minutes), with no admin token in its environment:
+/// success, stdout, stderr.
+pub async fn shoal(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .env_remove("SHOAL_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await??;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
 }
 
 /// A member of a chat room served by the chat plugin.
