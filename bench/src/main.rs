@@ -1449,6 +1449,28 @@ fn hold_idle(
     Ok(client)
 }
 
+/// The admin listener's address, from the server's next ready line (`admin listening on
+/// ADDR`, which follows the listeners' lines).
+fn admin_address(stdout: &mut impl BufRead) -> anyhow::Result<String> {
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let address = line
+        .trim()
+        .strip_prefix("admin listening on ")
+        .with_context(|| format!("no admin address: {line:?}"))?;
+    Ok(address.to_string())
+}
+
+/// `GET /metrics` from the admin listener at `admin`: the whole answer, head and page.
+fn metrics_page(admin: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(admin)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
 /// Close the connections of [`hold_idle`].
 fn release(mut client: std::process::Child) -> anyhow::Result<()> {
     if let Some(mut stdin) = client.stdin.take() {

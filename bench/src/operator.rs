@@ -5,18 +5,15 @@
 //! - metrics: the plain echo with the admin listener on (its histograms timing every call)
 //!   and `/metrics` scraped every second, as Prometheus would, against no admin listener.
 
-use std::io::{BufRead, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use shoal_bench::{median, paired_ratios};
 
-use crate::{Args, Server, loadgen};
+use crate::{Args, Server, admin_address, loadgen, metrics_page};
 
 /// How each server of the scenario is started.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -116,13 +113,7 @@ fn start(
     let (server, mut stdout) =
         Server::spawn_reading(&bin_dir.join("shoal"), &serve, pinned, setup.label())?;
     let admin = if setup == Setup::Metrics {
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        let admin = line
-            .trim()
-            .strip_prefix("admin listening on ")
-            .with_context(|| format!("no admin address: {line:?}"))?;
-        Some(admin.to_string())
+        Some(admin_address(&mut stdout)?)
     } else {
         None
     };
@@ -133,20 +124,11 @@ fn start(
 /// succeeded.
 fn scrape_until(admin: String, stop: Arc<AtomicBool>, scraped: Arc<AtomicU64>) {
     while !stop.load(Ordering::Relaxed) {
-        let fetched = (|| -> std::io::Result<()> {
-            let mut stream = TcpStream::connect(&admin)?;
-            stream.write_all(
-                b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-            )?;
-            let mut page = Vec::new();
-            stream.read_to_end(&mut page)?;
-            if page.starts_with(b"HTTP/1.1 200") {
-                scraped.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
-        })();
-        if fetched.is_err() {
+        let Ok(answer) = metrics_page(&admin) else {
             return;
+        };
+        if answer.starts_with("HTTP/1.1 200") {
+            scraped.fetch_add(1, Ordering::Relaxed);
         }
         std::thread::sleep(Duration::from_secs(1));
     }

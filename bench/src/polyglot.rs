@@ -21,7 +21,10 @@ use shoal_host::{
     Stats,
 };
 
-use crate::{Args, Server, echo_load, hold_idle, idle_growth, lifecycles, release};
+use crate::{
+    Args, Server, admin_address, echo_load, hold_idle, idle_growth, lifecycles, metrics_page,
+    release,
+};
 
 /// Idle connections held per language for the memory figures.
 const IDLE_CONNS: usize = 1_000;
@@ -220,13 +223,7 @@ fn as_sleeping_server(
     let label = format!("{} hibernating", row.language);
     let (server, mut stdout) =
         Server::spawn_reading(&bin_dir.join("shoal"), &serve_args, pinned, &label)?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line)?;
-    let admin = line
-        .trim()
-        .strip_prefix("admin listening on ")
-        .with_context(|| format!("{label}: no admin address: {line:?}"))?
-        .to_string();
+    let admin = admin_address(&mut stdout).with_context(|| label.clone())?;
     let all_asleep = |count: usize| -> anyhow::Result<(f64, f64)> {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
@@ -256,12 +253,8 @@ fn as_sleeping_server(
 
 /// `shoal_connections_asleep` of the listener on the metrics page of `admin`.
 fn asleep_connections(admin: &str) -> anyhow::Result<f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(admin)?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut page = String::new();
-    stream.read_to_string(&mut page)?;
-    page.lines()
+    metrics_page(admin)?
+        .lines()
         .find_map(|line| line.strip_prefix("shoal_connections_asleep{"))
         .and_then(|rest| rest.rsplit_once(' '))
         .and_then(|(_, value)| value.parse().ok())
