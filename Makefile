@@ -46,6 +46,7 @@ lint: plugins
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/build-plugins.sh --clippy
 	python3 scripts/check-module-cycles.py host/src
+	scripts/vendor-wasmtime.sh --check
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 test: deps build lint
