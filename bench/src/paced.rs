@@ -4,15 +4,22 @@
 //! CPU time (`/proc/PID/task/*/schedstat`), beside how busy the server and the load
 //! generator were. A closed loop at saturation measures whichever side saturates first (the
 //! single-threaded load generator caps the native echo); at a fixed load below every
-//! server's capacity, CPU per operation is the sandbox's price.
+//! server's capacity, CPU per operation is the sandbox's price. Before the loads, each
+//! server's CPU while it sits idle: what it costs to keep running with nobody connected.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use shoal_bench::latency_plot::{self, Panel, STEPS};
-use shoal_bench::{median, paired_ratios};
+use shoal_bench::{median, paired_ratios, process_cpu};
 
 use crate::{Args, Kind, Server, loadgen};
+
+/// How long a server is left idle after its start before its idle CPU is read, and how
+/// long it is read for.
+const IDLE_SETTLE: Duration = Duration::from_millis(500);
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
 /// The servers compared, in the order of odd rounds.
 const KINDS: [Kind; 3] = [Kind::Wasm, Kind::Native, Kind::Raw];
@@ -36,6 +43,8 @@ type Load = fn(&Row) -> &Figures;
 /// One server's figures under both loads.
 pub struct Row {
     kind: Kind,
+    /// Server CPU while no client is connected, ms per second, one value per round.
+    idle_cpu_ms: Vec<f64>,
     round_trips: Figures,
     connections: Figures,
 }
@@ -49,6 +58,7 @@ pub fn run(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<Vec<Row>
         .iter()
         .map(|&kind| Row {
             kind,
+            idle_cpu_ms: Vec::new(),
             round_trips: Figures::default(),
             connections: Figures::default(),
         })
@@ -68,6 +78,7 @@ pub fn run(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<Vec<Row>
                 row.kind.label()
             );
             let server = Server::start(row.kind, bin_dir, args, pinned)?;
+            row.idle_cpu_ms.push(idle_cpu_ms(server.child.id())?);
             let pid = server.child.id().to_string();
             for (connect, figures) in [(false, &mut row.round_trips), (true, &mut row.connections)]
             {
@@ -77,6 +88,16 @@ pub fn run(args: &Args, bin_dir: &Path, pinned: bool) -> anyhow::Result<Vec<Row>
         }
     }
     Ok(rows)
+}
+
+/// The CPU process `pid` uses while idle, in ms per second: read over `IDLE_WINDOW`, after
+/// `IDLE_SETTLE`.
+fn idle_cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    std::thread::sleep(IDLE_SETTLE);
+    let before = process_cpu(pid)?;
+    std::thread::sleep(IDLE_WINDOW);
+    let used = process_cpu(pid)?.saturating_sub(before);
+    Ok(used.as_secs_f64() * 1e3 / IDLE_WINDOW.as_secs_f64())
 }
 
 /// `loadgen paced`'s arguments for one of the scenario's loads against the server at `addr`
@@ -196,6 +217,16 @@ pub fn report(rows: &mut [Row], args: &Args) -> String {
                 mid(&figures.p99_us),
             ));
         }
+    }
+    out.push_str(&format!(
+        "\nServer CPU while idle (no client connected, {:.0} s after a {:.1} s settle), \
+         medians of {rounds} rounds:\n\n| server | idle CPU ms per second |\n|---|---|\n",
+        IDLE_WINDOW.as_secs_f64(),
+        IDLE_SETTLE.as_secs_f64()
+    ));
+    for row in rows.iter() {
+        let idle = median(&mut row.idle_cpu_ms.clone()).unwrap_or(f64::NAN);
+        out.push_str(&format!("| {} | {idle:.2} |\n", row.kind.label()));
     }
     out
 }

@@ -4,7 +4,7 @@
 //! # What a tick measures
 //!
 //! The runtime's ticker thread advances a [`TickClock`] (and then the engine's epoch) once per
-//! period, 1 ms by default. A running guest is interrupted at the first epoch check after a
+//! period, 1 ms by default (and parks while no guest runs: `wasm::tick_clock`). A running guest is interrupted at the first epoch check after a
 //! tick, and charged that tick if the tick fell after the guest last started running: the
 //! start of its call, or the moment its call was polled again after any wait (a yield, its
 //! turn for a core, a WASI sleep). Ticks fall at times that have nothing to do with the guest,
@@ -59,47 +59,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+
+pub(crate) use crate::wasm::tick_clock::TickClock;
 
 /// How recently a listener must have started a call to count as active, in ticks.
 pub(crate) const ACTIVE_WINDOW: u64 = 10;
 
 /// Virtual time one tick adds to a listener of weight 1 (less for heavier ones).
 const VTIME_PER_TICK: u64 = 1 << 24;
-
-/// The ticks the runtime's ticker has made.
-#[derive(Debug)]
-pub(crate) struct TickClock {
-    ticks: AtomicU64,
-    period: Duration,
-}
-
-impl TickClock {
-    pub(crate) fn new(period: Duration) -> Self {
-        Self {
-            ticks: AtomicU64::new(0),
-            period,
-        }
-    }
-
-    /// The ticks so far.
-    pub(crate) fn now(&self) -> u64 {
-        self.ticks.load(Ordering::Acquire)
-    }
-
-    /// One more tick (the ticker thread, before it advances the engine's epoch, so that a
-    /// guest interrupted by the epoch sees the tick).
-    pub(crate) fn advance(&self) {
-        self.ticks.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// How long a tick is.
-    pub(crate) fn period(&self) -> Duration {
-        self.period
-    }
-}
 
 /// One listener's claim on the CPU: its weight, and what the scheduler needs to know of it
 /// without a lock. Made by each [`Server`](crate::Server) (and by
@@ -196,6 +165,7 @@ impl ConnCpu {
     pub(crate) fn polled(&self) {
         let now = self.scheduler.clock.now();
         self.running_since.store(now, Ordering::Release);
+        self.scheduler.clock.guest_runs();
     }
 
     /// The call returned `Pending`. Unless shoal's own yield is in progress, the guest is
@@ -608,6 +578,7 @@ mod tests {
     use std::task::Waker;
 
     use super::*;
+    use std::time::Duration;
 
     fn scheduler(slots: usize) -> Arc<CpuScheduler> {
         let clock = Arc::new(TickClock::new(Duration::from_millis(1)));

@@ -105,6 +105,8 @@ impl Instance {
         store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
             let state = store.data_mut();
+            // Still running: the ticker must keep ticking.
+            state.cpu.clock().guest_runs();
             if !state.cpu.ran_a_tick() {
                 // No tick since the guest started running: nothing to charge. It stops only
                 // if it holds no core and must wait its turn for one (its listener's guests
@@ -124,6 +126,8 @@ impl Instance {
             Ok(UpdateDeadline::YieldCustom(1, state.cpu.yield_point()))
         });
         store.set_epoch_deadline(1);
+        // Instantiation runs the guest's start functions.
+        store.data().cpu.polled();
         let instantiated = match plugin.pre().instantiate_async(&mut store).await {
             Ok(instance) => plugin.exports().load(&mut store, &instance),
             Err(e) => Err(e),

@@ -16,3 +16,4 @@ pub(crate) mod plugin;
 pub(crate) mod runtime;
 pub(crate) mod shape;
 pub(crate) mod store;
+pub(crate) mod tick_clock;

@@ -11,7 +11,6 @@
 //! plugin that needs it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
@@ -400,7 +399,6 @@ struct RuntimeInner {
     starting: Mutex<()>,
     scheduler: Arc<CpuScheduler>,
     config: RuntimeConfig,
-    ticker_stop: Arc<AtomicBool>,
 }
 
 /// One engine, with every plugin import linked for it and its compile cache.
@@ -464,23 +462,18 @@ impl Runtime {
             config.cpu_slots,
             config.cpu_shares,
         ));
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let stop = Arc::clone(&ticker_stop);
         let ticking = copying.engine.clone();
         let ticking_mapped = Arc::clone(&mapping);
-        let tick = config.epoch_tick;
+        let ticker_clock = Arc::clone(&clock);
         thread::Builder::new()
             .name("shoal-epoch".into())
             .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    thread::sleep(tick);
-                    // The clock first: a guest interrupted by the new epoch sees the tick.
-                    clock.advance();
+                ticker_clock.run_ticker(|| {
                     ticking.increment_epoch();
                     if let Some(mapped) = ticking_mapped.get() {
                         mapped.engine.increment_epoch();
                     }
-                }
+                });
             })
             .map_err(RuntimeError::Ticker)?;
         Ok(Self {
@@ -490,7 +483,6 @@ impl Runtime {
                 starting: Mutex::new(()),
                 scheduler,
                 config,
-                ticker_stop,
             }),
         })
     }
@@ -579,7 +571,7 @@ fn open_cache(dir: &Path, engine: &Engine) -> Option<CompileCache> {
 
 impl Drop for RuntimeInner {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.scheduler.clock().stop();
     }
 }
 
