@@ -1,16 +1,16 @@
-//! Guests' CPU time: the tick clock that measures it, and the fair share of the cores between
-//! listeners.
+//! Guests' CPU time: what a tick of the [`TickClock`] charges them, and the fair share of the
+//! cores between listeners.
 //!
 //! # What a tick measures
 //!
 //! The runtime's ticker thread advances a [`TickClock`] (and then the engine's epoch) once per
-//! period, 1 ms by default (and parks while no guest runs: `wasm::tick_clock`). A running guest is interrupted at the first epoch check after a
-//! tick, and charged that tick if the tick fell after the guest last started running: the
-//! start of its call, or the moment its call was polled again after any wait (a yield, its
-//! turn for a core, a WASI sleep). Ticks fall at times that have nothing to do with the guest,
-//! so the ticks a guest is charged are a sample of the CPU it used: a guest that computes 5 ms
-//! is charged about 5, however its work is split into calls. Time the guest did not run is
-//! not charged:
+//! period, 1 ms by default; it parks while no guest runs (`wasm::tick_clock`). A running
+//! guest is interrupted at the first epoch check after a tick, and charged that tick if the
+//! tick fell after the guest last started running: the start of its call, or the moment its
+//! call was polled again after any wait (a yield, its turn for a core, a WASI sleep). Ticks
+//! fall at times that have nothing to do with the guest, so the ticks a guest is charged are
+//! a sample of the CPU it used: a guest that computes 5 ms is charged about 5, however its
+//! work is split into calls. Time the guest did not run is not charged:
 //!
 //! * the process frozen (SIGSTOP, a CPU quota, a stolen vCPU): the ticker thread is frozen
 //!   too, so no tick passes;
@@ -62,7 +62,7 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
-pub(crate) use crate::wasm::tick_clock::TickClock;
+use crate::wasm::tick_clock::TickClock;
 
 /// How recently a listener must have started a call to count as active, in ticks.
 pub(crate) const ACTIVE_WINDOW: u64 = 10;

@@ -197,7 +197,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::wasm::cpu::{CpuGroup, CpuScheduler, TickClock};
+    use crate::wasm::cpu::{CpuGroup, CpuScheduler};
+    use crate::wasm::tick_clock::TickClock;
 
     fn conn_cpu() -> ConnCpu {
         let clock = Arc::new(TickClock::new(Duration::from_millis(1)));

@@ -22,9 +22,10 @@ use wasmtime::{
 
 use crate::error::{ConfigError, RuntimeError};
 use crate::wasm::cache::CompileCache;
-use crate::wasm::cpu::{CpuScheduler, TickClock};
+use crate::wasm::cpu::CpuScheduler;
 use crate::wasm::imports;
 use crate::wasm::store::ConnState;
+use crate::wasm::tick_clock::TickClock;
 
 /// Settings of a [`Runtime`], shared by every listener and plugin of a process.
 ///

@@ -273,7 +273,9 @@ pub(crate) mod tests {
             log_burst: 1,
             stats: Arc::default(),
             scheduler: Arc::new(CpuScheduler::new(
-                Arc::new(crate::wasm::cpu::TickClock::new(Duration::from_millis(1))),
+                Arc::new(crate::wasm::tick_clock::TickClock::new(
+                    Duration::from_millis(1),
+                )),
                 2,
                 true,
             )),
