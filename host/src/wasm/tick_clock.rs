@@ -4,8 +4,8 @@
 //! epochs, which interrupts a running guest (`wasm::cpu` says what a tick charges). A tick
 //! only matters while a guest runs, so the ticker **parks once a whole period has passed
 //! with no guest running**: an idle server's ticker costs nothing, instead of a thousand
-//! wake-ups a second (~12 ms of CPU a second here, BENCHMARKS.md). The first guest to run
-//! again wakes it; its first tick then falls a period later, as it would have.
+//! wake-ups a second (26 ms of CPU a second on the benchmark VM, BENCHMARKS.md). The first
+//! guest to run again wakes it; its first tick then falls a period later, as it would have.
 //!
 //! A guest counts as running when its call (or its instantiation) is polled, and at every
 //! epoch interruption: a guest that computes without ever returning is interrupted at
@@ -124,6 +124,8 @@ impl TickClock {
             thread::park();
         }
         let slept = parked_at.elapsed().as_nanos() / self.period.as_nanos().max(1);
+        // (A park longer than `u64::MAX` periods cannot happen; the fallback only keeps the
+        // addition from wrapping.)
         self.ticks.fetch_add(
             u64::try_from(slept).unwrap_or(u64::MAX / 2),
             Ordering::AcqRel,
