@@ -11,6 +11,13 @@
 # load generator on core 0 when `taskset` is there, serving target/plugins/echo.wasm:
 # `loadgen echo --conns 100 --size 64` for 4 s each. A gets `--no-cache` (A_FLAGS to change);
 # B gets B_FLAGS (empty by default: builds older than the compile cache have no such flag).
+#
+# LOAD picks the load and what is compared:
+#   echo           (default) `loadgen echo`: round trips per second at saturation;
+#   paced          `loadgen paced --rate 30000`: server CPU µs per round trip at a fixed load;
+#   paced-connect  `loadgen paced --connect --rate 5000` after 1 s of the paced load: server CPU
+#                  µs per new connection.
+# For the paced loads lower is better: A / B below 1 means A costs less.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 a=$1
@@ -20,6 +27,11 @@ a_flags=${A_FLAGS---no-cache}
 b_flags=${B_FLAGS:-}
 loadgen=$root/target/release/loadgen
 [ -x "$loadgen" ] || { echo "ab.sh: build loadgen first (make bench)" >&2; exit 1; }
+load=${LOAD:-echo}
+case $load in
+    echo | paced | paced-connect) ;;
+    *) echo "ab.sh: LOAD is echo, paced or paced-connect, not $load" >&2; exit 1 ;;
+esac
 pin=()
 command -v taskset >/dev/null && pin=(taskset -c 1)
 pin_client=()
@@ -27,7 +39,8 @@ command -v taskset >/dev/null && pin_client=(taskset -c 0)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-# Round trips per second of one server for one 4-second load.
+# One server's figure for one 4-second load: round trips per second (echo), or its CPU time
+# per operation (paced loads).
 rate() {
     local binary=$1 flags=$2
     # shellcheck disable=SC2086 # flags are words
@@ -40,8 +53,20 @@ rate() {
     done
     local addr
     addr=$(sed -n 's/^listening on //p' "$out/stdout")
-    "${pin_client[@]}" "$loadgen" echo --addr "$addr" --conns 100 --size 64 --seconds 4 |
-        sed -n 's/.*round_trips_per_sec=\([0-9.]*\).*/\1/p'
+    case $load in
+        echo)
+            "${pin_client[@]}" "$loadgen" echo --addr "$addr" --conns 100 --size 64 --seconds 4 |
+                sed -n 's/.*round_trips_per_sec=\([0-9.]*\).*/\1/p' ;;
+        paced)
+            "${pin_client[@]}" "$loadgen" paced --addr "$addr" --rate 30000 --seconds 4 \
+                --server-pid "$server" | sed -n 's/.*server_cpu_us_per_op=\([0-9.]*\).*/\1/p' ;;
+        paced-connect)
+            # As in `make bench`'s paced scenario, the server has first held 100 connections
+            # at once: its pools have that many slots freed, as a server past a busy moment.
+            "${pin_client[@]}" "$loadgen" paced --addr "$addr" --rate 30000 --seconds 1 >/dev/null
+            "${pin_client[@]}" "$loadgen" paced --addr "$addr" --connect --rate 5000 --seconds 4 \
+                --server-pid "$server" | sed -n 's/.*server_cpu_us_per_op=\([0-9.]*\).*/\1/p' ;;
+    esac
     kill -TERM "$server"
     wait "$server" 2>/dev/null || true
 }
@@ -57,7 +82,9 @@ for round in $(seq "$rounds"); do
     fi
     ratio=$(python3 -c "print(f'{$x / $y:.3f}')")
     ratios+=("$ratio")
-    echo "round $round: A $x, B $y round trips/s: A / B $ratio"
+    unit="round trips/s"
+    [ "$load" = echo ] || unit="server CPU µs per op"
+    echo "round $round: A $x, B $y $unit: A / B $ratio"
 done
 python3 - "${ratios[@]}" <<'EOF'
 import statistics, sys

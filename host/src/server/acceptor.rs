@@ -96,7 +96,9 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                 // Taken at the accept, as the rest of the settings: a reload that brings new
                 // certificates applies to the connections accepted after it.
                 let tls = ctx.config.load().shared_tls();
-                pool.connections.spawn(async move {
+                // Boxed: the connection's future is several KiB, and the task would
+                // otherwise copy it whole as it is spawned and again as it finishes.
+                pool.connections.spawn(Box::pin(async move {
                     let _permit = permit;
                     let _live = Live::new(Arc::clone(&ctx.stats), LiveKind::Connection);
                     let ended = AtomicBool::new(false);
@@ -112,7 +114,7 @@ async fn accept_loop<F: HandlerFactory>(pool: Arc<AcceptorPool<F>>) -> io::Resul
                         }
                         () = serve_accepted(&ctx, socket, peer, tls, &ended) => {}
                     }
-                });
+                }));
             }
             Err(error) => match classify(&error) {
                 AcceptFailure::ThisConnection => {
