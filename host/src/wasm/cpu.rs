@@ -4,9 +4,11 @@
 //! # What a tick measures
 //!
 //! The runtime's ticker thread advances a [`TickClock`] (and then the engine's epoch) once per
-//! period, 1 ms by default; it parks while no guest runs (`wasm::tick_clock`). A running
-//! guest is interrupted at the first epoch check after a tick, and charged that tick if the
-//! tick fell after the guest last started running: the start of its call, or the moment its
+//! period, 1 ms by default; it parks while no guest runs, and ticks only every few periods
+//! while no guest computes across ticks (`wasm::tick_clock`), such a tick standing for the
+//! periods since the last one. A running guest is interrupted at the first epoch check after
+//! a tick, and charged that tick if the tick fell after the guest last started running: the
+//! start of its call, or the moment its
 //! call was polled again after any wait (a yield, its turn for a core, a WASI sleep). Ticks
 //! fall at times that have nothing to do with the guest, so the ticks a guest is charged are
 //! a sample of the CPU it used: a guest that computes 5 ms is charged about 5, however its
@@ -181,10 +183,11 @@ impl ConnCpu {
         self.scheduler.clock.now() != self.running_since.load(Ordering::Acquire)
     }
 
-    /// Charge a tick to the listener; the guest keeps its slot or gives it back.
-    pub(crate) fn charge_tick(&self) {
+    /// Charge a tick that stood for `periods` periods to the listener; the guest keeps its
+    /// slot or gives it back.
+    pub(crate) fn charge_tick(&self, periods: u64) {
         let held = self.holds_slot();
-        if !self.scheduler.tick(&self.group, held) && held {
+        if !self.scheduler.tick(&self.group, held, periods) && held {
             // The scheduler gave the slot to another guest.
             self.holding.store(false, Ordering::Release);
         }
@@ -335,11 +338,11 @@ impl CpuScheduler {
             .any(|member| member.group.as_ptr() != Arc::as_ptr(group) && member.is_active(now))
     }
 
-    /// A guest of `group` was charged a tick: its listener's virtual time moves on. A guest
-    /// that held a slot (`held`) keeps it if its listener is within its cap and no waiting
-    /// listener has used less for its weight; otherwise the slot goes to the one that should
-    /// run next. Returns whether the guest still holds a slot.
-    fn tick(&self, group: &Arc<CpuGroup>, held: bool) -> bool {
+    /// A guest of `group` was charged a tick of `periods` periods: its listener's virtual
+    /// time moves on. A guest that held a slot (`held`) keeps it if its listener is within its
+    /// cap and no waiting listener has used less for its weight; otherwise the slot goes to
+    /// the one that should run next. Returns whether the guest still holds a slot.
+    fn tick(&self, group: &Arc<CpuGroup>, held: bool, periods: u64) -> bool {
         if !self.enabled {
             return false;
         }
@@ -349,7 +352,7 @@ impl CpuScheduler {
         let member = &mut state.members[index];
         member.vtime = member
             .vtime
-            .saturating_add(VTIME_PER_TICK / u64::from(member.weight));
+            .saturating_add(periods.saturating_mul(VTIME_PER_TICK) / u64::from(member.weight));
         let keeps = held && state.may_keep(index, now, slots);
         if held && !keeps {
             state.release(index);
@@ -661,9 +664,9 @@ mod tests {
         // Echo idle for longer than the window: at the running spinner's next tick, the
         // waiting one gets the second core.
         for _ in 0..=ACTIVE_WINDOW {
-            scheduler.clock.advance();
+            scheduler.clock.advance(1);
         }
-        spinners[0].charge_tick();
+        spinners[0].charge_tick(1);
         assert!(poll_once(&mut second).is_ready());
         assert_eq!(holding(&scheduler, &spin), 2);
         assert_eq!(slots_accounted(&scheduler), 2);
@@ -678,7 +681,7 @@ mod tests {
         let other_conn = conn(&scheduler, &other);
         // Both registered at tick 0: let that activity pass.
         for _ in 0..=ACTIVE_WINDOW {
-            scheduler.clock.advance();
+            scheduler.clock.advance(1);
         }
         let mut running = acquire(&conns[0]);
         assert!(poll_once(&mut running).is_ready());
@@ -716,7 +719,7 @@ mod tests {
         let mut turns = [0u32; 2];
         for _ in 0..400 {
             turns[running] += 1;
-            conns[running].charge_tick();
+            conns[running].charge_tick(1);
             if conns[running].holds_slot() {
                 continue;
             }
@@ -745,7 +748,7 @@ mod tests {
         let mut running = acquire(&old_conn);
         assert!(poll_once(&mut running).is_ready());
         for _ in 0..100 {
-            old_conn.charge_tick();
+            old_conn.charge_tick(1);
         }
         let new = Arc::new(CpuGroup::new(1));
         let new_conn = conn(&scheduler, &new);
@@ -791,7 +794,7 @@ mod tests {
         assert!(!sleeper.holds_slot());
         assert_eq!(scheduler.state().free, 1);
         // Polled again, it starts afresh: the ticks of its sleep are not its own.
-        scheduler.clock.advance();
+        scheduler.clock.advance(1);
         sleeper.polled();
         assert!(!sleeper.ran_a_tick());
     }

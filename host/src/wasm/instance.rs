@@ -105,8 +105,8 @@ impl Instance {
         store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
             let state = store.data_mut();
-            // Still running: the ticker must keep ticking.
-            state.cpu.clock().guest_runs();
+            // Still running: the ticker must keep ticking, every period.
+            state.cpu.clock().guest_interrupted();
             if !state.cpu.ran_a_tick() {
                 // No tick since the guest started running: nothing to charge. It stops only
                 // if it holds no core and must wait its turn for one (its listener's guests
@@ -116,13 +116,17 @@ impl Instance {
                 }
                 return Ok(UpdateDeadline::Continue(1));
             }
-            let exceeded = state.budget.charge();
-            state.cpu_total.add(state.cpu.clock().period());
+            // A sparse tick stands for several periods (`wasm::tick_clock`).
+            let step = state.cpu.clock().last_step();
+            let exceeded = state.budget.charge(step);
+            state
+                .cpu_total
+                .add(state.cpu.clock().period() * u32::try_from(step).unwrap_or(1));
             if exceeded {
                 state.cpu.release_slot();
                 return Err(CpuBudgetExceeded(state.budget.limit()).into());
             }
-            state.cpu.charge_tick();
+            state.cpu.charge_tick(step);
             Ok(UpdateDeadline::YieldCustom(1, state.cpu.yield_point()))
         });
         store.set_epoch_deadline(1);

@@ -113,10 +113,15 @@ impl CallBudget {
         self.used = 0;
     }
 
-    /// Charge one tick; `true` once the call has used more than its budget.
-    pub(crate) fn charge(&mut self) -> bool {
-        self.used += 1;
-        self.total += 1;
+    /// Charge a tick that stood for `periods` periods; `true` once the call has used more
+    /// than its budget. The connection's total counts every period. The call's budget counts
+    /// its first tick as one period: a sparse tick (`wasm::tick_clock`) that falls on a call
+    /// is a fair sample, but no proof that this call used the periods it stands for, and a
+    /// short call must not fail a budget of a few periods by chance. From its first
+    /// interruption on, a computing call is ticked every period.
+    pub(crate) fn charge(&mut self, periods: u64) -> bool {
+        self.used += if self.used == 0 { 1 } else { periods };
+        self.total += periods;
         self.used > self.limit_ticks
     }
 
@@ -240,20 +245,36 @@ mod tests {
         let mut budget = CallBudget::new(Duration::from_millis(10), Duration::from_millis(1));
         budget.start();
         for _ in 0..10 {
-            assert!(!budget.charge());
+            assert!(!budget.charge(1));
         }
-        assert!(budget.charge(), "the eleventh tick is past 10 ms");
+        assert!(budget.charge(1), "the eleventh tick is past 10 ms");
         budget.start();
-        assert!(!budget.charge(), "each call has the whole budget");
+        assert!(!budget.charge(1), "each call has the whole budget");
         assert_eq!(budget.total_ticks(), 12);
+    }
+
+    #[test]
+    fn a_sparse_tick_counts_whole_in_the_total_and_as_one_period_first_in_a_call() {
+        let mut budget = CallBudget::new(Duration::from_millis(2), Duration::from_millis(1));
+        budget.start();
+        // A short call a sparse tick of 4 periods falls on keeps its 2 ms budget.
+        assert!(!budget.charge(4), "a call's first tick counts one period");
+        assert_eq!(budget.total_ticks(), 4, "the connection's total counts all four");
+        // A call still running at the next sparse tick has run through its periods.
+        assert!(budget.charge(4), "1 + 4 periods are past 2 ms");
+        budget.start();
+        assert!(!budget.charge(4));
+        assert!(!budget.charge(1));
+        assert!(budget.charge(1), "1 + 1 + 1 periods are past 2 ms");
+        assert_eq!(budget.total_ticks(), 14);
     }
 
     #[test]
     fn a_budget_shorter_than_a_tick_is_one_tick() {
         let mut budget = CallBudget::new(Duration::from_micros(10), Duration::from_millis(1));
         budget.start();
-        assert!(!budget.charge());
-        assert!(budget.charge());
+        assert!(!budget.charge(1));
+        assert!(budget.charge(1));
     }
 
     #[test]

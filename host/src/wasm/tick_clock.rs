@@ -16,19 +16,41 @@
 //! an epoch change, so that "active in the last ticks" (the fair shares' windows) still
 //! counts real time. A guest running at the jump is charged only at the next real tick, as
 //! any guest a tick falls on.
+//!
+//! # Sparse ticks while no guest computes
+//!
+//! A busy server runs guests in every period, but almost all of its calls end well within one:
+//! a tick then rarely falls on a running guest, yet each costs a wake-up (a timer, a context
+//! switch, on a VM an exit from the idle vCPU). So the ticker ticks **every
+//! [`SPARSE_STEP`] periods while no guest computes across ticks**, and every period while one
+//! does: a guest interrupted at a tick (it was running when the tick fell) wakes the ticker,
+//! whose next tick then falls one period after the last. A sparse tick stands for the
+//! periods since the last one ([`TickClock::last_step`]): the clock moves by that many, and a
+//! guest it falls on is charged that many, so the sample stays unbiased. A guest that starts
+//! computing is first interrupted at most `SPARSE_STEP` periods after it started instead of
+//! one, and every period from then on.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+/// How many periods apart the ticker's ticks fall while no guest computes across ticks.
+pub(crate) const SPARSE_STEP: u64 = 4;
+
 /// The ticks the runtime's ticker has made, and whether the ticker is parked.
 #[derive(Debug)]
 pub(crate) struct TickClock {
     ticks: AtomicU64,
     period: Duration,
+    /// The periods the last tick stood for: 1, or [`SPARSE_STEP`].
+    last_step: AtomicU64,
     /// The tick during which a guest last ran.
     guest_ran_at: AtomicU64,
+    /// The tick after which a guest was last interrupted: it was running when the tick fell.
+    interrupted_at: AtomicU64,
+    /// Whether the ticker sleeps towards a sparse tick (an interrupted guest then wakes it).
+    sparse: AtomicBool,
     /// Whether the ticker is parked (or deciding to park).
     parked: AtomicBool,
     /// Whether the ticker must end.
@@ -42,7 +64,10 @@ impl TickClock {
         Self {
             ticks: AtomicU64::new(0),
             period,
+            last_step: AtomicU64::new(1),
             guest_ran_at: AtomicU64::new(0),
+            interrupted_at: AtomicU64::new(0),
+            sparse: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             ticker: OnceLock::new(),
@@ -54,15 +79,42 @@ impl TickClock {
         self.ticks.load(Ordering::Acquire)
     }
 
-    /// One more tick (the ticker thread, before it advances the engine's epoch, so that a
-    /// guest interrupted by the epoch sees the tick).
-    pub(crate) fn advance(&self) {
-        self.ticks.fetch_add(1, Ordering::AcqRel);
+    /// One more tick, standing for `step` periods (the ticker thread, before it advances the
+    /// engine's epoch, so that a guest interrupted by the epoch sees the tick).
+    pub(crate) fn advance(&self, step: u64) {
+        self.last_step.store(step, Ordering::Release);
+        self.ticks.fetch_add(step, Ordering::AcqRel);
     }
 
-    /// How long a tick is.
+    /// How long a period is: what a tick of one period charges.
     pub(crate) fn period(&self) -> Duration {
         self.period
+    }
+
+    /// The periods the last tick stood for: what it charges the guest it fell on.
+    pub(crate) fn last_step(&self) -> u64 {
+        self.last_step.load(Ordering::Acquire)
+    }
+
+    /// A guest was interrupted by a tick: it computes across ticks, so the ticker must tick
+    /// every period. Wakes a ticker that sleeps towards a sparse tick, and counts as the
+    /// guest running ([`guest_runs`](Self::guest_runs)).
+    pub(crate) fn guest_interrupted(&self) {
+        self.guest_runs();
+        let now = self.now();
+        if self.interrupted_at.load(Ordering::Relaxed) == now {
+            return;
+        }
+        self.interrupted_at.store(now, Ordering::Relaxed);
+        // Against the ticker's fence in `sleep_to_next_tick`: either it sees this
+        // interruption, or this sees it sleeping towards a sparse tick.
+        fence(Ordering::SeqCst);
+        if self.sparse.load(Ordering::Relaxed)
+            && self.sparse.swap(false, Ordering::AcqRel)
+            && let Some(ticker) = self.ticker.get()
+        {
+            ticker.unpark();
+        }
     }
 
     /// A guest runs (its call is polled, or it was interrupted): the ticker must tick. Wakes
@@ -90,21 +142,54 @@ impl TickClock {
         self.parked.load(Ordering::Acquire)
     }
 
-    /// Run the ticker on this thread until [`stop`](Self::stop): sleep a period, advance the
-    /// clock, call `on_tick` (which advances the engines' epochs), and park after a period
-    /// in which no guest ran.
+    /// Run the ticker on this thread until [`stop`](Self::stop): sleep until the next tick
+    /// (one period, or [`SPARSE_STEP`] while no guest computes across ticks), advance the
+    /// clock, call `on_tick` (which advances the engines' epochs), and park after a tick in
+    /// whose periods no guest ran.
     pub(crate) fn run_ticker(&self, mut on_tick: impl FnMut()) {
         // The first ticker to run on this clock is the one `guest_runs` wakes.
         let _ = self.ticker.set(thread::current());
-        while !self.stopped.load(Ordering::Acquire) {
-            thread::sleep(self.period);
+        let mut last_tick = Instant::now();
+        while let Some(step) = self.sleep_to_next_tick(last_tick) {
+            last_tick = Instant::now();
             // The clock first: a guest interrupted by the new epoch sees the tick.
-            self.advance();
+            self.advance(step);
             on_tick();
-            // No guest ran during the period that just ended, nor since.
-            if self.guest_ran_at.load(Ordering::Relaxed) + 1 < self.now() {
+            // No guest ran during the periods that just ended, nor since.
+            if self.guest_ran_at.load(Ordering::Relaxed) + step < self.now() {
                 self.park();
+                last_tick = Instant::now();
             }
+        }
+    }
+
+    /// Sleep until the next tick is due: one period after `last_tick` while a guest computes
+    /// across ticks (one was interrupted at the last tick or since), else [`SPARSE_STEP`]
+    /// periods after it, cut short if a guest is interrupted meanwhile. Returns the periods
+    /// the tick stands for, or `None` once the ticker is stopped.
+    fn sleep_to_next_tick(&self, last_tick: Instant) -> Option<u64> {
+        loop {
+            if self.stopped.load(Ordering::Acquire) {
+                return None;
+            }
+            self.sparse.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let computing =
+                self.interrupted_at.load(Ordering::Relaxed) + self.last_step() >= self.now();
+            let step = if computing {
+                self.sparse.store(false, Ordering::Relaxed);
+                1
+            } else {
+                SPARSE_STEP
+            };
+            let due = last_tick + self.period * u32::try_from(step).unwrap_or(u32::MAX);
+            let now = Instant::now();
+            if now >= due {
+                self.sparse.store(false, Ordering::Relaxed);
+                return Some(step);
+            }
+            // Woken early by an interrupted guest (or a stray unpark): decide again.
+            thread::park_timeout(due - now);
         }
     }
 
@@ -209,6 +294,84 @@ mod tests {
             thread::sleep(Duration::from_micros(200));
             epochs.load(Ordering::Relaxed) >= 20
         });
+        clock.stop();
+        ticker.join().expect("the ticker ends when stopped");
+    }
+
+    #[test]
+    fn ticks_are_sparse_while_guests_run_without_computing_and_dense_while_one_computes() {
+        let clock = Arc::new(TickClock::new(Duration::from_millis(1)));
+        let epochs = Arc::new(AtomicUsize::new(0));
+        let ticker = start(&clock, &epochs);
+        // Short calls start all the time, and no tick falls on one.
+        eventually("a sparse tick under short calls", || {
+            clock.guest_runs();
+            thread::sleep(Duration::from_micros(200));
+            clock.last_step() == SPARSE_STEP
+        });
+        let (ticks, epochs_then) = (clock.now(), epochs.load(Ordering::Relaxed));
+        eventually("three more sparse ticks", || {
+            clock.guest_runs();
+            thread::sleep(Duration::from_micros(200));
+            epochs.load(Ordering::Relaxed) >= epochs_then + 3
+        });
+        // Each sparse tick moved the clock by the periods it stands for (a tick of one period
+        // may have come between, were this thread descheduled long enough).
+        assert!(
+            clock.now() - ticks >= 3 * SPARSE_STEP - 2,
+            "{} ticks for 3 epochs",
+            clock.now() - ticks
+        );
+
+        // A guest interrupted at every tick: the ticks fall every period again.
+        eventually("a tick of one period for a computing guest", || {
+            clock.guest_interrupted();
+            thread::sleep(Duration::from_micros(200));
+            clock.last_step() == 1
+        });
+        let (ticks, epochs_then) = (clock.now(), epochs.load(Ordering::Relaxed));
+        eventually("ten more ticks", || {
+            clock.guest_interrupted();
+            thread::sleep(Duration::from_micros(200));
+            epochs.load(Ordering::Relaxed) >= epochs_then + 10
+        });
+        assert!(
+            clock.now() - ticks < 10 * SPARSE_STEP,
+            "{} periods for 10 ticks of a computing guest: they stayed sparse",
+            clock.now() - ticks
+        );
+        clock.stop();
+        ticker.join().expect("the ticker ends when stopped");
+    }
+
+    #[test]
+    fn an_interruption_cuts_a_sparse_sleep_short() {
+        let clock = Arc::new(TickClock::new(Duration::from_millis(50)));
+        let epochs = Arc::new(AtomicUsize::new(0));
+        let ticker = start(&clock, &epochs);
+        eventually("a sparse tick", || {
+            clock.guest_runs();
+            thread::sleep(Duration::from_millis(5));
+            clock.last_step() == SPARSE_STEP
+        });
+        // Right after a tick, the ticker sleeps towards the next sparse one, 200 ms away.
+        let epochs_then = epochs.load(Ordering::Relaxed);
+        eventually("the next tick", || {
+            epochs.load(Ordering::Relaxed) > epochs_then
+        });
+        let interrupted = Instant::now();
+        clock.guest_interrupted();
+        let epochs_then = epochs.load(Ordering::Relaxed);
+        eventually("a tick after the interruption", || {
+            epochs.load(Ordering::Relaxed) > epochs_then
+        });
+        // One period (50 ms) after the last tick, not four: with a margin for a slow machine.
+        assert!(
+            interrupted.elapsed() < Duration::from_millis(150),
+            "the tick after an interruption came {:?} later",
+            interrupted.elapsed()
+        );
+        assert_eq!(clock.last_step(), 1);
         clock.stop();
         ticker.join().expect("the ticker ends when stopped");
     }
