@@ -259,7 +259,11 @@ mod tests {
         budget.start();
         // A short call a sparse tick of 4 periods falls on keeps its 2 ms budget.
         assert!(!budget.charge(4), "a call's first tick counts one period");
-        assert_eq!(budget.total_ticks(), 4, "the connection's total counts all four");
+        assert_eq!(
+            budget.total_ticks(),
+            4,
+            "the connection's total counts all four"
+        );
         // A call still running at the next sparse tick has run through its periods.
         assert!(budget.charge(4), "1 + 4 periods are past 2 ms");
         budget.start();
