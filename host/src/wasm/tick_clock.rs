@@ -101,35 +101,29 @@ impl TickClock {
     /// guest running ([`guest_runs`](Self::guest_runs)).
     pub(crate) fn guest_interrupted(&self) {
         self.guest_runs();
-        let now = self.now();
-        if self.interrupted_at.load(Ordering::Relaxed) == now {
-            return;
-        }
-        self.interrupted_at.store(now, Ordering::Relaxed);
-        // Against the ticker's fence in `sleep_to_next_tick`: either it sees this
-        // interruption, or this sees it sleeping towards a sparse tick.
-        fence(Ordering::SeqCst);
-        if self.sparse.load(Ordering::Relaxed)
-            && self.sparse.swap(false, Ordering::AcqRel)
-            && let Some(ticker) = self.ticker.get()
-        {
-            ticker.unpark();
-        }
+        // Against the ticker's fence in `sleep_to_next_tick`.
+        self.note_and_wake(&self.interrupted_at, &self.sparse);
     }
 
     /// A guest runs (its call is polled, or it was interrupted): the ticker must tick. Wakes
     /// the ticker if it is parked.
     pub(crate) fn guest_runs(&self) {
+        // Against the ticker's fence in `park`.
+        self.note_and_wake(&self.guest_ran_at, &self.parked);
+    }
+
+    /// Note the current tick in `noted_at` (once per tick: a load, and a store when it
+    /// changes), and wake the ticker if it was `asleep`: the ticker sets `asleep`, fences, then
+    /// reads `noted_at`, so that either it sees the note or this sees it asleep.
+    fn note_and_wake(&self, noted_at: &AtomicU64, asleep: &AtomicBool) {
         let now = self.now();
-        if self.guest_ran_at.load(Ordering::Relaxed) == now {
+        if noted_at.load(Ordering::Relaxed) == now {
             return;
         }
-        self.guest_ran_at.store(now, Ordering::Relaxed);
-        // Against the ticker's fence in `park`: either it sees this run, or this sees it
-        // parked.
+        noted_at.store(now, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::Relaxed)
-            && self.parked.swap(false, Ordering::AcqRel)
+        if asleep.load(Ordering::Relaxed)
+            && asleep.swap(false, Ordering::AcqRel)
             && let Some(ticker) = self.ticker.get()
         {
             ticker.unpark();
