@@ -280,9 +280,9 @@ mod tests {
         let clock = Arc::new(TickClock::new(Duration::from_millis(1)));
         let epochs = Arc::new(AtomicUsize::new(0));
         let ticker = start(&clock, &epochs);
-        // A guest interrupted at every tick notes it runs each time: the ticks go on (were
-        // the test thread descheduled long enough for the ticker to park, its next note
-        // wakes it).
+        // Guests that keep running note it at every poll: the ticks go on, sparse (were the
+        // test thread descheduled long enough for the ticker to park, its next note wakes
+        // it).
         eventually("20 ticks under a running guest", || {
             clock.guest_runs();
             thread::sleep(Duration::from_micros(200));
