@@ -53,20 +53,21 @@ rate() {
     done
     local addr
     addr=$(sed -n 's/^listening on //p' "$out/stdout")
+    local load_args field=server_cpu_us_per_op
     case $load in
         echo)
-            "${pin_client[@]}" "$loadgen" echo --addr "$addr" --conns 100 --size 64 --seconds 4 |
-                sed -n 's/.*round_trips_per_sec=\([0-9.]*\).*/\1/p' ;;
+            load_args=(echo --conns 100 --size 64)
+            field=round_trips_per_sec ;;
         paced)
-            "${pin_client[@]}" "$loadgen" paced --addr "$addr" --rate 30000 --seconds 4 \
-                --server-pid "$server" | sed -n 's/.*server_cpu_us_per_op=\([0-9.]*\).*/\1/p' ;;
+            load_args=(paced --rate 30000 --server-pid "$server") ;;
         paced-connect)
             # As in `make bench`'s paced scenario, the server has first held 100 connections
             # at once: its pools have that many slots freed, as a server past a busy moment.
             "${pin_client[@]}" "$loadgen" paced --addr "$addr" --rate 30000 --seconds 1 >/dev/null
-            "${pin_client[@]}" "$loadgen" paced --addr "$addr" --connect --rate 5000 --seconds 4 \
-                --server-pid "$server" | sed -n 's/.*server_cpu_us_per_op=\([0-9.]*\).*/\1/p' ;;
+            load_args=(paced --connect --rate 5000 --server-pid "$server") ;;
     esac
+    "${pin_client[@]}" "$loadgen" "${load_args[@]}" --addr "$addr" --seconds 4 |
+        sed -n "s/.*$field=\([0-9.]*\).*/\1/p"
     kill -TERM "$server"
     wait "$server" 2>/dev/null || true
 }

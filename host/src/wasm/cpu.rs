@@ -8,11 +8,11 @@
 //! while no guest computes across ticks (`wasm::tick_clock`), such a tick standing for the
 //! periods since the last one. A running guest is interrupted at the first epoch check after
 //! a tick, and charged that tick if the tick fell after the guest last started running: the
-//! start of its call, or the moment its
-//! call was polled again after any wait (a yield, its turn for a core, a WASI sleep). Ticks
-//! fall at times that have nothing to do with the guest, so the ticks a guest is charged are
-//! a sample of the CPU it used: a guest that computes 5 ms is charged about 5, however its
-//! work is split into calls. Time the guest did not run is not charged:
+//! start of its call, or the moment its call was polled again after any wait (a yield, its
+//! turn for a core, a WASI sleep). Ticks fall at times that have nothing to do with the
+//! guest, so the ticks a guest is charged are a sample of the CPU it used: a guest that
+//! computes 5 ms is charged about 5, however its work is split into calls. Time the guest did
+//! not run is not charged:
 //!
 //! * the process frozen (SIGSTOP, a CPU quota, a stolen vCPU): the ticker thread is frozen
 //!   too, so no tick passes;

@@ -105,9 +105,9 @@ impl Instance {
         store.limiter(|state| state.memory_cap());
         store.epoch_deadline_callback(|mut store| {
             let state = store.data_mut();
-            // Still running: the ticker must keep ticking, every period.
-            state.cpu.clock().guest_interrupted();
             if !state.cpu.ran_a_tick() {
+                // Still running: the ticker must keep ticking.
+                state.cpu.clock().guest_runs();
                 // No tick since the guest started running: nothing to charge. It stops only
                 // if it holds no core and must wait its turn for one (its listener's guests
                 // queue for cores while another listener is active).
@@ -116,12 +116,13 @@ impl Instance {
                 }
                 return Ok(UpdateDeadline::Continue(1));
             }
+            // A tick fell while it ran: it computes across ticks, so the ticker must tick
+            // every period.
+            state.cpu.clock().guest_interrupted();
             // A sparse tick stands for several periods (`wasm::tick_clock`).
             let step = state.cpu.clock().last_step();
             let exceeded = state.budget.charge(step);
-            state
-                .cpu_total
-                .add(state.cpu.clock().period() * u32::try_from(step).unwrap_or(1));
+            state.cpu_total.add(state.cpu.clock().span(step));
             if exceeded {
                 state.cpu.release_slot();
                 return Err(CpuBudgetExceeded(state.budget.limit()).into());

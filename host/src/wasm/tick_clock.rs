@@ -96,6 +96,12 @@ impl TickClock {
         self.last_step.load(Ordering::Acquire)
     }
 
+    /// How long a tick of `step` periods stands for.
+    pub(crate) fn span(&self, step: u64) -> Duration {
+        self.period
+            .saturating_mul(u32::try_from(step).unwrap_or(u32::MAX))
+    }
+
     /// A guest was interrupted by a tick: it computes across ticks, so the ticker must tick
     /// every period. Wakes a ticker that sleeps towards a sparse tick, and counts as the
     /// guest running ([`guest_runs`](Self::guest_runs)).
@@ -176,7 +182,7 @@ impl TickClock {
             } else {
                 SPARSE_STEP
             };
-            let due = last_tick + self.period * u32::try_from(step).unwrap_or(u32::MAX);
+            let due = last_tick + self.span(step);
             let now = Instant::now();
             if now >= due {
                 self.sparse.store(false, Ordering::Relaxed);
