@@ -41,7 +41,7 @@ use crate::observe::histogram;
 use crate::observe::stats::{Call, Stats};
 use crate::wasm::bindings::plugin::types::{CloseReason, ConnInfo, Event, Next};
 use crate::wasm::cpu::{ConnCpu, CpuGroup};
-use crate::wasm::exports::InstanceExports;
+use crate::wasm::exports::Handler;
 use crate::wasm::limits::{CpuBudgetExceeded, within_call_timeout};
 use crate::wasm::plugin::Plugin;
 use crate::wasm::store::{ConnSettings, ConnState};
@@ -51,7 +51,10 @@ use crate::wasm::store::{ConnSettings, ConnState};
 /// [`Instance::close`]; after a [`GuestFault`] make no further call.
 pub struct Instance {
     store: Store<ConnState>,
-    exports: InstanceExports,
+    /// The guest's handler functions.
+    handler: Handler,
+    /// The component instance, where `handoff` is looked up when a swap calls it.
+    instance: wasmtime::component::Instance,
     conn_id: u64,
     call_timeout: Duration,
     /// The guest's CPU state (also in the store), for the call's poll wrapper.
@@ -60,8 +63,9 @@ pub struct Instance {
     mailbox_waits: Arc<MailboxWaits>,
     /// The listener's counters, where its calls are timed.
     stats: Arc<Stats>,
-    /// Keeps the runtime, and so its epoch ticker, alive as long as the instance.
-    _plugin: Plugin,
+    /// Its plugin: where `handoff` is found. Keeps the runtime, and so its epoch ticker,
+    /// alive as long as the instance.
+    plugin: Plugin,
 }
 
 impl Instance {
@@ -134,11 +138,14 @@ impl Instance {
         // Instantiation runs the guest's start functions.
         store.data().cpu.polled();
         let instantiated = match plugin.pre().instantiate_async(&mut store).await {
-            Ok(instance) => plugin.exports().load(&mut store, &instance),
+            Ok(instance) => plugin
+                .exports()
+                .load(&mut store, &instance)
+                .map(|handler| (handler, instance)),
             Err(e) => Err(e),
         };
-        let exports = match instantiated {
-            Ok(exports) => exports,
+        let (handler, instance) = match instantiated {
+            Ok(loaded) => loaded,
             Err(e) => {
                 return Err(InstantiateError {
                     plugin: plugin.name().to_string(),
@@ -157,10 +164,11 @@ impl Instance {
             cpu: Arc::clone(store.data().cpu()),
             mailbox_waits: Arc::clone(store.data().mailbox_waits()),
             store,
-            exports,
+            handler,
+            instance,
             conn_id: settings.conn_id,
             call_timeout: settings.call_timeout,
-            _plugin: plugin.clone(),
+            plugin: plugin.clone(),
         })
     }
 
@@ -233,7 +241,7 @@ impl Instance {
     pub async fn init(&mut self, info: &ConnInfo) -> Result<Result<Next, String>, GuestFault> {
         let started = histogram::started();
         self.start_call();
-        let call = self.exports.init(&mut self.store, info);
+        let call = self.handler.init(&mut self.store, info);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
@@ -249,7 +257,7 @@ impl Instance {
     pub async fn handle(&mut self, event: &Event) -> Result<Next, GuestFault> {
         let started = histogram::started();
         self.start_call();
-        let call = self.exports.handle(&mut self.store, event);
+        let call = self.handler.handle(&mut self.store, event);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
@@ -265,7 +273,7 @@ impl Instance {
     pub async fn close(&mut self, reason: &CloseReason) -> Result<(), GuestFault> {
         let started = histogram::started();
         self.start_call();
-        let call = self.exports.close(&mut self.store, reason);
+        let call = self.handler.close(&mut self.store, reason);
         let result =
             within_call_timeout(self.call_timeout, &self.cpu, &self.mailbox_waits, call).await;
         self.end_call();
@@ -276,7 +284,7 @@ impl Instance {
     /// Whether the plugin exports `handoff` ([`Instance::snapshot`], [`Instance::resume`]).
     #[must_use]
     pub fn can_hand_off(&self) -> bool {
-        self.exports.handoff().is_some()
+        self.plugin.exports_handoff()
     }
 
     /// `handoff.snapshot`: the connection's state, for a newer version's
@@ -286,10 +294,13 @@ impl Instance {
     ///
     /// A [`GuestFault`] when the guest traps or runs past its CPU budget.
     pub async fn snapshot(&mut self) -> Result<Option<Vec<u8>>, GuestFault> {
-        let Some(handoff) = self.exports.handoff() else {
+        let handoff = self
+            .plugin
+            .exports()
+            .load_handoff(&mut self.store, &self.instance);
+        let Some(handoff) = handoff.map_err(|e| self.fault(&e))? else {
             return Ok(None);
         };
-        let handoff = handoff.clone();
         self.start_call();
         let call = handoff.call_snapshot(&mut self.store);
         let result =
@@ -310,10 +321,13 @@ impl Instance {
         info: &ConnInfo,
         state: &[u8],
     ) -> Result<Result<Next, String>, GuestFault> {
-        let Some(handoff) = self.exports.handoff() else {
+        let handoff = self
+            .plugin
+            .exports()
+            .load_handoff(&mut self.store, &self.instance);
+        let Some(handoff) = handoff.map_err(|e| self.fault(&e))? else {
             return Ok(Err("the plugin does not export handoff".to_string()));
         };
-        let handoff = handoff.clone();
         self.start_call();
         let call = handoff.call_resume(&mut self.store, info, state);
         let result =

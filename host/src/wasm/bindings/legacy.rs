@@ -4,19 +4,13 @@
 //! [`CloseReason`] here (an `upgrade` reaches them as `shutdown`).
 //!
 //! wasmtime type-checks component values by shape, not by name, so the 0.2.0 types lower
-//! into 0.1.0's exactly. The shapes are checked when an instance's functions are loaded
-//! ([`HandlerIndices::load`]): a component whose 0.1.0 exports have others fails its first
-//! instance — the check a listener runs before it serves, or a swap's probe.
+//! into 0.1.0's exactly. The shapes are checked when a plugin's first instance is loaded
+//! (`wasm::exports`): a component whose 0.1.0 exports have others fails its first instance —
+//! the check a listener runs before it serves, or a swap's probe.
 
-use wasmtime::AsContextMut;
-use wasmtime::component::{
-    ComponentExportIndex, ComponentNamedList, ComponentType, Func, Instance, InstancePre, Lift,
-    Linker, Lower, TypedFunc,
-};
+use wasmtime::component::{ComponentType, Linker, Lower};
 
-use crate::wasm::bindings::plugin::types::{
-    CloseReason as CurrentCloseReason, ConnInfo, Event, Next,
-};
+use crate::wasm::bindings::plugin::types::CloseReason as CurrentCloseReason;
 use crate::wasm::bindings::plugin::{config, connection, log, mailbox};
 use crate::wasm::store::ConnState;
 
@@ -97,133 +91,4 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ConnState>) -> wasmtime::Result<
         Ok(())
     })?;
     Ok(())
-}
-
-/// Where a 0.1.0 component's handler functions are, found once per plugin.
-#[derive(Clone)]
-pub(crate) struct HandlerIndices {
-    init: ComponentExportIndex,
-    handle: ComponentExportIndex,
-    close: ComponentExportIndex,
-}
-
-impl HandlerIndices {
-    /// Find the handler's functions in `pre`'s component (their types are checked by
-    /// [`HandlerIndices::load`]).
-    pub(crate) fn new(pre: &InstancePre<ConnState>) -> wasmtime::Result<Self> {
-        let component = pre.component();
-        let interface = component
-            .get_export_index(None, HANDLER_EXPORT)
-            .ok_or_else(|| {
-                wasmtime::format_err!("no exported instance named `{HANDLER_EXPORT}`")
-            })?;
-        let lookup = |name: &str| {
-            component
-                .get_export_index(Some(&interface), name)
-                .ok_or_else(|| wasmtime::format_err!("`{HANDLER_EXPORT}` does not export `{name}`"))
-        };
-        Ok(Self {
-            init: lookup("init")?,
-            handle: lookup("handle")?,
-            close: lookup("close")?,
-        })
-    }
-
-    /// The functions of `instance`, type-checked against the shapes the host calls them with.
-    pub(crate) fn load(
-        &self,
-        mut store: impl AsContextMut<Data = ConnState>,
-        instance: &Instance,
-    ) -> wasmtime::Result<Handler> {
-        let mut store = store.as_context_mut();
-        let func = |store: &mut wasmtime::StoreContextMut<'_, ConnState>, index, name: &str| {
-            instance
-                .get_func(&mut *store, index)
-                .ok_or_else(|| wasmtime::format_err!("`{HANDLER_EXPORT}` has no function `{name}`"))
-        };
-        let handler = Handler {
-            init: func(&mut store, &self.init, "init")?,
-            handle: func(&mut store, &self.handle, "handle")?,
-            close: func(&mut store, &self.close, "close")?,
-        };
-        // The checks the calls rely on (`Handler::typed`).
-        handler.init.typed::<InitParams<'_>, InitResults>(&store)?;
-        handler
-            .handle
-            .typed::<HandleParams<'_>, HandleResults>(&store)?;
-        handler
-            .close
-            .typed::<CloseParams<'_>, CloseResults>(&store)?;
-        Ok(handler)
-    }
-}
-
-type InitParams<'a> = (&'a ConnInfo,);
-type InitResults = (Result<Next, String>,);
-type HandleParams<'a> = (&'a Event,);
-type HandleResults = (Next,);
-type CloseParams<'a> = (&'a CloseReason,);
-type CloseResults = ();
-
-/// A 0.1.0 instance's handler functions, type-checked once by [`HandlerIndices::load`].
-pub(crate) struct Handler {
-    init: Func,
-    handle: Func,
-    close: Func,
-}
-
-impl Handler {
-    pub(crate) async fn call_init(
-        &self,
-        mut store: impl AsContextMut<Data = ConnState>,
-        info: &ConnInfo,
-    ) -> wasmtime::Result<Result<Next, String>> {
-        // SAFETY: `load` checked `init` against these aliases.
-        #[allow(unsafe_code)]
-        let func = unsafe { Self::typed::<InitParams<'_>, InitResults>(self.init) };
-        Ok(func.call_async(&mut store, (info,)).await?.0)
-    }
-
-    pub(crate) async fn call_handle(
-        &self,
-        mut store: impl AsContextMut<Data = ConnState>,
-        event: &Event,
-    ) -> wasmtime::Result<Next> {
-        // SAFETY: `load` checked `handle` against these aliases.
-        #[allow(unsafe_code)]
-        let func = unsafe { Self::typed::<HandleParams<'_>, HandleResults>(self.handle) };
-        Ok(func.call_async(&mut store, (event,)).await?.0)
-    }
-
-    pub(crate) async fn call_close(
-        &self,
-        mut store: impl AsContextMut<Data = ConnState>,
-        reason: &CurrentCloseReason,
-    ) -> wasmtime::Result<()> {
-        let reason = CloseReason::from(reason);
-        // SAFETY: `load` checked `close` against these aliases.
-        #[allow(unsafe_code)]
-        let func = unsafe { Self::typed::<CloseParams<'_>, CloseResults>(self.close) };
-        func.call_async(&mut store, (&reason,)).await
-    }
-
-    /// `func` as a typed function without checking its type again: `Func::typed` walks the
-    /// parameter and result types and compares record and variant names as strings, which
-    /// cost every call when done per call (issue 16). What wasmtime's generated bindings do
-    /// after their own check once per instance.
-    ///
-    /// # Safety
-    ///
-    /// `func` must have passed `Func::typed::<P, R>`: `HandlerIndices::load` checks `init`,
-    /// `handle` and `close` against the `*Params`/`*Results` aliases the three callers use,
-    /// and a `Handler` is made nowhere else.
-    #[allow(unsafe_code)]
-    unsafe fn typed<P, R>(func: Func) -> TypedFunc<P, R>
-    where
-        P: ComponentNamedList + Lower,
-        R: ComponentNamedList + Lift,
-    {
-        // SAFETY: the caller's promise above.
-        unsafe { TypedFunc::new_unchecked(func) }
-    }
 }
