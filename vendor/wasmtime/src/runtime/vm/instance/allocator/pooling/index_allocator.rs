@@ -463,20 +463,23 @@ impl ModuleAffinityIndexAllocator {
     /// Same as [`Self::free`], but frees many slots under a single lock
     /// acquisition per shard to reduce contention when a decommit-queue
     /// flush returns a whole batch of slots at once.
+    ///
+    /// A shard's lock is held across each run of consecutive slots in that
+    /// shard: a batch comes from one thread, whose slots are mostly in its
+    /// home shard, so this is one lock per batch as a rule, without the
+    /// per-shard buckets (kilobytes of inline vectors built and moved for
+    /// every batch, even of one slot).
     pub(crate) fn free_many(&self, items: impl IntoIterator<Item = (SlotId, usize)>) {
-        let mut per_shard: smallvec::SmallVec<[smallvec::SmallVec<[(SlotId, usize); 8]>; 16]> =
-            (0..self.shards.len()).map(|_| Default::default()).collect();
+        let mut locked: Option<(ShardId, std::sync::MutexGuard<'_, Inner>)> = None;
         for (index, bytes_resident) in items {
             let (shard, local) = self.shard_of(index);
-            per_shard[shard.index()].push((local, bytes_resident));
-        }
-        for (shard, items) in per_shard.into_iter().enumerate() {
-            if items.is_empty() {
-                continue;
+            if locked.as_ref().is_none_or(|(held, _)| *held != shard) {
+                // Unlock the previous shard before locking the next.
+                drop(locked.take());
+                locked = Some((shard, self.shard(shard).lock().unwrap()));
             }
-            let mut inner = self.shard(ShardId::from_index(shard)).lock().unwrap();
-            for (local, bytes_resident) in items {
-                Self::free_locked(&mut inner, local, bytes_resident);
+            if let Some((_, inner)) = locked.as_mut() {
+                Self::free_locked(inner, local, bytes_resident);
             }
         }
     }

@@ -497,18 +497,22 @@ impl MemoryPool {
         &self,
         items: impl Iterator<Item = (MemoryAllocationIndex, Option<MemoryImageSlot>, usize)>,
     ) {
-        let mut per_stripe: smallvec::SmallVec<[smallvec::SmallVec<[(SlotId, usize); 8]>; 16]> = (0
-            ..self.stripes.len())
-            .map(|_| Default::default())
-            .collect();
+        // Each run of consecutive slots in one stripe is freed together (with
+        // one stripe, the usual case, that is the whole batch), rather than
+        // bucketed per stripe in kilobytes of inline vectors built and moved
+        // for every batch.
+        let mut run: smallvec::SmallVec<[(SlotId, usize); 8]> = smallvec::SmallVec::new();
+        let mut run_stripe = 0;
         for (allocation_index, image, bytes_resident) in items {
             let (stripe_index, slot_id) = self.return_slot(allocation_index, image);
-            per_stripe[stripe_index].push((slot_id, bytes_resident));
-        }
-        for (stripe, items) in self.stripes.iter().zip(per_stripe) {
-            if !items.is_empty() {
-                stripe.allocator.free_many(items);
+            if stripe_index != run_stripe && !run.is_empty() {
+                self.stripes[run_stripe].allocator.free_many(run.drain(..));
             }
+            run_stripe = stripe_index;
+            run.push((slot_id, bytes_resident));
+        }
+        if !run.is_empty() {
+            self.stripes[run_stripe].allocator.free_many(run);
         }
     }
 

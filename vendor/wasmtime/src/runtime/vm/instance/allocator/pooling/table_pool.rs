@@ -234,6 +234,20 @@ impl TablePool {
         let table_byte_size_page_aligned = HostAlignedByteCount::new_rounded_up(table_byte_size)
             .expect("table entry size doesn't overflow");
 
+        // A table that fits in what is kept resident (a small guest's, of a
+        // few entries) is reset by zeroing the bytes its elements occupy, not
+        // whole pages: no element past `size()` was written since the slot's
+        // last reset (a table only grows, and growing writes within the new
+        // size), so everything past them is still zero.
+        if table_byte_size_page_aligned <= self.keep_resident {
+            // SAFETY: `base` is valid for the slot's size, which holds at
+            // least `table_byte_size` bytes, and the table is not in use.
+            unsafe {
+                std::ptr::write_bytes(base, 0, table_byte_size);
+            }
+            return table_byte_size_page_aligned.byte_count();
+        }
+
         // SAFETY: The `base` pointer is valid for `size` bytes and is safe to
         // mutate here given the contract of our own function.
         unsafe {
