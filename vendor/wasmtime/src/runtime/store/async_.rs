@@ -189,6 +189,17 @@ impl StoreOpaque {
     }
 
     pub(crate) fn deallocate_fiber_stack(&mut self, stack: wasmtime_fiber::FiberStack) {
+        // An allocator that keeps recently used stacks warm per thread gets
+        // the stack back at once: the next call, of this store or another,
+        // then runs on the stack its thread used last rather than on one
+        // kept per store (cold when a thread serves many stores in turn).
+        if self.engine.allocator().keeps_fiber_stacks_warm() {
+            // SAFETY: the stack came from this allocator and its call is over.
+            unsafe {
+                self.engine.allocator().deallocate_fiber_stack(stack);
+            }
+            return;
+        }
         self.flush_fiber_stack();
         *self.async_state.last_fiber_stack() = Some(stack);
     }

@@ -245,6 +245,15 @@ pub unsafe trait InstanceAllocator: Send + Sync {
     #[cfg(feature = "async")]
     unsafe fn deallocate_fiber_stack(&self, stack: wasmtime_fiber::FiberStack);
 
+    /// Whether this allocator keeps the fiber stacks deallocated most recently
+    /// warm for the next allocation on the same thread, so that a store gives
+    /// its stack back after every call instead of keeping it for its own next
+    /// call (`StoreOpaque::deallocate_fiber_stack`).
+    #[cfg(feature = "async")]
+    fn keeps_fiber_stacks_warm(&self) -> bool {
+        false
+    }
+
     /// Allocate a GC heap for allocating Wasm GC objects within.
     #[cfg(feature = "gc")]
     fn allocate_gc_heap(

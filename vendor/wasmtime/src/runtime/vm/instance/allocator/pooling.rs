@@ -142,6 +142,13 @@ use wasmtime_environ::{
     component::{Component, VMComponentOffsets},
 };
 
+/// How many of the most recently used fiber stacks each shard keeps warm.
+#[cfg(feature = "async")]
+const WARM_STACKS_PER_SHARD: usize = 4;
+
+#[cfg(feature = "async")]
+type WarmStacks = smallvec::SmallVec<[wasmtime_fiber::FiberStack; WARM_STACKS_PER_SHARD]>;
+
 fn round_up_to_pow2(n: usize, to: usize) -> usize {
     debug_assert!(to > 0);
     debug_assert!(to.is_power_of_two());
@@ -225,6 +232,15 @@ pub struct PoolingInstanceAllocator {
     stacks: StackPool,
     #[cfg(feature = "async")]
     live_stacks: AtomicUsize,
+    /// Fiber stacks that finished a call most recently, per shard (each thread
+    /// uses its home shard): the next call of any store on the thread runs on
+    /// the stack the thread used last, warm in its caches, rather than on its
+    /// store's own stack, one of many and cold. Only without
+    /// `async_stack_zeroing` (a stack that had to be zeroed between calls
+    /// would gain nothing). The stacks here are out of the stack pool's index
+    /// allocator, as if in use.
+    #[cfg(feature = "async")]
+    warm_stacks: Box<[CachePadded<Mutex<WarmStacks>>]>,
 
     pagemap: Option<PageMap>,
     config: PoolingAllocationConfig,
@@ -261,6 +277,7 @@ impl Drop for PoolingInstanceAllocator {
 
         #[cfg(feature = "async")]
         {
+            self.release_warm_stacks();
             debug_assert!(self.stacks.is_empty());
             debug_assert_eq!(self.live_stacks.load(Ordering::Acquire), 0);
         }
@@ -292,6 +309,10 @@ impl PoolingInstanceAllocator {
             stacks: StackPool::new(config)?,
             #[cfg(feature = "async")]
             live_stacks: AtomicUsize::new(0),
+            #[cfg(feature = "async")]
+            warm_stacks: (0..default_shard_count())
+                .map(|_| CachePadded(Mutex::new(WarmStacks::new())))
+                .try_collect::<Box<[_]>, OutOfMemory>()?,
             pagemap: match config.pagemap_scan {
                 Enabled::Auto => PageMap::new(),
                 Enabled::Yes => Some(PageMap::new().ok_or_else(|| {
@@ -459,6 +480,46 @@ impl PoolingInstanceAllocator {
             }
         }
         result
+    }
+
+    /// The warm stack `shard` finished a call on most recently, if any.
+    #[cfg(feature = "async")]
+    fn take_warm_stack(&self, shard: ShardId) -> Option<wasmtime_fiber::FiberStack> {
+        self.warm_stacks[shard.index()].0.lock().unwrap().pop()
+    }
+
+    /// Return every warm stack to the stack pool.
+    #[cfg(feature = "async")]
+    fn release_warm_stacks(&self) {
+        for shard in self.warm_stacks.iter() {
+            let stacks = core::mem::take(&mut *shard.0.lock().unwrap());
+            for stack in stacks {
+                // SAFETY: a warm stack is in use by no fiber.
+                unsafe { self.return_stack_to_pool(stack) };
+            }
+        }
+    }
+
+    /// Zero `stack` if so configured and free its slot in the stack pool.
+    ///
+    /// # Safety
+    ///
+    /// The stack must have come from this pool and be in use by no fiber.
+    #[cfg(feature = "async")]
+    unsafe fn return_stack_to_pool(&self, mut stack: wasmtime_fiber::FiberStack) {
+        let mut queue = DecommitQueue::default();
+        // SAFETY: the stack is no longer in use by definition when this
+        // function is called and memory ranges pushed here are otherwise no
+        // longer in use.
+        let bytes_resident = unsafe {
+            self.stacks
+                .zero_stack(&mut stack, |ptr, len| queue.push_raw(ptr, len))
+        };
+        // SAFETY: this stack's memory regions were enqueued above.
+        unsafe {
+            queue.push_stack(stack, bytes_resident);
+        }
+        self.merge_or_flush(queue);
     }
 
     fn merge_or_flush(&self, mut local_queue: DecommitQueue) {
@@ -793,27 +854,45 @@ unsafe impl InstanceAllocator for PoolingInstanceAllocator {
 
     #[cfg(feature = "async")]
     fn allocate_fiber_stack(&self) -> Result<wasmtime_fiber::FiberStack> {
-        let ret = self.with_flush_and_retry(|| self.stacks.allocate())?;
+        let ret = match self.take_warm_stack(thread_shard(self.warm_stacks.len())) {
+            Some(stack) => stack,
+            None => self
+                .with_flush_and_retry(|| self.stacks.allocate())
+                .or_else(|e| {
+                    // The pool is exhausted: the other threads' warm stacks
+                    // are the last ones left.
+                    (0..self.warm_stacks.len())
+                        .find_map(|i| self.take_warm_stack(ShardId::from_index(i)))
+                        .ok_or(e)
+                })?,
+        };
         self.live_stacks.fetch_add(1, Ordering::Relaxed);
         Ok(ret)
     }
 
     #[cfg(feature = "async")]
-    unsafe fn deallocate_fiber_stack(&self, mut stack: wasmtime_fiber::FiberStack) {
+    fn keeps_fiber_stacks_warm(&self) -> bool {
+        !self.config.async_stack_zeroing
+    }
+
+    #[cfg(feature = "async")]
+    unsafe fn deallocate_fiber_stack(&self, stack: wasmtime_fiber::FiberStack) {
+        let mut stack = stack;
         self.live_stacks.fetch_sub(1, Ordering::Relaxed);
-        let mut queue = DecommitQueue::default();
-        // SAFETY: the stack is no longer in use by definition when this
-        // function is called and memory ranges pushed here are otherwise no
-        // longer in use.
-        let bytes_resident = unsafe {
-            self.stacks
-                .zero_stack(&mut stack, |ptr, len| queue.push_raw(ptr, len))
-        };
-        // SAFETY: this stack's memory regions were enqueued above.
-        unsafe {
-            queue.push_stack(stack, bytes_resident);
+        if self.keeps_fiber_stacks_warm() {
+            let shard = thread_shard(self.warm_stacks.len());
+            let mut warm = self.warm_stacks[shard.index()].0.lock().unwrap();
+            if warm.len() < WARM_STACKS_PER_SHARD {
+                warm.push(stack);
+                return;
+            }
+            // Full: the oldest goes back to the pool, the newest stays.
+            stack = core::mem::replace(&mut warm[0], stack);
+            warm.rotate_left(1);
         }
-        self.merge_or_flush(queue);
+        // SAFETY: the caller's contract (the stack came from this pool and is
+        // no longer in use).
+        unsafe { self.return_stack_to_pool(stack) };
     }
 
     fn purge_module(&self, module: CompiledModuleId) {
