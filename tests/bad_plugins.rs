@@ -190,3 +190,38 @@ fn a_node_sizes_its_pool_for_the_plugins_it_starts_with() {
     assert_eq!(more.core_instances_needed(), 20);
     assert_eq!(shoal_host::NodeSpec::default().core_instances_needed(), 4);
 }
+
+/// A component that exports shoal's handler interface by name, with functions of another type:
+/// each `init`, `handle` and `close` takes nothing and returns nothing.
+const HANDLER_OF_WRONG_TYPES: &str = r#"
+(component
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (type $nothing (func))
+  (func $f (type $nothing) (canon lift (core func $i "f")))
+  (instance $handler
+    (export "init" (func $f))
+    (export "handle" (func $f))
+    (export "close" (func $f)))
+  (export "shoal:plugin/handler@0.2.0" (instance $handler))
+)
+"#;
+
+#[tokio::test]
+async fn a_handler_of_other_types_fails_every_instance_not_only_the_first() {
+    // The types are checked once per plugin, when an instance first passes the check: one
+    // that fails must not count as checked.
+    let bytes = wat::parse_str(HANDLER_OF_WRONG_TYPES).expect("valid text");
+    let plugin =
+        Plugin::from_bytes(&runtime(), "wrong-types", &bytes).expect("the names match: it loads");
+    for attempt in 1..=2 {
+        let err = shoal_host::Instance::probe(&plugin, &shoal_host::ServerConfig::default())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("attempt {attempt}: an instance of wrong types started"));
+        assert!(
+            err.to_string().contains("type mismatch"),
+            "attempt {attempt}: {err}"
+        );
+    }
+}
