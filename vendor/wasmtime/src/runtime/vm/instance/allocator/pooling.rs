@@ -876,8 +876,7 @@ unsafe impl InstanceAllocator for PoolingInstanceAllocator {
     }
 
     #[cfg(feature = "async")]
-    unsafe fn deallocate_fiber_stack(&self, stack: wasmtime_fiber::FiberStack) {
-        let mut stack = stack;
+    unsafe fn deallocate_fiber_stack(&self, mut stack: wasmtime_fiber::FiberStack) {
         self.live_stacks.fetch_sub(1, Ordering::Relaxed);
         if self.keeps_fiber_stacks_warm() {
             let shard = thread_shard(self.warm_stacks.len());
