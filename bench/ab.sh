@@ -11,6 +11,8 @@
 # load generator on core 0 when `taskset` is there, serving target/plugins/echo.wasm:
 # `loadgen echo --conns 100 --size 64` for 4 s each. A gets `--no-cache` (A_FLAGS to change);
 # B gets B_FLAGS (empty by default: builds older than the compile cache have no such flag).
+# A_PLUGIN and B_PLUGIN serve another component than target/plugins/echo.wasm (to compare two
+# builds of a plugin on one shoal: `A_PLUGIN=new.wasm B_PLUGIN=old.wasm bench/ab.sh S S`).
 #
 # LOAD picks the load and what is compared:
 #   echo           (default) `loadgen echo`: round trips per second at saturation;
@@ -25,6 +27,8 @@ b=$2
 rounds=${3:-12}
 a_flags=${A_FLAGS---no-cache}
 b_flags=${B_FLAGS:-}
+a_plugin=${A_PLUGIN:-$root/target/plugins/echo.wasm}
+b_plugin=${B_PLUGIN:-$root/target/plugins/echo.wasm}
 loadgen=$root/target/release/loadgen
 [ -x "$loadgen" ] || { echo "ab.sh: build loadgen first (make bench)" >&2; exit 1; }
 load=${LOAD:-echo}
@@ -42,9 +46,9 @@ trap 'rm -rf "$out"' EXIT
 # One server's figure for one 4-second load: round trips per second (echo), or its CPU time
 # per operation (paced loads).
 rate() {
-    local binary=$1 flags=$2
+    local binary=$1 flags=$2 plugin=$3
     # shellcheck disable=SC2086 # flags are words
-    "${pin[@]}" "$binary" serve --listen 127.0.0.1:0 $flags "$root/target/plugins/echo.wasm" \
+    "${pin[@]}" "$binary" serve --listen 127.0.0.1:0 $flags "$plugin" \
         >"$out/stdout" 2>/dev/null &
     local server=$!
     for _ in $(seq 100); do
@@ -75,11 +79,11 @@ rate() {
 ratios=()
 for round in $(seq "$rounds"); do
     if [ $((round % 2)) = 1 ]; then
-        x=$(rate "$a" "$a_flags")
-        y=$(rate "$b" "$b_flags")
+        x=$(rate "$a" "$a_flags" "$a_plugin")
+        y=$(rate "$b" "$b_flags" "$b_plugin")
     else
-        y=$(rate "$b" "$b_flags")
-        x=$(rate "$a" "$a_flags")
+        y=$(rate "$b" "$b_flags" "$b_plugin")
+        x=$(rate "$a" "$a_flags" "$a_plugin")
     fi
     ratio=$(python3 -c "print(f'{$x / $y:.3f}')")
     ratios+=("$ratio")

@@ -2,8 +2,9 @@
 #
 # A plugin whose Cargo.toml says `wasi = false` under [package.metadata.shoal] uses no WASI:
 # it is built for wasm32-unknown-unknown and made a component without the WASI adapter, so it
-# imports only shoal:plugin (one core instance instead of three; ~29 % fewer instructions to
-# instantiate). Every other plugin is built for a WASI target.
+# imports only shoal:plugin (~29 % fewer instructions to instantiate; with `--import-memory`,
+# plugins/.cargo/config.toml, two core instances: its memory's and its own). Every other
+# plugin is built for a WASI target.
 
 # The names of the plugins that use no WASI, one per line.
 wasi_free_plugins() {
