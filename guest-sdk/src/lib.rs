@@ -39,6 +39,12 @@
 //! `-C link-arg=-zstack-size=65536` (shoal's `plugins/.cargo/config.toml` does); turn the
 //! feature off to use a `#[global_allocator]` of your own.
 //!
+//! Link such a plugin with `-C link-arg=--import-memory` too: its core module then imports
+//! its linear memory, the component defines it in a module of its own, and the guest's calls
+//! to [`send`] and [`log`] reach the host directly rather than through an indirect call in a
+//! shim module (which would otherwise exist only because the memory those imports need is
+//! defined by the very module that imports them).
+//!
 //! # Lifecycle
 //!
 //! The lifecycle of a connection — when each step runs, what [`Next::Close`] and an `Err`
