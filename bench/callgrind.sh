@@ -12,7 +12,8 @@
 # -i on` and a dump:
 #   connection   300 connections, one after another: connect, 64-byte echo, close
 #   round trip   10 open connections, 300 rounds of a 512-byte echo on each
-# and prints the instructions per connection and per round trip.
+# and prints the instructions per connection and per round trip. With KEEP=DIR the dumps are
+# copied to DIR for `callgrind_annotate` (the round trip's is the newest).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 shoal=${1:-$root/target/release/shoal}
@@ -54,3 +55,4 @@ count() {
 }
 count connection 300 connection
 count roundtrip 3000 "round trip"
+[ -z "${KEEP:-}" ] || cp "$out"/cg.* "$KEEP"/
