@@ -35,9 +35,12 @@
 //! allocator (dlmalloc) fed first from the unused end of the initial linear memory, so that
 //! serving a connection does not grow the memory (each growth costs the host a page fault and
 //! two `mprotect` calls per connection). Link with an initial memory that leaves 64 KiB free
-//! past the data segments, e.g. `-C link-arg=--initial-memory=196608` next to
-//! `-C link-arg=-zstack-size=65536` (shoal's `plugins/.cargo/config.toml` does); turn the
-//! feature off to use a `#[global_allocator]` of your own.
+//! past the stack and the data segments, e.g. `-C link-arg=--initial-memory=196608` with a
+//! stack of tens of KiB; turn the feature off to use a `#[global_allocator]` of your own.
+//! shoal's `plugins/.cargo/config.toml` gives its plugins a 57 KiB stack
+//! (`-C link-arg=-zstack-size=58368`): the data sits right above the stack's top, and a top
+//! in the middle of a page puts the live frames, a small plugin's data and the heap's first
+//! blocks in one 4 KiB page, one page fewer for each connection to touch and reset.
 //!
 //! Link such a plugin with `-C link-arg=--import-memory` too: its core module then imports
 //! its linear memory, the component defines it in a module of its own, and the guest's calls
