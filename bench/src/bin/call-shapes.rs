@@ -73,13 +73,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn linker(engine: &Engine) -> Result<Linker<Conn>> {
+/// A linker with `send`, which counts the bytes sent, and `next-event`: the async one that
+/// waits for the driver's next event (`asynchronous`), or a synchronous one that only says
+/// the connection has ended — instances linked with it need no fiber, so `handle` can be
+/// called without one.
+fn linker(engine: &Engine, asynchronous: bool) -> Result<Linker<Conn>> {
     let mut linker = Linker::<Conn>::new(engine);
     let mut root = linker.root();
     root.func_wrap("send", |mut store, (data,): (Vec<u8>,)| {
         store.data_mut().sent += data.len();
         Ok(())
     })?;
+    if !asynchronous {
+        root.func_wrap("next-event", |_, (): ()| Ok((None::<Vec<u8>>,)))?;
+        return Ok(linker);
+    }
     root.func_wrap_async("next-event", |store, (): ()| {
         let (inbox, ended) = (
             Arc::clone(&store.data().inbox),
@@ -96,19 +104,6 @@ fn linker(engine: &Engine) -> Result<Linker<Conn>> {
             Poll::Pending
         }))
     })?;
-    Ok(linker)
-}
-
-/// The same imports with a synchronous `next-event` (which only says the connection has
-/// ended): instances linked with it need no fiber, so `handle` can be called without one.
-fn sync_linker(engine: &Engine) -> Result<Linker<Conn>> {
-    let mut linker = Linker::<Conn>::new(engine);
-    let mut root = linker.root();
-    root.func_wrap("send", |mut store, (data,): (Vec<u8>,)| {
-        store.data_mut().sent += data.len();
-        Ok(())
-    })?;
-    root.func_wrap("next-event", |_, (): ()| Ok((None::<Vec<u8>>,)))?;
     Ok(linker)
 }
 
@@ -153,13 +148,13 @@ async fn main() -> Result<()> {
             args.plugin
         )
     })?;
-    let pre = linker(&engine)?.instantiate_pre(&component)?;
+    let pre = linker(&engine, true)?.instantiate_pre(&component)?;
     let data = vec![b'x'; args.size];
 
     // A call per event: every instance's `handle`, kept; and the same called without a
     // fiber (what a synchronous embedding would pay).
     let mut per_event = handle_calls(&engine, &pre, args.instances).await?;
-    let sync_pre = sync_linker(&engine)?.instantiate_pre(&component)?;
+    let sync_pre = linker(&engine, false)?.instantiate_pre(&component)?;
     let mut without_fiber = handle_calls(&engine, &sync_pre, args.instances).await?;
 
     // One call per connection: every instance's `run` started, waiting in `next-event`.
