@@ -13,10 +13,14 @@
 //!
 //! * **a call per event** (shoal's world today): `handle(data)` called once per event: a
 //!   fiber, the export's entry, `realloc` into the guest for the bytes, and `send`;
+//! * **a call per event without a fiber**: the same `handle`, on instances whose imports are
+//!   all synchronous, called with `TypedFunc::call` — what the fiber and its async machinery
+//!   cost (shoal cannot call this way: its guests must be able to yield at epoch ticks);
 //! * **one call per connection**: `run()` called once per instance; it loops on the async
 //!   import `next-event`, so an event resumes the suspended fiber, which lowers the bytes
 //!   (through the guest's `realloc`), runs `send`, and suspends again at the next
-//!   `next-event`.
+//!   `next-event`. Its figure includes the benchmark's hand-over of the event (a copy into
+//!   the instance's inbox, three locks), printed on its own.
 //!
 //! In-process and single-threaded, with no socket: the figures are the wasmtime and guest
 //! side of a round trip only. The shapes alternate round by round; medians of the rounds.
