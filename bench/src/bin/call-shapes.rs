@@ -234,14 +234,14 @@ async fn main() -> Result<()> {
             Poll::Pending => bail!("run did not return at the end"),
         }
     }
-    for (store, _) in &per_event {
+    for (store, _) in per_event.iter().chain(&without_fiber) {
         let sent = store.data().sent;
         ensure!(sent == args.rounds * args.events * args.size, "lost events");
     }
 
-    let ratios = shoal_bench::paired_ratios(&long_ns, &per_event_ns);
+    let mut ratios = shoal_bench::paired_ratios(&long_ns, &per_event_ns);
     let (per_event, long) = (median(&mut per_event_ns), median(&mut long_ns));
-    let ratio = median(&mut ratios.clone());
+    let ratio = median(&mut ratios);
     println!(
         "{} instances in turn, {} B per event, medians of {} rounds:",
         args.instances, args.size, args.rounds
