@@ -44,6 +44,8 @@
 //!   Wasm instance or native code.
 //! * `native`: native handlers (the echo baseline of the benchmarks).
 //! * `error`: typed errors.
+//! * `buffers`: byte buffers lent per thread — for a read and the call it feeds, and for a
+//!   call's output until it is written — so that an idle connection holds none.
 //! * `server/` — the server side:
 //!   * `listener`: [`Server`], one listener served until shutdown and drained;
 //!   * `acceptor`: the supervised acceptor pool and accept-error classification;
@@ -51,7 +53,6 @@
 //!   * `ending`: why a connection ended, counted, logged, and turned into the WIT
 //!     `close-reason` at the guest edge;
 //!   * `io`: reads into lent buffers, writes with a deadline, the lingering close;
-//!   * `read_buffers`: read buffers lent per read, so an idle connection holds none;
 //!   * `transport`: [`Transport`], what the connection task needs of a stream (TCP now);
 //!   * `hooks`: embedder callbacks on open and close, and [`ConnectionHandle`];
 //!   * `tcp`: the low-level API.
@@ -86,6 +87,7 @@
 //!   * `stats`: [`Stats`], live counters and every connection by how it ended.
 
 mod admin;
+mod buffers;
 mod config;
 mod conn_id;
 mod error;

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use arc_swap::ArcSwap;
 
+use crate::buffers;
 use crate::config::listener::ServerConfig;
 use crate::conn_id;
 use crate::error::GuestFault;
@@ -29,7 +30,6 @@ use crate::server::ending::{Ending, Export, Operation};
 use crate::server::hooks::{ConnectionHandle, Hooks};
 use crate::server::io::{flush, flush_unless, linger_close, read_lent};
 use crate::server::quiet::{Due, Quiet};
-use crate::server::read_buffers;
 use crate::server::transport::Transport;
 use crate::wasm::bindings::plugin::types::{ConnInfo, Envelope, Event, Next};
 use crate::wasm::cpu::CpuGroup;
@@ -556,7 +556,7 @@ async fn serve_awake<F: HandlerFactory, T: Transport>(
         let was_asleep = guest.is_asleep();
         let event = match input {
             Ok(Input::Data(buffer)) if buffer.is_empty() => {
-                read_buffers::give_back(buffer);
+                buffers::give_back(buffer);
                 return Some(Ending::ClientClosed);
             }
             Ok(Input::Data(buffer)) => {
@@ -617,7 +617,7 @@ async fn serve_awake<F: HandlerFactory, T: Transport>(
             Err(fault) => return handle_fault(fault),
         };
         if let Event::Data(buffer) = event {
-            read_buffers::give_back(buffer);
+            buffers::give_back(buffer);
         }
     }
 }

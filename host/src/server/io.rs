@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
+use crate::buffers;
 use crate::handler::ConnectionHandler;
 use crate::server::ending::{Ending, Operation};
-use crate::server::read_buffers;
 use crate::server::transport::Transport;
 
 /// Longest wait for a client to close its side after the server closed its own.
@@ -24,15 +24,15 @@ pub(crate) async fn read_lent<T: Transport>(
     capacity: usize,
 ) -> io::Result<Vec<u8>> {
     std::future::poll_fn(|cx| {
-        let mut buffer = read_buffers::take(capacity);
+        let mut buffer = buffers::take(capacity);
         match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut buffer) {
             Poll::Ready(Ok(_)) => Poll::Ready(Ok(buffer)),
             Poll::Ready(Err(error)) => {
-                read_buffers::give_back(buffer);
+                buffers::give_back(buffer);
                 Poll::Ready(Err(error))
             }
             Poll::Pending => {
-                read_buffers::give_back(buffer);
+                buffers::give_back(buffer);
                 Poll::Pending
             }
         }
@@ -136,7 +136,7 @@ pub(crate) async fn linger_close<T: Transport>(stream: &mut T) {
     let drain = async {
         while let Ok(discarded) = read_lent(stream, 4 << 10).await {
             let ended = discarded.is_empty();
-            read_buffers::give_back(discarded);
+            buffers::give_back(discarded);
             if ended {
                 break;
             }

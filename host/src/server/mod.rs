@@ -8,6 +8,5 @@ pub(crate) mod hooks;
 pub(crate) mod io;
 pub(crate) mod listener;
 pub(crate) mod quiet;
-pub(crate) mod read_buffers;
 pub(crate) mod tcp;
 pub(crate) mod transport;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use crate::buffers;
 use crate::config::listener::ServerConfig;
 use crate::messages::local::Mailboxes;
 use crate::messages::waits::MailboxWaits;
@@ -48,6 +49,9 @@ pub(crate) struct ConnState {
     pub(super) tls: Option<TlsInfo>,
     _live: Live,
 }
+
+/// The largest output buffer given back to the thread's pool once written.
+const KEPT_OUTPUT_CAPACITY: usize = 64 << 10;
 
 /// Most WASI resources (streams, pollables, …) one instance may hold: far more than a
 /// connection handler needs, far fewer than would let a guest grow host memory without bound.
@@ -152,8 +156,22 @@ impl ConnState {
         &self.output
     }
 
+    /// Empty the output buffer once written: it goes back to the thread's pool (or, grown
+    /// past [`KEPT_OUTPUT_CAPACITY`] by a burst, is freed).
     pub(crate) fn clear_output(&mut self) {
-        self.output.clear();
+        let output = std::mem::take(&mut self.output);
+        if output.capacity() <= KEPT_OUTPUT_CAPACITY {
+            buffers::give_back(output);
+        }
+    }
+
+    /// The output buffer, with room for `len` more bytes: lent from the thread's pool when
+    /// the connection holds none.
+    pub(super) fn output_for(&mut self, len: usize) -> &mut Vec<u8> {
+        if self.output.capacity() == 0 {
+            self.output = buffers::take(len);
+        }
+        &mut self.output
     }
 
     /// Take the queued output away (to queue it in the instance that takes the connection
@@ -291,5 +309,25 @@ pub(crate) mod tests {
         assert_eq!(settings.stats.live_instances(), 1);
         drop(state);
         assert_eq!(settings.stats.live_instances(), 0);
+    }
+
+    #[test]
+    fn a_written_output_buffer_goes_back_to_the_pool_unless_a_burst_grew_it() {
+        let mut state = ConnState::new(&settings(1 << 20));
+        state.output_for(512).extend_from_slice(&[7; 512]);
+        let lent = state.output.as_ptr();
+        state.clear_output();
+        assert!(state.output().is_empty());
+        assert_eq!(
+            state.output.capacity(),
+            0,
+            "an idle connection holds no buffer"
+        );
+        assert_eq!(state.output_for(16).as_ptr(), lent, "lent again");
+        state.output.resize(KEPT_OUTPUT_CAPACITY + 1, 7);
+        let grown = state.output.as_ptr();
+        state.clear_output();
+        assert_eq!(state.output.capacity(), 0);
+        assert_ne!(state.output_for(16).as_ptr(), grown, "freed, not pooled");
     }
 }

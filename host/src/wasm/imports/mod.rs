@@ -23,6 +23,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<ConnState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     PluginWorld::add_to_linker::<ConnState, HasSelf<ConnState>>(&mut linker, |state| state)?;
+    connection::define_send_from_guest_memory(&mut linker)?;
     legacy::add_to_linker(&mut linker)?;
     Ok(linker)
 }
