@@ -11,9 +11,17 @@
 # two fixed client workloads (bench/callgrind_client.py), each between `callgrind_control
 # -i on` and a dump:
 #   connection   300 connections, one after another: connect, 64-byte echo, close
-#   round trip   10 open connections, 300 rounds of a 512-byte echo on each
+#   round trip   10 open connections, 300 rounds of a 512-byte echo on each (CONNS=100:
+#                100 connections, 30 rounds: 3,000 round trips either way)
 # and prints the instructions per connection and per round trip. With KEEP=DIR the dumps are
 # copied to DIR for `callgrind_annotate` (the round trip's is the newest).
+#
+# CACHE=1 also simulates the caches of one core of the machines this project is measured on
+# (32 KiB L1 instruction and data caches, and a 1 MiB L2 as callgrind's last level; user
+# space only: the kernel's own use of the caches is not simulated) and prints the misses per
+# operation: I1 (instruction fetches that missed L1), D1 (data reads and writes that missed
+# L1) and L2 (data that missed the L2 as well). With CONNS=100 the connections are served in
+# turn, as under real load, so that each one's state has left the caches by its next echo.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 shoal=${1:-$root/target/release/shoal}
@@ -23,7 +31,9 @@ command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installe
 out=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$out"' EXIT
 
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/cg.%p" \
+cache=()
+[ -z "${CACHE:-}" ] || cache=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=1048576,16,64)
+valgrind --tool=callgrind --instr-atstart=no "${cache[@]}" --callgrind-out-file="$out/cg.%p" \
     "$shoal" serve --listen 127.0.0.1:0 --max-connections 200 "$@" \
     >"$out/stdout" 2>"$out/stderr" &
 server=$!
@@ -37,7 +47,8 @@ addr=$(sed -n 's/^listening on \([^ ]*\).*/\1/p' "$out/stdout" | head -1)
 # Run one workload with instrumentation on; print the instructions it cost the server.
 count() {
     local workload=$1 units=$2
-    python3 "$root/bench/callgrind_client.py" "$addr" "$workload" --ready "$out/ready.$workload" &
+    python3 "$root/bench/callgrind_client.py" "$addr" "$workload" --ready "$out/ready.$workload" \
+        --conns "${CONNS:-10}" &
     local client=$!
     while [ ! -e "$out/ready.$workload" ]; do sleep 0.05; done
     callgrind_control -i on "$server" >/dev/null 2>&1
@@ -52,6 +63,14 @@ count() {
     local total
     total=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$dump")
     echo "$workload: $((total / units)) instructions per $3 ($total over $units)"
+    [ -z "${CACHE:-}" ] || awk -v units="$units" -v what="$3" '
+        /^events:/ { for (i = 2; i <= NF; i++) column[$i] = i - 1 }
+        /^totals:/ {
+            printf "%s: per %s, %.1f I1 misses, %.1f D1 misses, %.1f L2 misses (data)\n", \
+                workload, what, $(column["I1mr"] + 1) / units,
+                ($(column["D1mr"] + 1) + $(column["D1mw"] + 1)) / units,
+                ($(column["DLmr"] + 1) + $(column["DLmw"] + 1)) / units
+        }' workload="$workload" "$dump"
 }
 count connection 300 connection
 count roundtrip 3000 "round trip"

@@ -4,6 +4,9 @@ every build.
 
     callgrind_client.py ADDR connection --ready FILE   300 × (connect, 64-byte echo, close)
     callgrind_client.py ADDR roundtrip --ready FILE    10 connections × 300 512-byte echoes
+    callgrind_client.py ADDR roundtrip --ready FILE --conns 100
+                                                       100 connections × 30 (3,000 echoes in
+                                                       all, the connections served in turn)
 
 It sets up what is not to be counted (opening the connections of `roundtrip`, one warm-up
 echo each), creates FILE (`ready.…`), waits for its `go.…` twin, runs the workload, creates
@@ -31,11 +34,14 @@ def echo(conn: socket.socket, payload: bytes) -> None:
 def main() -> None:
     addr, workload = sys.argv[1], sys.argv[2]
     ready = Path(sys.argv[sys.argv.index("--ready") + 1])
+    conns_wanted = int(sys.argv[sys.argv.index("--conns") + 1]) if "--conns" in sys.argv else 10
+    if conns_wanted < 1 or 3000 % conns_wanted:
+        raise SystemExit("--conns must divide 3000")
     host, port = addr.rsplit(":", 1)
     target = (host, int(port))
     conns = []
     if workload == "roundtrip":
-        for _ in range(10):
+        for _ in range(conns_wanted):
             conn = socket.create_connection(target)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             echo(conn, b"w" * 512)
@@ -54,7 +60,7 @@ def main() -> None:
             conn.close()
     else:
         payload = b"r" * 512
-        for _ in range(300):
+        for _ in range(3000 // conns_wanted):
             for conn in conns:
                 echo(conn, payload)
     # Let the server finish with what was counted, say so, and keep the open connections
