@@ -127,17 +127,33 @@ fn slug(kind: Kind) -> &'static str {
     }
 }
 
-/// `perf record` of process `pid` for `seconds`, into `data`.
-fn record(pid: &str, data: &Path, seconds: f64) -> anyhow::Result<()> {
-    let status = Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-F", "999", "--call-graph"])
-        .arg("dwarf,16384")
+/// `perf SUBCOMMAND` of process `pid` for `seconds`, writing to `out`, its own output
+/// silenced.
+fn perf(subcommand: &[&str], pid: &str, out: &Path, seconds: f64) -> Command {
+    let mut command = Command::new("perf");
+    command
+        .args(subcommand)
         .args(["-p", pid, "-o"])
-        .arg(data)
+        .arg(out)
         .args(["--", "sleep", &format!("{seconds:.1}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// `perf record` of process `pid` for `seconds`, into `data`.
+fn record(pid: &str, data: &Path, seconds: f64) -> anyhow::Result<()> {
+    let subcommand = [
+        "record",
+        "-e",
+        "cpu-clock",
+        "-F",
+        "999",
+        "--call-graph",
+        "dwarf,16384",
+    ];
+    let status = perf(&subcommand, pid, data, seconds)
         .status()
         .context("cannot run perf record (is perf installed? scripts/install-deps.sh --perf)")?;
     if !status.success() {
@@ -153,15 +169,14 @@ fn record(pid: &str, data: &Path, seconds: f64) -> anyhow::Result<()> {
 /// waited for).
 fn count_events(pid: &str, out: &Path, seconds: f64) -> anyhow::Result<Child> {
     let events: Vec<&str> = SCHED_EVENTS.iter().map(|(event, _)| *event).collect();
-    Command::new("perf")
-        .args(["stat", "-x", ",", "-e", &events.join(","), "-p", pid, "-o"])
-        .arg(out)
-        .args(["--", "sleep", &format!("{seconds:.1}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot run perf stat")
+    perf(
+        &["stat", "-x", ",", "-e", &events.join(",")],
+        pid,
+        out,
+        seconds,
+    )
+    .spawn()
+    .context("cannot run perf stat")
 }
 
 /// Each of [`SCHED_EVENTS`] per operation, from `perf stat -x ,`'s output; `None` if one was
