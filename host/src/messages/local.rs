@@ -68,10 +68,12 @@ struct Entry {
 /// (~1.8 KiB per connection). The one receiver's waker sits in an `AtomicWaker` rather than
 /// a `Notify`, whose waiter list costs a lock to enter and another to leave on every turn of
 /// the connection's loop (~350 instructions per round trip).
+///
 /// In declaration order (`repr(C)`): what the receiver reads on every event of its
-/// connection — `held_back`, `receiver`, `news` and the queue's lock — comes first, so that
-/// the look costs one cache line (the connections are served in turn, so it is rarely in the
-/// cache).
+/// connection — `held_back`, `receiver` and `news` (and the queue's lock when there is news)
+/// — comes first, in the allocation's first 64 bytes with the `Arc`'s counts, so that the
+/// look usually costs one cache line (the connections are served in turn, so it is rarely
+/// in the cache).
 #[repr(C)]
 struct Inbox {
     /// How many congested mailboxes this connection, as a sender, waits on before it reads its
