@@ -63,14 +63,15 @@ count() {
     local total
     total=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$dump")
     echo "$workload: $((total / units)) instructions per $3 ($total over $units)"
-    [ -z "${CACHE:-}" ] || awk -v units="$units" -v what="$3" '
-        /^events:/ { for (i = 2; i <= NF; i++) column[$i] = i - 1 }
+    # `events:` names the columns of `totals:`, both after the line's first word.
+    [ -z "${CACHE:-}" ] || awk -v workload="$workload" -v units="$units" -v what="$3" '
+        /^events:/ { for (i = 2; i <= NF; i++) field[$i] = i }
         /^totals:/ {
             printf "%s: per %s, %.1f I1 misses, %.1f D1 misses, %.1f L2 misses (data)\n", \
-                workload, what, $(column["I1mr"] + 1) / units,
-                ($(column["D1mr"] + 1) + $(column["D1mw"] + 1)) / units,
-                ($(column["DLmr"] + 1) + $(column["DLmw"] + 1)) / units
-        }' workload="$workload" "$dump"
+                workload, what, $field["I1mr"] / units,
+                ($field["D1mr"] + $field["D1mw"]) / units,
+                ($field["DLmr"] + $field["DLmw"]) / units
+        }' "$dump"
 }
 count connection 300 connection
 count roundtrip 3000 "round trip"

@@ -182,6 +182,9 @@ fn count_events(pid: &str, out: &Path, seconds: f64) -> anyhow::Result<Child> {
 /// Each of [`SCHED_EVENTS`] per operation, from `perf stat -x ,`'s output; `None` if one was
 /// not counted (a kernel without the tracepoint, or no right to read it).
 fn per_op(text: &str, ops: f64) -> Option<[f64; SCHED_EVENTS.len()]> {
+    if ops <= 0.0 {
+        return None;
+    }
     let mut out = [0.0; SCHED_EVENTS.len()];
     for (slot, (event, _)) in out.iter_mut().zip(SCHED_EVENTS) {
         let count: f64 = text
@@ -193,7 +196,7 @@ fn per_op(text: &str, ops: f64) -> Option<[f64; SCHED_EVENTS.len()]> {
             .ok()?;
         *slot = count / ops;
     }
-    (ops > 0.0).then_some(out)
+    Some(out)
 }
 
 /// The section: per load, time by area side by side, then each server's top functions.

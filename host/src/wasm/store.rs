@@ -325,9 +325,12 @@ pub(crate) mod tests {
         );
         assert_eq!(state.output_for(16).as_ptr(), lent, "lent again");
         state.output.resize(KEPT_OUTPUT_CAPACITY + 1, 7);
-        let grown = state.output.as_ptr();
         state.clear_output();
         assert_eq!(state.output.capacity(), 0);
-        assert_ne!(state.output_for(16).as_ptr(), grown, "freed, not pooled");
+        // Pooled, it would be lent again: no fresh buffer has that much room.
+        assert!(
+            state.output_for(16).capacity() <= KEPT_OUTPUT_CAPACITY,
+            "freed, not pooled"
+        );
     }
 }
